@@ -1,0 +1,1 @@
+"""Recordings, procedural data, extraction, the sample format and preprocessing strategies."""
