@@ -1,0 +1,281 @@
+"""`mfl run`: execute the numbered notebooks with papermill into a run folder.
+
+A run folder ``runs/<name>/`` holds the executed notebooks ``NN_*.ipynb``, every artifact the
+stages wrote (the notebooks run with it as working directory), ``manifest.json`` (params, git
+commit, package versions, device, per-notebook status and timing, recorded results) and
+``report.html`` (an index linking an HTML export of each executed notebook).
+
+Steps of a run:
+ 1. find the notebooks, select them (--only), validate every params key against their
+    ``parameters`` cells: nothing executes when validation fails;
+ 2. create the run folder (refuse an existing one unless --overwrite);
+ 3. execute the notebooks in order; stop at the first failure, keeping its executed copy with
+    the traceback, and mark it failed in the manifest;
+ 4. export HTML and write report.html, also after a failure.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import logging
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from . import params as params_mod
+from .stage import RESULTS_DIR
+
+log = logging.getLogger(__name__)
+
+KERNEL_NAME = "mousefacelift"
+PACKAGES = ("mousefacelift", "torch", "torchvision", "numpy", "diffusers", "gsplat", "lpips", "papermill",
+            "opencv-python", "matplotlib", "wandb")
+
+
+class RunError(RuntimeError):
+    """A run that could not start or did not finish; the message names what to do."""
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def find_notebooks(notebooks_dir: str | Path) -> dict[str, Path]:
+    """{stem: path} of the numbered notebooks ``NN_name.ipynb``, in order."""
+    notebooks_dir = Path(notebooks_dir)
+    found = {p.stem: p for p in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))}
+    if not found:
+        raise RunError(f"no numbered notebooks (NN_name.ipynb) in {notebooks_dir}")
+    return found
+
+
+def select(notebooks: dict[str, Path], only: str | None) -> list[str]:
+    """Stems chosen by ``--only 01,06`` (numbers or full stems); all when None."""
+    if not only:
+        return list(notebooks)
+    chosen = []
+    for token in [t.strip() for t in only.split(",") if t.strip()]:
+        hits = [s for s in notebooks if s == token or s[:2] == token.zfill(2)]
+        if not hits:
+            raise RunError(f"--only {token!r} matches no notebook; have: {', '.join(notebooks)}")
+        chosen += [h for h in hits if h not in chosen]
+    return [s for s in notebooks if s in chosen]
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment_info() -> dict:
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    device = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor()}
+    try:
+        import torch
+        device["cuda"] = torch.cuda.is_available()
+        if device["cuda"]:
+            device["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        device["cuda"] = False
+    import os
+    device["cpu_count"] = os.cpu_count()
+    return {"git_commit": _git("rev-parse", "HEAD") or None, "git_dirty": bool(_git("status", "--porcelain")),
+            "packages": versions, "device": device}
+
+
+@dataclass
+class RunPlan:
+    params_file: Path
+    run_dir: Path
+    stems: list[str]
+    notebooks: dict[str, Path]
+    parameters: dict[str, dict]
+    from_run: Path | None = None
+    kernel: str | None = None
+    manifest: dict = field(default_factory=dict)
+
+
+def plan_run(params_file: str | Path, *, only: str | None = None, from_run: str | Path | None = None,
+             name: str | None = None, overwrite: bool = False, runs_root: str | Path = "runs",
+             notebooks_dir: str | Path | None = None, kernel: str | None = None) -> RunPlan:
+    """Steps 1-2 without executing anything: validate params, decide and check the run folder."""
+    params_file = Path(params_file)
+    notebooks = find_notebooks(notebooks_dir or (Path("notebooks") if Path("notebooks").is_dir()
+                                                 else repo_root() / "notebooks"))
+    stems = select(notebooks, only)
+    parameters = params_mod.resolve(params_file, notebooks)
+    run_dir = Path(runs_root) / (name or params_file.stem)
+    if from_run is not None:
+        from_run = Path(from_run).resolve()
+        if not (from_run / "manifest.json").is_file():
+            raise RunError(f"--from-run {from_run}: not a run folder (no manifest.json)")
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise RunError(f"run folder {run_dir} exists; refusing to overwrite it. Pick another --name, or pass "
+                       "--overwrite to re-execute the selected notebooks in it (their artifacts are replaced, "
+                       "other stages' artifacts stay)")
+    return RunPlan(params_file, run_dir, stems, notebooks, parameters, from_run, kernel)
+
+
+def _error_location(nb_path: Path) -> str:
+    """'cell N (In [k])' of the first cell that has an error output in an executed notebook."""
+    try:
+        nb = json.loads(nb_path.read_text())
+    except (OSError, ValueError):
+        return "unknown cell"
+    for i, cell in enumerate(nb.get("cells", [])):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return f"cell {i} (In [{cell.get('execution_count')}]): {out.get('ename')}: {out.get('evalue')}"
+    return "unknown cell"
+
+
+def _write_manifest(plan: RunPlan) -> None:
+    (plan.run_dir / "manifest.json").write_text(json.dumps(plan.manifest, indent=1, default=str))
+
+
+def execute(plan: RunPlan) -> dict:
+    """Steps 3-4: run the planned notebooks; returns the manifest. Raises RunError on a failure
+    after recording it (the executed notebook with its traceback stays in the run folder)."""
+    import papermill as pm
+
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = plan.run_dir / "manifest.json"
+    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    plan.manifest = {
+        "name": plan.run_dir.name,
+        "params_file": str(plan.params_file),
+        "params_yaml": plan.params_file.read_text(),
+        "params": {s: plan.parameters[s] for s in plan.stems},
+        "from_run": str(plan.from_run) if plan.from_run else None,
+        **environment_info(),
+        "status": "running",
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "notebooks": {**previous.get("notebooks", {}),
+                      **{s: {"status": "pending"} for s in plan.stems}},
+    }
+    _write_manifest(plan)
+    failure = None
+    for stem in plan.stems:
+        out = plan.run_dir / f"{stem}.ipynb"
+        entry = plan.manifest["notebooks"][stem]
+        entry.update(status="running", started=dt.datetime.now().isoformat(timespec="seconds"))
+        _write_manifest(plan)
+        nb_params = dict(plan.parameters[stem])
+        if "from_run" in params_mod.notebook_parameters(plan.notebooks[stem]):
+            nb_params["from_run"] = str(plan.from_run) if plan.from_run else ""
+        log.info("executing %s -> %s", plan.notebooks[stem].name, out)
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(str(plan.notebooks[stem]), str(out), parameters=nb_params,
+                                cwd=str(plan.run_dir), kernel_name=plan.kernel, log_output=True,
+                                progress_bar=False)
+            entry["status"] = "ok"
+        except pm.PapermillExecutionError as e:
+            entry.update(status="failed", error=f"{e.ename}: {e.evalue}", cell=e.cell_index)
+            failure = f"notebook {stem} failed in {_error_location(out)}; traceback in {out}"
+        except Exception as e:  # kernel missing, dead kernel, timeout: keep the record, then stop
+            entry.update(status="failed", error=f"{type(e).__name__}: {e}")
+            hint = (f" (register the kernel with `make setup` or `python -m ipykernel install --user --name "
+                    f"{KERNEL_NAME}`)") if "kernel" in str(e).lower() else ""
+            failure = f"notebook {stem} could not be executed: {type(e).__name__}: {e}{hint}"
+        entry["ended"] = dt.datetime.now().isoformat(timespec="seconds")
+        entry["duration_s"] = round(time.perf_counter() - t0, 2)
+        results = plan.run_dir / RESULTS_DIR / f"{stem}.json"
+        if results.is_file():
+            entry["results"] = json.loads(results.read_text())
+        _write_manifest(plan)
+        if failure:
+            break
+    plan.manifest["status"] = "failed" if failure else "ok"
+    plan.manifest["ended"] = dt.datetime.now().isoformat(timespec="seconds")
+    plan.manifest["duration_s"] = round(sum(e.get("duration_s", 0) for e in plan.manifest["notebooks"].values()
+                                            if isinstance(e, dict)), 2)
+    _write_manifest(plan)
+    write_report(plan.run_dir)
+    if failure:
+        raise RunError(failure)
+    return plan.manifest
+
+
+def run(params_file: str | Path, **kwargs) -> dict:
+    """Plan (validate everything) and execute. See :func:`plan_run` for the keyword arguments."""
+    return execute(plan_run(params_file, **kwargs))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports
+# ----------------------------------------------------------------------------------------------
+def export_html(nb_path: Path, out_path: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(nb_path), as_version=4))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(body)
+
+
+def _headline(results: dict, limit: int = 4) -> str:
+    nums = [(k, v) for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return ", ".join(f"{k}={v:.4g}" for k, v in nums[:limit])
+
+
+def write_report(run_dir: Path) -> Path:
+    """report.html: one row per notebook with status, time, headline results and a link to its
+    HTML export (html/NN_name.html). A notebook whose export fails is listed with the reason."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    rows = []
+    for stem, entry in manifest["notebooks"].items():
+        nb = run_dir / f"{stem}.ipynb"
+        link = html.escape(stem)
+        if nb.is_file():
+            try:
+                export_html(nb, run_dir / "html" / f"{stem}.html")
+                link = f'<a href="html/{html.escape(stem)}.html">{html.escape(stem)}</a>'
+            except Exception as e:  # an export problem must not hide the run's own outcome
+                log.warning("HTML export of %s failed: %s", nb, e)
+                link += f" (HTML export failed: {html.escape(str(e))})"
+        err = f"<br><small>{html.escape(entry.get('error', ''))}</small>" if entry.get("error") else ""
+        rows.append(f"<tr><td>{link}</td><td class='{entry.get('status')}'>{entry.get('status')}{err}</td>"
+                    f"<td>{entry.get('duration_s', '')}</td>"
+                    f"<td>{html.escape(_headline(entry.get('results', {})))}</td></tr>")
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>run {html.escape(manifest['name'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
+.ok{{color:#070}} .failed{{color:#b00}}</style></head><body>
+<h1>mouse-facelift run: {html.escape(manifest['name'])}</h1>
+<p>params: <code>{html.escape(manifest['params_file'])}</code> &middot; commit <code>{html.escape(str(manifest.get('git_commit')))}</code>
+{'(dirty)' if manifest.get('git_dirty') else ''} &middot; status <b>{html.escape(manifest['status'])}</b>
+&middot; started {html.escape(manifest.get('started', ''))}</p>
+<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>results</th></tr>
+{''.join(rows)}
+</table><p>Manifest: <a href="manifest.json">manifest.json</a></p></body></html>"""
+    path = run_dir / "report.html"
+    path.write_text(doc)
+    return path
+
+
+def list_runs(runs_root: str | Path = "runs") -> list[dict]:
+    """One dict per run folder with a manifest: name, status, duration, headline results."""
+    rows = []
+    for m in sorted(Path(runs_root).glob("*/manifest.json")):
+        try:
+            man = json.loads(m.read_text())
+        except ValueError:
+            rows.append({"name": m.parent.name, "status": "unreadable manifest", "duration_s": None, "headline": ""})
+            continue
+        heads = [f"{s[:2]}: {_headline(e.get('results', {}), 3)}" for s, e in man.get("notebooks", {}).items()
+                 if e.get("results")]
+        rows.append({"name": man.get("name", m.parent.name), "status": man.get("status"),
+                     "started": man.get("started"), "duration_s": man.get("duration_s"), "headline": "; ".join(heads)})
+    return rows

@@ -1,0 +1,62 @@
+"""What a notebook stage needs from its surroundings: where its inputs are, where its results go.
+
+`mfl run` executes every notebook with the run folder as working directory, so a stage writes
+relative paths (``data/samples``, ``gslrm/``) and reads what earlier stages wrote there, or, with
+``--from-run DIR``, in that earlier run's folder. Nothing reads a hard-coded path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+RESULTS_DIR = "results"
+
+
+def find_input(rel_path: str, from_run: str = "", produced_by: str = "an earlier notebook") -> Path:
+    """The path of an artifact written by an earlier stage: in this run folder if present,
+    otherwise in ``from_run``. Raises FileNotFoundError naming both places and the producing stage."""
+    here = Path(rel_path)
+    if here.exists():
+        return here
+    if from_run:
+        there = Path(from_run) / rel_path
+        if there.exists():
+            return there
+    where = f"{Path.cwd() / rel_path}" + (f" or {Path(from_run) / rel_path}" if from_run else "")
+    raise FileNotFoundError(f"{rel_path} not found (looked in {where}); run {produced_by} first, "
+                            "or pass --from-run with a run folder that has it")
+
+
+def default_cache_dir() -> Path:
+    """Where generated recordings are cached between runs: $MFL_CACHE_DIR or ~/.cache/mousefacelift."""
+    return Path(os.environ.get("MFL_CACHE_DIR", Path.home() / ".cache" / "mousefacelift"))
+
+
+def _plain(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _plain(value.item())
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def record_results(stage: str, results: dict) -> Path:
+    """The last cell of every notebook: write its headline results to ``results/<stage>.json`` in
+    the run folder; `mfl run` copies them into manifest.json and `mfl list` shows them."""
+    path = Path(RESULTS_DIR) / f"{stage}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_plain(results), indent=1, sort_keys=True))
+    return path
+
+
+def setup_notebook_logging(level: int = logging.INFO) -> None:
+    """Library logs (progress, skips, warnings) show up in the executed notebook's output."""
+    logging.basicConfig(level=level, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s", force=True)

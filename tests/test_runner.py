@@ -1,0 +1,98 @@
+"""The papermill runner on small notebooks made here (the real ones are run by test_notebooks.py)."""
+import json
+
+import nbformat
+import pytest
+
+from mousefacelift import cli, runner
+from nbtools import make_notebook
+
+
+@pytest.fixture
+def project(tmp_path):
+    nbdir = tmp_path / "notebooks"
+    make_notebook(nbdir / "01_make.ipynb", "seed = 0  # seed\nn = 3  # how many\nfrom_run = ''",
+                  "from pathlib import Path\nfrom mousefacelift.stage import record_results\n"
+                  "Path('data').mkdir(exist_ok=True)\nPath('data/numbers.txt').write_text(str(list(range(n))))\n"
+                  "record_results('01_make', {'n': n, 'seed': seed})")
+    make_notebook(nbdir / "02_use.ipynb", "seed = 0\nfail = False  # raise on purpose\nfrom_run = ''",
+                  "from mousefacelift.stage import find_input, record_results\n"
+                  "numbers = eval(find_input('data/numbers.txt', from_run, '01_make').read_text())",
+                  "if fail:\n    raise ValueError('boom on purpose')",
+                  "record_results('02_use', {'total': sum(numbers)})")
+    make_notebook(nbdir / "03_last.ipynb", "x = 1.0", "print('last ran')")
+    (tmp_path / "p.yaml").write_text("seed: 1\n01_make:\n  n: 5\n")
+    return tmp_path
+
+
+def run_cli(project, *args):
+    return cli.main(["run", str(project / "p.yaml"), "--runs", str(project / "runs"),
+                     "--notebooks", str(project / "notebooks"), *args])
+
+
+def test_full_run_writes_a_complete_run_folder(project):
+    assert run_cli(project, "--name", "a") == 0
+    run = project / "runs" / "a"
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["status"] == "ok" and set(man["notebooks"]) == {"01_make", "02_use", "03_last"}
+    assert man["params"]["01_make"] == {"seed": 1, "n": 5}
+    assert man["notebooks"]["02_use"]["results"] == {"total": 10}
+    assert all(e["status"] == "ok" and e["duration_s"] > 0 for e in man["notebooks"].values())
+    assert "torch" in man["packages"] and "git_commit" in man and "git_dirty" in man and "device" in man
+    assert (run / "data" / "numbers.txt").is_file()  # the notebook's cwd is the run folder
+    report = (run / "report.html").read_text()
+    for stem in ("01_make", "02_use", "03_last"):
+        assert f'href="html/{stem}.html"' in report and (run / "html" / f"{stem}.html").stat().st_size > 1000
+    # the executed notebook carries the injected parameters
+    nb = nbformat.read(str(run / "01_make.ipynb"), as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    assert cli.main(["list", "--runs", str(project / "runs")]) == 0
+
+
+def test_second_run_with_same_name_refuses(project, capsys):
+    assert run_cli(project, "--name", "a", "--only", "01") == 0
+    before = (project / "runs" / "a" / "manifest.json").read_text()
+    assert run_cli(project, "--name", "a", "--only", "01") == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (project / "runs" / "a" / "manifest.json").read_text() == before
+    assert run_cli(project, "--name", "a", "--only", "02", "--overwrite") == 0
+    man = json.loads((project / "runs" / "a" / "manifest.json").read_text())
+    assert man["notebooks"]["01_make"]["status"] == "ok" and man["notebooks"]["02_use"]["status"] == "ok"
+
+
+def test_misspelled_key_fails_before_execution(project, capsys):
+    (project / "p.yaml").write_text("01_make:\n  nn: 5\n")
+    assert run_cli(project, "--name", "typo") == 2
+    err = capsys.readouterr().err
+    assert "'nn'" in err and "Did you mean 'n'" in err and "Nothing was executed" in err
+    assert not (project / "runs" / "typo").exists()
+
+
+def test_failing_notebook_keeps_traceback_and_stops(project, capsys):
+    (project / "p.yaml").write_text("02_use:\n  fail: true\n")
+    assert run_cli(project, "--name", "bad") == 1
+    err = capsys.readouterr().err
+    assert "02_use" in err and "cell" in err and "boom on purpose" in err
+    run = project / "runs" / "bad"
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["status"] == "failed"
+    assert man["notebooks"]["02_use"]["status"] == "failed"
+    assert man["notebooks"]["03_last"]["status"] == "pending" and not (run / "03_last.ipynb").exists()
+    executed = nbformat.read(str(run / "02_use.ipynb"), as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors and errors[0].evalue == "boom on purpose"
+    assert "failed" in (run / "report.html").read_text()
+
+
+def test_only_and_from_run(project):
+    assert run_cli(project, "--name", "first", "--only", "01") == 0
+    assert run_cli(project, "--name", "second", "--only", "02,03", "--from-run", str(project / "runs" / "first")) == 0
+    man = json.loads((project / "runs" / "second" / "manifest.json").read_text())
+    assert set(man["notebooks"]) == {"02_use", "03_last"} and man["notebooks"]["02_use"]["results"] == {"total": 10}
+    # without --from-run the input is missing: a clear error naming the producing notebook
+    assert run_cli(project, "--name", "third", "--only", "02") == 1
+
+
+def test_only_rejects_unknown_notebook(project):
+    with pytest.raises(runner.RunError, match="matches no notebook"):
+        runner.plan_run(project / "p.yaml", only="09", notebooks_dir=project / "notebooks", runs_root=project / "runs")
