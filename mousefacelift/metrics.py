@@ -1,0 +1,187 @@
+"""The evaluation protocol (DESIGN.md); every number in a report comes from here.
+
+Protocol ``mousefacelift-eval`` v1:
+* held-out frames (test split) and, for reconstruction, target views that were NOT inputs;
+* PSNR_fg: MSE over pixels whose GT alpha > 0.5 (primary); PSNR_full: whole image on white;
+* SSIM_fg: the SSIM map (11x11 Gaussian window, sigma 1.5) averaged over GT-foreground pixels;
+* mask IoU: rendered alpha > 0.5 vs GT alpha > 0.5;
+* LPIPS-VGG only when the VGG16 backbone weights exist locally, otherwise unavailable (None);
+* procedural data: Chamfer distance (mm) between opacity-weighted Gaussian centres and samples of
+  the true surface.
+A metric that is undefined for an image (no GT foreground, empty union) is NaN and is left out of
+means, which report how many views they cover.
+
+Images are ``[..., 3, H, W]`` in [0, 1] (RGB composited on white) and alphas ``[..., 1, H, W]``;
+metrics reduce over the last three dimensions and keep the leading ones.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = {"name": "mousefacelift-eval", "version": 1,
+            "primary": "psnr_fg", "fg_threshold": 0.5, "ssim_window": 11, "ssim_sigma": 1.5}
+
+
+def _fg(gt_alpha: torch.Tensor) -> torch.Tensor:
+    return (gt_alpha > PROTOCOL["fg_threshold"]).to(gt_alpha.dtype)
+
+
+def psnr_fg(pred: torch.Tensor, gt: torch.Tensor, gt_alpha: torch.Tensor) -> torch.Tensor:
+    """PSNR over GT-foreground pixels. pred, gt [..., 3, H, W]; gt_alpha [..., 1, H, W] -> [...]
+    (NaN where the GT has no foreground). The background cannot move it."""
+    m = _fg(gt_alpha)
+    n = m.sum((-3, -2, -1)) * pred.shape[-3]
+    se = (((pred - gt) ** 2) * m).sum((-3, -2, -1))
+    mse = se / n
+    out = -10.0 * torch.log10(mse.clamp_min(1e-12))
+    return torch.where(n > 0, out, torch.full_like(out, math.nan))
+
+
+def psnr_full(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """PSNR over the whole image (both composited on white). pred, gt [..., 3, H, W] -> [...].
+    Reads 10-13 dB higher than PSNR_fg on mostly-white images: never mix the two."""
+    mse = ((pred - gt) ** 2).mean((-3, -2, -1))
+    return -10.0 * torch.log10(mse.clamp_min(1e-12))
+
+
+def _gaussian_window(size: int, sigma: float, dtype, device) -> torch.Tensor:
+    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim_map(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM (Wang et al. 2004, C1 = 0.01^2, C2 = 0.03^2, edge-replicate padding so the map keeps
+    the image size), averaged over channels. pred, gt [..., C, H, W] -> [..., 1, H, W]."""
+    lead, (c, h, w) = pred.shape[:-3], pred.shape[-3:]
+    x, y = pred.reshape(-1, c, h, w), gt.reshape(-1, c, h, w)
+    k = _gaussian_window(window, sigma, x.dtype, x.device).expand(c, 1, window, window)
+    pad = window // 2
+
+    def blur(t):
+        return F.conv2d(F.pad(t, (pad, pad, pad, pad), mode="replicate"), k, groups=c)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.mean(1, keepdim=True).reshape(*lead, 1, h, w)
+
+
+def ssim_fg(pred: torch.Tensor, gt: torch.Tensor, gt_alpha: torch.Tensor) -> torch.Tensor:
+    """SSIM averaged over GT-foreground pixels -> [...] (NaN without foreground)."""
+    m = _fg(gt_alpha)
+    n = m.sum((-3, -2, -1))
+    out = (ssim_map(pred, gt, PROTOCOL["ssim_window"], PROTOCOL["ssim_sigma"]) * m).sum((-3, -2, -1)) / n.clamp_min(1)
+    return torch.where(n > 0, out, torch.full_like(out, math.nan))
+
+
+def mask_iou(pred_alpha: torch.Tensor, gt_alpha: torch.Tensor) -> torch.Tensor:
+    """IoU of rendered alpha > 0.5 and GT alpha > 0.5. [..., 1, H, W] -> [...] (NaN if both empty)."""
+    p, g = pred_alpha > 0.5, gt_alpha > 0.5
+    inter = (p & g).sum((-3, -2, -1)).to(pred_alpha.dtype)
+    union = (p | g).sum((-3, -2, -1)).to(pred_alpha.dtype)
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, math.nan))
+
+
+def chamfer_mm(points: torch.Tensor, surface: torch.Tensor, weights: torch.Tensor | None = None,
+               chunk: int = 4096) -> dict:
+    """Chamfer distance between predicted points [N, 3] (e.g. Gaussian centres, in mm) weighted by
+    ``weights`` [N] (e.g. opacities) and surface samples [M, 3] (mm).
+
+    Returns {"accuracy_mm": weighted mean distance of points to the surface, "completeness_mm":
+    mean distance of surface samples to the points, "chamfer_mm": their average}.
+    """
+    w = torch.ones(points.shape[0], dtype=points.dtype, device=points.device) if weights is None else weights
+
+    def nearest(a, b):
+        return torch.cat([torch.cdist(a[i:i + chunk], b).amin(1) for i in range(0, a.shape[0], chunk)])
+
+    acc = (nearest(points, surface) * w).sum() / w.sum().clamp_min(1e-12)
+    # completeness only counts points that are really there (opacity-weighted set: drop w < 0.5)
+    solid = points[w >= 0.5] if (w >= 0.5).any() else points
+    comp = nearest(surface, solid).mean()
+    return {"accuracy_mm": acc.item(), "completeness_mm": comp.item(), "chamfer_mm": 0.5 * (acc + comp).item()}
+
+
+def image_metrics(pred_rgb: torch.Tensor, pred_alpha: torch.Tensor, gt_rgb: torch.Tensor,
+                  gt_alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+    """All per-view image metrics at once. pred_rgb/gt_rgb [..., 3, H, W] on white,
+    alphas [..., 1, H, W] -> {"psnr_fg", "psnr_full", "ssim_fg", "mask_iou"}: each [...]."""
+    return {"psnr_fg": psnr_fg(pred_rgb, gt_rgb, gt_alpha), "psnr_full": psnr_full(pred_rgb, gt_rgb),
+            "ssim_fg": ssim_fg(pred_rgb, gt_rgb, gt_alpha), "mask_iou": mask_iou(pred_alpha, gt_alpha)}
+
+
+def summarize(values: list[float] | torch.Tensor) -> dict:
+    """Mean, 95% confidence interval (normal approximation, t is close enough for n >= 20; noted
+    as such), and counts; NaN entries (undefined views) are left out and counted."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    ok = v[torch.isfinite(v)]
+    n = int(ok.numel())
+    if n == 0:
+        return {"mean": None, "ci95": None, "n": 0, "n_undefined": int(v.numel())}
+    std = ok.std(unbiased=True).item() if n > 1 else 0.0
+    return {"mean": ok.mean().item(), "ci95": 1.96 * std / math.sqrt(n) if n > 1 else None, "n": n,
+            "n_undefined": int(v.numel()) - n}
+
+
+# ----------------------------------------------------------------------------------------------
+# LPIPS (VGG), only with local backbone weights
+# ----------------------------------------------------------------------------------------------
+VGG16_FILE = "vgg16-397923af.pth"  # torchvision's file name for the ImageNet VGG16 weights
+
+
+def find_vgg16_weights(path: str = "") -> Path | None:
+    """The local VGG16 weights: ``path`` if given, else torchvision's cache ($TORCH_HOME)."""
+    if path:
+        return Path(path) if Path(path).is_file() else None
+    home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    p = home / "hub" / "checkpoints" / VGG16_FILE
+    return p if p.is_file() else None
+
+
+class LPIPSVGG:
+    """LPIPS with the VGG backbone, built without any download: the linear heads ship inside the
+    ``lpips`` package, the VGG16 backbone comes from a local file. Use :meth:`create`, which
+    returns None with the reason logged when the weights are missing (reported as unavailable)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @classmethod
+    def create(cls, vgg16_path: str = "", device: str | torch.device = "cpu") -> tuple["LPIPSVGG | None", str]:
+        weights = find_vgg16_weights(vgg16_path)
+        if weights is None:
+            why = (f"VGG16 weights not found ({vgg16_path or 'torchvision cache'}; put {VGG16_FILE} there or set "
+                   "the path)")
+            log.warning("LPIPS unavailable: %s", why)
+            return None, why
+        import lpips
+
+        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        features = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        # lpips splits torchvision's vgg16.features into slice1..slice5 that keep the layer indices
+        slices = {}
+        for name, _ in model.net.named_parameters():
+            idx = name.split(".", 1)[1]
+            slices[name] = features[idx]
+        model.net.load_state_dict(slices, strict=True)
+        return cls(model.eval().to(device)), ""
+
+    @torch.no_grad()
+    def __call__(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """pred, gt [..., 3, H, W] in [0, 1] -> [...]."""
+        lead = pred.shape[:-3]
+        x = pred.reshape(-1, *pred.shape[-3:]) * 2 - 1
+        y = gt.reshape(-1, *gt.shape[-3:]) * 2 - 1
+        return self.model(x, y).reshape(lead)

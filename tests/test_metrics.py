@@ -1,0 +1,100 @@
+"""Each metric pinned to hand-computed values."""
+import math
+
+import pytest
+import torch
+
+from mousefacelift import metrics
+
+
+def test_psnr_fg_hand_computed():
+    gt = torch.zeros(3, 4, 4)
+    alpha = torch.zeros(1, 4, 4)
+    alpha[:, :2, :2] = 1.0  # 4 foreground pixels
+    pred = gt.clone()
+    pred[:, 0, 0] = 0.1  # error 0.1 on one fg pixel, all 3 channels
+    # MSE over fg = (3 * 0.01) / (4 * 3) = 0.0025 -> PSNR = -10 log10(0.0025) = 26.0206
+    assert metrics.psnr_fg(pred, gt, alpha).item() == pytest.approx(26.0206, abs=1e-3)
+
+
+def test_psnr_fg_ignores_background_changes():
+    gt = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    alpha = torch.zeros(2, 1, 8, 8)
+    alpha[..., 2:6, 2:6] = 1
+    pred = gt + 0.05 * (alpha > 0.5)
+    base = metrics.psnr_fg(pred, gt, alpha)
+    pred_bg = pred.clone()
+    pred_bg[(alpha <= 0.5).expand_as(pred)] = 0.0  # only the background differs
+    assert torch.allclose(metrics.psnr_fg(pred_bg, gt, alpha), base)
+    assert metrics.psnr_full(pred_bg, gt).mean() < metrics.psnr_full(pred, gt).mean()
+
+
+def test_no_foreground_is_undefined_not_infinite():
+    gt, pred = torch.ones(3, 4, 4), torch.zeros(3, 4, 4)
+    alpha = torch.zeros(1, 4, 4)
+    assert math.isnan(metrics.psnr_fg(pred, gt, alpha).item())
+    assert math.isnan(metrics.ssim_fg(pred, gt, alpha).item())
+    assert math.isnan(metrics.mask_iou(alpha, alpha).item())
+    s = metrics.summarize([20.0, float("nan"), 22.0])
+    assert s["mean"] == 21.0 and s["n"] == 2 and s["n_undefined"] == 1
+
+
+def test_psnr_full_hand_computed():
+    gt = torch.ones(3, 2, 2)
+    pred = gt.clone()
+    pred[0, 0, 0] = 0.0  # one channel-pixel off by 1 -> MSE 1/12
+    assert metrics.psnr_full(pred, gt).item() == pytest.approx(10 * math.log10(12), abs=1e-4)
+
+
+def test_mask_iou_hand_computed():
+    a = torch.zeros(1, 4, 4)
+    b = torch.zeros(1, 4, 4)
+    a[:, 0, :3] = 0.9  # 3 px
+    b[:, 0, 1:4] = 0.8  # 3 px, overlap 2
+    assert metrics.mask_iou(a, b).item() == pytest.approx(2 / 4)
+
+
+def test_ssim_identical_is_one_and_drops_with_noise():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 3, 32, 32, generator=g)
+    alpha = torch.ones(1, 1, 32, 32)
+    assert metrics.ssim_fg(x, x, alpha).item() == pytest.approx(1.0, abs=1e-6)
+    noisy = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    assert metrics.ssim_fg(noisy, x, alpha).item() < 0.9
+
+
+def test_ssim_constant_images_hand_computed():
+    # constant images a, b: variances 0, so SSIM = (2ab + C1) / (a^2 + b^2 + C1)
+    a, b = 0.3, 0.5
+    x, y = torch.full((3, 16, 16), a, dtype=torch.float64), torch.full((3, 16, 16), b, dtype=torch.float64)
+    c1 = 0.01 ** 2
+    want = (2 * a * b + c1) / (a * a + b * b + c1)
+    assert metrics.ssim_fg(x, y, torch.ones(1, 16, 16, dtype=torch.float64)).item() == pytest.approx(want, abs=1e-9)
+
+
+def test_chamfer_hand_computed():
+    surface = torch.tensor([[0.0, 0, 0], [10.0, 0, 0]])
+    pts = torch.tensor([[0.0, 1, 0], [10.0, 0, 2], [50.0, 0, 0]])
+    w = torch.tensor([1.0, 1.0, 0.0])  # the far point is transparent: weight 0
+    out = metrics.chamfer_mm(pts, surface, w)
+    assert out["accuracy_mm"] == pytest.approx(1.5)
+    assert out["completeness_mm"] == pytest.approx(1.5)
+    assert out["chamfer_mm"] == pytest.approx(1.5)
+
+
+def test_lpips_unavailable_without_weights(tmp_path):
+    model, why = metrics.LPIPSVGG.create(str(tmp_path / "missing.pth"))
+    assert model is None and "not found" in why
+
+
+def test_lpips_loads_local_backbone(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    path = tmp_path / metrics.VGG16_FILE
+    torch.save(torchvision.models.vgg16(weights=None).state_dict(), path)  # same layout, random weights
+    model, why = metrics.LPIPSVGG.create(str(path))
+    assert why == "" and model is not None
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    d_same = model(x, x)
+    d_diff = model(x, x.flip(-1))
+    assert d_same.shape == (2,) and torch.allclose(d_same, torch.zeros(2), atol=1e-6)
+    assert (d_diff > d_same).all()
