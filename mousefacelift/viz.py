@@ -1,0 +1,60 @@
+"""Video output for turntables: write frames to a browser-playable file, embed it in a notebook."""
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def _ffmpeg_exe() -> str | None:
+    """Path of the ffmpeg binary that imageio-ffmpeg uses, or None when there is none."""
+    try:
+        import imageio_ffmpeg
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return None
+
+
+def write_video(path, frames: np.ndarray, fps: int = 30) -> Path:
+    """Write uint8 frames [T, H, W, 3] as an H.264 MP4 (yuv420p; odd sizes padded to even with the
+    edge pixels) that browsers play. Without an ffmpeg binary, writes an animated GIF beside it
+    (same name, .gif) instead. Returns the path actually written."""
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"write_video({path}): frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if _ffmpeg_exe() is not None:
+        import imageio.v2 as imageio
+        H, W = frames.shape[1:3]
+        even = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+        with imageio.get_writer(path, fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=2,
+                                quality=8, ffmpeg_log_level="error") as writer:
+            for frame in even:
+                writer.append_data(frame)
+        logger.info("wrote %d frames to %s (H.264 via imageio-ffmpeg)", len(frames), path)
+        return path
+    from PIL import Image
+    gif = path.with_suffix(".gif")
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(gif, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
+    logger.warning("no ffmpeg binary found (imageio-ffmpeg): wrote %d frames to %s as a GIF instead of %s",
+                   len(frames), gif, path.name)
+    return gif
+
+
+def show_video(path):
+    """An IPython HTML object embedding the video (MP4) or animation (GIF) at ``path`` as base64,
+    so that executed notebooks carry it."""
+    from IPython.display import HTML
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"show_video: no file at {path}")
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    if path.suffix.lower() == ".gif":
+        return HTML(f'<img src="data:image/gif;base64,{data}"/>')
+    return HTML(f'<video controls autoplay loop muted playsinline src="data:video/mp4;base64,{data}"></video>')
