@@ -141,6 +141,22 @@ def pixel_rays(c2w: torch.Tensor, K: torch.Tensor, height: int, width: int) -> t
     return origins, d_world
 
 
+def rays_through_pixels(uv: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World rays through arbitrary pixel positions (continuous, centre-at-+0.5 convention).
+
+    uv [..., N, 2]; c2w [..., 4, 4]; K [..., 3, 3] -> origins [..., N, 3], unit directions [..., N, 3].
+    The inverse of :func:`project`: every point on the ray projects to ``uv``."""
+    fx, fy = K[..., 0, 0, None], K[..., 1, 1, None]
+    cx, cy = K[..., 0, 2, None], K[..., 1, 2, None]
+    skew = K[..., 0, 1, None]
+    y = (uv[..., 1] - cy) / fy
+    x = (uv[..., 0] - cx - skew * y) / fx
+    d_cam = torch.stack([x, y, torch.ones_like(x)], -1)
+    d_world = d_cam @ c2w[..., :3, :3].transpose(-1, -2)
+    d_world = d_world / d_world.norm(dim=-1, keepdim=True)
+    return c2w[..., None, :3, 3].expand_as(d_world), d_world
+
+
 def closest_point_to_origin(origins: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     """p0 = o + (-(o . d)) d: the point of each ray nearest the world origin (d unit), [..., 3]."""
     t0 = -(origins * dirs).sum(-1, keepdim=True)
@@ -345,3 +361,9 @@ def homography_to_opencv(H: torch.Tensor) -> torch.Tensor:
     unshift = torch.eye(3, dtype=H.dtype, device=H.device)
     unshift[0, 2] = unshift[1, 2] = -0.5
     return unshift @ H @ shift
+
+
+def apply_homography(H: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Map pixel positions uv [..., N, 2] through homographies H [..., 3, 3] -> [..., N, 2]."""
+    uvh = torch.cat([uv, torch.ones_like(uv[..., :1])], -1) @ H.transpose(-1, -2)
+    return uvh[..., :2] / uvh[..., 2:]

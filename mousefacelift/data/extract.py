@@ -1,0 +1,478 @@
+"""Recording -> FaceLift samples: select frames, find the mouse, normalize, resample views, write.
+
+Per frame (numbered as in :func:`process_frame`):
+1. skip the frame when the mouse is missing or touches the image border in some view;
+2. triangulate the mouse's 3D centre from the mask centroids of all views (residual in mm);
+3. build ONE similarity (centre -> origin, mean camera distance -> 2.7; the scale per sample or
+   one for the whole recording); the world stays Z-up;
+4. resample every view by a view policy, which returns the image AND its matching camera:
+   ``rectify`` (default) turns each camera about its own centre to look at the mouse with zero
+   roll and FaceLift's intrinsics, warping the image by the exact rotation homography; ``crop``
+   cuts a square around the projected centre and resizes it (rotation unchanged);
+5. write ``samples/sample_{frame:06d}`` (RGBA, alpha = mask) with FaceLift's camera json and the
+   provenance needed to map anything back to the recording.
+
+Outputs under ``<out_dir>/data/``: ``samples/``, ``splits/{train,val,test}.txt`` (lines are
+``samples/sample_XXXXXX`` relative to ``data/``), ``extraction.json`` (params, per-frame status,
+residual statistics) and ``extraction_config.json`` (the config hash that guards re-runs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from .. import cameras
+from . import samples
+from .recording import Frame, FrameSelection, Recording, open_recording, read_frames, select_frames
+
+log = logging.getLogger(__name__)
+
+VIEW_POLICIES = ("rectify", "crop")
+SCALE_MODES = ("per_sample", "recording")
+SPLIT_MODES = ("temporal", "random")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Every knob of the extraction; defaults are stated here only."""
+    selection: FrameSelection = field(default_factory=FrameSelection)  # which frames
+    view_policy: str = "rectify"  # "rectify" (look at the mouse, canonical K) | "crop" (square crop, K updated)
+    image_size: int = 512  # output side in pixels; rectify uses fx = fy = 548.99 * image_size / 512
+    crop_size: int = 640  # crop policy only: side of the square crop in source pixels
+    antialias: bool = True  # Gaussian pre-blur before a shrinking warp (sigma = (1/scale - 1) / 2)
+    scale_mode: str = "per_sample"  # "per_sample" | "recording" (one scale from the rig's focus point)
+    target_distance: float = cameras.FACELIFT_DISTANCE  # mean camera distance after normalization
+    min_mask_pixels: int = 100  # fewer mask pixels in a view = mouse missing, frame skipped
+    border_margin: int = 1  # width (px) of the frame-edge strip where mask pixels count as border contact
+    border_contact_max: float = 0.2  # skip when the mask runs along the edge for more than this x sqrt(mask
+    #                                  pixels): the body is cut off; a thin tail tip crossing the edge is fine
+    split_mode: str = "temporal"  # "temporal" (contiguous blocks with a gap) | "random" (seeded permutation)
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
+    split_gap: int = 100  # temporal split: frames dropped at the start of the val and test blocks
+    split_seed: int = 42  # random split: permutation seed
+    chunk_size: int = 8  # frames decoded per chunk (memory: chunk_size x V full frames)
+    workers: int | None = None  # decoding threads (None: one per camera)
+    progress: bool = True  # tqdm progress bar
+
+    # knobs that change speed or logging only, not the output (left out of the config hash)
+    RUNTIME_KEYS = ("chunk_size", "workers", "progress")
+
+    def validate(self) -> None:
+        for name, value, allowed in (("view_policy", self.view_policy, VIEW_POLICIES),
+                                     ("scale_mode", self.scale_mode, SCALE_MODES),
+                                     ("split_mode", self.split_mode, SPLIT_MODES)):
+            if value not in allowed:
+                raise ValueError(f"ExtractConfig.{name} = {value!r}; choose one of {allowed}")
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1.0) > 1e-6 or \
+                min(self.split_fractions) < 0:
+            raise ValueError(f"ExtractConfig.split_fractions must be 3 non-negative numbers summing to 1, "
+                             f"got {self.split_fractions}")
+        if self.image_size < 8 or self.crop_size < 8:
+            raise ValueError(f"ExtractConfig: image_size and crop_size must be >= 8 px, got "
+                             f"{self.image_size}, {self.crop_size}")
+
+    def output_dict(self) -> dict:
+        """The knobs that determine the output (hashed to guard re-runs)."""
+        d = dataclasses.asdict(self)
+        for k in self.RUNTIME_KEYS:
+            d.pop(k)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ExtractConfig":
+        """Build from a params mapping; unknown keys are an error that names the valid ones."""
+        d = dict(d)
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - valid
+        if unknown:
+            raise ValueError(f"ExtractConfig: unknown key(s) {sorted(unknown)}; valid keys: {sorted(valid)}")
+        if isinstance(d.get("selection"), Mapping):
+            sel = dict(d["selection"])
+            sel_valid = {f.name for f in dataclasses.fields(FrameSelection)}
+            if set(sel) - sel_valid:
+                raise ValueError(f"FrameSelection: unknown key(s) {sorted(set(sel) - sel_valid)}; "
+                                 f"valid keys: {sorted(sel_valid)}")
+            if "cut_frames" in sel:
+                sel["cut_frames"] = tuple(sel["cut_frames"])
+            d["selection"] = FrameSelection(**sel)
+        if "split_fractions" in d:
+            d["split_fractions"] = tuple(d["split_fractions"])
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the mouse
+# ----------------------------------------------------------------------------------------------
+def frame_skip_reason(mask: np.ndarray, min_pixels: int, border_margin: int, border_contact_max: float
+                      ) -> str | None:
+    """Why a frame cannot be used, or None. mask [V, H, W] bool.
+
+    A view is unusable when its mask has fewer than ``min_pixels`` pixels (mouse missing) or when
+    the mouse is cut by the frame: the mask covers more than ``border_contact_max * sqrt(area)``
+    pixels of the frame-edge strip of width ``border_margin`` (a thin tail crossing it is allowed)."""
+    b = max(1, border_margin)
+    for v, m in enumerate(mask):
+        n = int(m.sum())
+        if n < min_pixels:
+            return f"mouse missing in view {v} ({n} mask pixels < {min_pixels})"
+        edge = np.zeros_like(m)
+        edge[:b], edge[-b:], edge[:, :b], edge[:, -b:] = True, True, True, True
+        contact = int((m & edge).sum())
+        if contact > border_contact_max * b * np.sqrt(n):
+            return (f"mouse touches the image border in view {v} ({contact} edge pixels > "
+                    f"{border_contact_max} x {b} x sqrt({n}))")
+    return None
+
+
+def mask_centroids(mask: np.ndarray) -> torch.Tensor:
+    """Centroid of each view's mask, uv [V, 2] float64 in the project convention (pixel (i, j) has
+    its centre at (j + 0.5, i + 0.5)). mask [V, H, W] bool, every view non-empty."""
+    out = []
+    for m in mask:
+        ii, jj = np.nonzero(m)
+        out.append((jj.mean() + 0.5, ii.mean() + 0.5))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def triangulate_center(uv: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """3D point [3] (world, mm) nearest to the rays through uv [V, 2] of cameras w2c [V, 4, 4],
+    K [V, 3, 3], and each ray's distance to it [V] (mm)."""
+    origins, dirs = cameras.rays_through_pixels(uv[:, None, :], cameras.invert_rigid(w2c), K)
+    return cameras.triangulate_rays(origins[:, 0], dirs[:, 0])
+
+
+def recording_scale(w2c: torch.Tensor, target_distance: float) -> tuple[float, torch.Tensor]:
+    """One scale for a whole recording: target / mean distance of the cameras w2c [V, 4, 4] to the
+    rig's focus point (the least-squares meeting point of the optical axes, near the arena centre).
+    Returns (scale, focus point [3])."""
+    focus, _ = cameras.triangulate_rays(cameras.camera_centers(w2c), cameras.optical_axes(w2c))
+    dist = (cameras.camera_centers(w2c) - focus).norm(dim=-1).mean().item()
+    return target_distance / dist, focus
+
+
+# ----------------------------------------------------------------------------------------------
+# View policies: each returns the image AND its camera
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class View:
+    """One resampled view: rgba [S, S, 4] uint8; K [3, 3] and w2c [4, 4] float64 (mm, OpenCV) of the
+    new image; H [3, 3] maps source pixels to new pixels (project convention, centres at +0.5)."""
+    rgba: np.ndarray
+    K: torch.Tensor
+    w2c: torch.Tensor
+    H: torch.Tensor
+
+
+def _antialias(img: np.ndarray, scale: float) -> np.ndarray:
+    """Gaussian pre-blur for a resampling that shrinks by ``scale`` (< 1); identity otherwise."""
+    import cv2
+
+    sigma = (1.0 / scale - 1.0) / 2.0
+    return cv2.GaussianBlur(img, (0, 0), sigma) if sigma > 0.3 else img
+
+
+def rectify_view(rgb: np.ndarray, mask: np.ndarray, K: torch.Tensor, w2c: torch.Tensor, center: torch.Tensor,
+                 image_size: int, antialias: bool = True) -> View:
+    """Turn the camera about its own centre to look at ``center`` [3] (world) with zero roll about
+    world +Z, give it FaceLift's intrinsics at ``image_size`` and warp the image by the exact
+    rotation homography. rgb [H, W, 3] uint8, mask [H, W] bool; K [3, 3], w2c [4, 4] of the source.
+    Pixels that come from outside the source frame are transparent (alpha 0)."""
+    import cv2
+
+    f = cameras.FACELIFT_FOCAL * image_size / cameras.FACELIFT_IMAGE_SIZE
+    K_new = cameras.intrinsics(f, f, image_size / 2, image_size / 2, dtype=K.dtype)
+    C = cameras.camera_centers(w2c)
+    R_new = cameras.look_at_rotation(C, center.to(C.dtype))
+    w2c_new = cameras.w2c_from_RT(R_new, -(R_new @ C))
+    H = cameras.rotation_homography(K, w2c[:3, :3], K_new, R_new)
+    alpha = mask.astype(np.uint8) * 255
+    if antialias:
+        # local area scale at the source point that lands on the output centre: |J| = det(H) / w^3
+        src = torch.linalg.solve(H, torch.tensor([image_size / 2, image_size / 2, 1.0], dtype=H.dtype))
+        w = (H @ (src / src[2]))[2]
+        scale = abs(float(torch.linalg.det(H) / w ** 3)) ** 0.5
+        rgb, alpha = _antialias(rgb, scale), _antialias(alpha, scale)
+    M = cameras.homography_to_opencv(H).numpy()
+    size = (image_size, image_size)
+    out_rgb = cv2.warpPerspective(rgb, M, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    out_a = cv2.warpPerspective(alpha, M, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return View(rgba=np.dstack([out_rgb, out_a]), K=K_new, w2c=w2c_new, H=H)
+
+
+def crop_view(rgb: np.ndarray, mask: np.ndarray, K: torch.Tensor, w2c: torch.Tensor, center: torch.Tensor,
+              crop_size: int, image_size: int) -> View:
+    """Square crop of ``crop_size`` source pixels around the projection of ``center`` [3], resized to
+    ``image_size``; R and T unchanged, K updated by crop_intrinsics and scale_intrinsics. Outside
+    the source frame is transparent. rgb [H, W, 3] uint8, mask [H, W] bool; K [3, 3], w2c [4, 4]."""
+    import cv2
+
+    uv, _ = cameras.project(center[None].to(w2c.dtype), w2c, K)
+    x0 = int(round(uv[0, 0].item() - crop_size / 2))
+    y0 = int(round(uv[0, 1].item() - crop_size / 2))
+    h, w = mask.shape
+    rgba = np.zeros((crop_size, crop_size, 4), np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + crop_size, w), min(y0 + crop_size, h)
+    if sx1 > sx0 and sy1 > sy0:
+        rgba[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0, :3] = rgb[sy0:sy1, sx0:sx1]
+        rgba[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0, 3] = mask[sy0:sy1, sx0:sx1].astype(np.uint8) * 255
+    s = image_size / crop_size
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    out = cv2.resize(rgba, (image_size, image_size), interpolation=interp)
+    K_new = cameras.scale_intrinsics(cameras.crop_intrinsics(K, x0, y0), s, s)
+    H = torch.tensor([[s, 0.0, -s * x0], [0.0, s, -s * y0], [0.0, 0.0, 1.0]], dtype=K.dtype)
+    return View(rgba=out, K=K_new, w2c=w2c.clone(), H=H)
+
+
+# ----------------------------------------------------------------------------------------------
+# One frame
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ProcessedFrame:
+    """A frame ready to write: images [V, S, S, 4] uint8; w2c [V, 4, 4] (normalized units) and
+    K [V, 3, 3] of the sample; provenance (json-ready)."""
+    images: np.ndarray
+    w2c: torch.Tensor
+    K: torch.Tensor
+    view_ids: list[int]
+    provenance: dict
+    residual_rms_mm: float
+
+
+def process_frame(frame: Frame, rec: Recording, config: ExtractConfig, rec_scale: float | None = None
+                  ) -> ProcessedFrame:
+    """Steps 2-4 of the module docstring for one frame whose masks passed :func:`frame_skip_reason`.
+    ``rec_scale`` is required when ``config.scale_mode == "recording"``."""
+    K_src, w2c_src = rec.K[frame.cameras], rec.w2c[frame.cameras]
+    # 2. triangulate the mouse centre from the mask centroids
+    uv = mask_centroids(frame.mask)
+    center, residual = triangulate_center(uv, w2c_src, K_src)
+    # 3. one similarity for the whole sample
+    if config.scale_mode == "per_sample":
+        sim = cameras.normalizing_similarity(w2c_src, center, config.target_distance)
+    else:
+        if rec_scale is None:
+            raise ValueError("process_frame: scale_mode 'recording' needs rec_scale (see recording_scale)")
+        sim = cameras.Similarity(scale=rec_scale, center=tuple(float(x) for x in center))
+    # 4. resample each view; the view policy returns the matching camera
+    views = []
+    for i in range(len(frame.cameras)):
+        if config.view_policy == "rectify":
+            views.append(rectify_view(frame.rgb[i], frame.mask[i], K_src[i], w2c_src[i], center,
+                                      config.image_size, config.antialias))
+        else:
+            views.append(crop_view(frame.rgb[i], frame.mask[i], K_src[i], w2c_src[i], center,
+                                   config.crop_size, config.image_size))
+    w2c_mm = torch.stack([v.w2c for v in views])
+    rms = float(residual.pow(2).mean().sqrt())
+    provenance = {
+        "recording": str(rec.path.resolve()),
+        "frame_index": frame.index,
+        "view_policy": config.view_policy,
+        "normalization": {"scale": sim.scale, "center_mm": list(sim.center), "matrix": sim.as_matrix(),
+                          "scale_mode": config.scale_mode, "target_distance": config.target_distance},
+        "center_mm": center.tolist(),
+        "center_residual_mm": residual.tolist(),
+        "center_residual_rms_mm": rms,
+        "mask_centroids_px": uv.tolist(),
+        "original_K": K_src.tolist(),  # project convention (pixel centres at +0.5)
+        "original_w2c_mm": w2c_src.tolist(),
+        "sample_w2c_mm": w2c_mm.tolist(),
+        "homography_src_to_sample": [v.H.tolist() for v in views],  # project pixel convention
+        "source_size": [rec.width, rec.height],
+    }
+    return ProcessedFrame(images=np.stack([v.rgba for v in views]), w2c=sim.apply_w2c(w2c_mm),
+                          K=torch.stack([v.K for v in views]), view_ids=list(frame.cameras),
+                          provenance=provenance, residual_rms_mm=rms)
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits
+# ----------------------------------------------------------------------------------------------
+def split_frames(frames: list[int], config: ExtractConfig) -> dict[int, str | None]:
+    """Assign each frame to "train" / "val" / "test", or None when it falls in a temporal gap.
+
+    temporal: the frame range [first, last] is cut into consecutive blocks by ``split_fractions``;
+    frames within ``split_gap`` frames after a block boundary belong to no split (100 fps
+    neighbours are near-duplicates). random: a permutation seeded by ``split_seed``."""
+    frames = sorted(frames)
+    if not frames:
+        return {}
+    f_train, f_val, _ = config.split_fractions
+    if config.split_mode == "random":
+        g = torch.Generator().manual_seed(config.split_seed)
+        perm = torch.randperm(len(frames), generator=g).tolist()
+        n_train, n_val = round(f_train * len(frames)), round(f_val * len(frames))
+        names = ["train"] * n_train + ["val"] * n_val + ["test"] * (len(frames) - n_train - n_val)
+        return {frames[p]: names[i] for i, p in enumerate(perm)}
+    lo, span = frames[0], frames[-1] - frames[0] + 1
+    b1, b2 = lo + f_train * span, lo + (f_train + f_val) * span
+    out: dict[int, str | None] = {}
+    for f in frames:
+        if f < b1:
+            out[f] = "train"
+        elif f < b2:
+            out[f] = "val" if f >= b1 + config.split_gap else None
+        else:
+            out[f] = "test" if f >= b2 + config.split_gap else None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole extraction
+# ----------------------------------------------------------------------------------------------
+def _guard_config(data_dir: Path, rec: Recording, config: ExtractConfig) -> str:
+    """Store the config hash; raise if an earlier extraction in this folder used other params."""
+    content = {"recording": str(rec.path.resolve()), "config": config.output_dict()}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+    path = data_dir / "extraction_config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("hash") != digest:
+            raise ValueError(
+                f"{path}: this folder was extracted with other params (hash {old.get('hash')} vs {digest}; "
+                f"old {old.get('content')}, new {content}). Use a new run name or delete {data_dir} to re-extract.")
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"hash": digest, "content": content}, indent=1))
+    return digest
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"count": 0}
+    a = np.asarray(values)
+    return {"count": int(a.size), "mean": float(a.mean()), "median": float(np.median(a)),
+            "p95": float(np.percentile(a, 95)), "max": float(a.max())}
+
+
+def extract(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, config: ExtractConfig) -> dict:
+    """Extract samples from a recording into ``<out_dir>/data`` (see the module docstring).
+
+    Re-running with the same config skips finished samples; a different config raises instead of
+    overwriting. Returns a summary: counts, residual statistics (mm), paths and timing."""
+    t_start = time.perf_counter()
+    config.validate()
+    rec = open_recording(recording_dir)
+    data_dir = Path(out_dir) / "data"
+    digest = _guard_config(data_dir, rec, config)
+    samples_dir = data_dir / "samples"
+
+    # select frames and assign splits up front (gap frames are never extracted)
+    frames = select_frames(rec.n_frames, config.selection)
+    split_of = split_frames(frames, config)
+    status: dict[int, dict] = {}
+    todo = []
+    for f in frames:
+        sdir = samples_dir / samples.sample_name(f)
+        if split_of[f] is None:
+            status[f] = {"frame": f, "status": "skipped", "reason": "temporal split gap", "split": None}
+        elif samples.is_complete(sdir):
+            meta, _, _ = samples.read_cameras(sdir)
+            status[f] = {"frame": f, "status": "written", "reused": True, "split": split_of[f],
+                         "residual_rms_mm": meta["provenance"]["center_residual_rms_mm"]}
+        else:
+            todo.append(f)
+    n_reused = sum(1 for s in status.values() if s.get("reused"))
+    log.info("%d frames selected: %d to extract, %d already done, %d in split gaps", len(frames), len(todo),
+             n_reused, sum(1 for s in split_of.values() if s is None))
+
+    rec_scale = None
+    if config.scale_mode == "recording":
+        rec_scale, focus = recording_scale(rec.w2c, config.target_distance)
+        log.info("recording scale %.6g (focus point %s mm)", rec_scale, focus.tolist())
+
+    # decode sequentially and process frame by frame
+    for frame in read_frames(rec, todo, chunk_size=config.chunk_size, workers=config.workers,
+                             progress=config.progress):
+        f = frame.index
+        reason = frame_skip_reason(frame.mask, config.min_mask_pixels, config.border_margin,
+                                   config.border_contact_max)
+        if reason is not None:
+            log.info("frame %d skipped: %s", f, reason)
+            status[f] = {"frame": f, "status": "skipped", "reason": reason, "split": split_of[f]}
+            continue
+        pf = process_frame(frame, rec, config, rec_scale)
+        samples.write_sample(samples_dir / samples.sample_name(f), pf.images, pf.w2c, pf.K, pf.view_ids,
+                             {**pf.provenance, "split": split_of[f], "config_hash": digest})
+        status[f] = {"frame": f, "status": "written", "reused": False, "split": split_of[f],
+                     "residual_rms_mm": pf.residual_rms_mm}
+
+    # splits, report
+    split_files = {}
+    for name in SPLITS:
+        rows = [f"samples/{samples.sample_name(f)}" for f in frames
+                if status[f]["status"] == "written" and status[f]["split"] == name]
+        split_files[name] = str(data_dir / "splits" / f"{name}.txt")
+        samples.write_split(split_files[name], rows)
+    residuals = [s["residual_rms_mm"] for s in status.values() if s["status"] == "written"]
+    written = [s for s in status.values() if s["status"] == "written"]
+    summary = {
+        "recording": str(rec.path.resolve()),
+        "config_hash": digest,
+        "n_selected": len(frames),
+        "n_written": len(written),
+        "n_reused": n_reused,
+        "n_skipped": len(frames) - len(written),
+        "split_sizes": {n: sum(1 for s in written if s["split"] == n) for n in SPLITS},
+        "residual_rms_mm": _stats(residuals),
+        "data_dir": str(data_dir),
+        "samples_dir": str(samples_dir),
+        "split_files": split_files,
+        "seconds": time.perf_counter() - t_start,
+    }
+    report = {"params": config.output_dict(), "summary": summary, "frames": [status[f] for f in frames]}
+    (data_dir / "extraction.json").write_text(json.dumps(report, indent=1))
+    log.info("extraction: %d written (%d reused), %d skipped, residual rms median %.2f mm",
+             summary["n_written"], n_reused, summary["n_skipped"], summary["residual_rms_mm"].get("median", float("nan")))
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Check: ground-truth keypoints through the sample cameras vs through the image warp
+# ----------------------------------------------------------------------------------------------
+def reproject_keypoints_check(samples_dir: str | os.PathLike,
+                              keypoints3d: Mapping[int, np.ndarray] | Callable[[int], np.ndarray]) -> dict:
+    """For every sample in ``samples_dir``: project ground-truth 3D keypoints (world mm, [J, 3] per
+    frame index, from a mapping or a function) (a) through the sample's normalized camera and (b)
+    through the ORIGINAL camera, then mapped by the homography the image was warped with. Both
+    must agree: the per-keypoint difference is the camera bookkeeping error in sample pixels.
+
+    Returns {"errors_px": tensor [S, V, J] (NaN where a keypoint is behind a camera),
+    "frames": [S], "mean_px", "max_px"}."""
+    get = keypoints3d if callable(keypoints3d) else keypoints3d.__getitem__
+    errs, frames = [], []
+    for sdir in sorted(Path(samples_dir).glob("sample_*")):
+        if not samples.is_complete(sdir):
+            continue
+        meta, w2c, K = samples.read_cameras(sdir)
+        prov = meta["provenance"]
+        f = int(prov["frame_index"])
+        X = torch.as_tensor(np.asarray(get(f), dtype=np.float64))  # [J, 3] mm
+        norm = prov["normalization"]
+        sim = cameras.Similarity(scale=norm["scale"], center=tuple(norm["center_mm"]))
+        uv_new, z_new = cameras.project(sim.apply_points(X)[None], w2c, K)  # [V, J, 2]
+        K0 = torch.tensor(prov["original_K"], dtype=torch.float64)
+        w2c0 = torch.tensor(prov["original_w2c_mm"], dtype=torch.float64)
+        H = torch.tensor(prov["homography_src_to_sample"], dtype=torch.float64)
+        uv_old, z_old = cameras.project(X[None], w2c0, K0)
+        uv_mapped = cameras.apply_homography(H, uv_old)
+        e = (uv_new - uv_mapped).norm(dim=-1)
+        e[(z_new <= 0) | (z_old <= 0)] = float("nan")
+        errs.append(e)
+        frames.append(f)
+    if not errs:
+        raise ValueError(f"{samples_dir}: no complete samples to check; run the extraction first")
+    E = torch.stack(errs)
+    return {"errors_px": E, "frames": frames, "mean_px": float(E.nanmean()),
+            "max_px": float(E[~E.isnan()].max())}
