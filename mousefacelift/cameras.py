@@ -367,3 +367,32 @@ def apply_homography(H: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """Map pixel positions uv [..., N, 2] through homographies H [..., 3, 3] -> [..., N, 2]."""
     uvh = torch.cat([uv, torch.ones_like(uv[..., :1])], -1) @ H.transpose(-1, -2)
     return uvh[..., :2] / uvh[..., 2:]
+
+
+def rig_mismatch(w2c: torch.Tensor, w2c_ref: torch.Tensor, align_view: int = 0) -> dict:
+    """How far a rig is from a reference rig (e.g. FaceLift's canonical one), both normalized
+    (subject at the origin, Z-up). w2c [V, 4, 4], w2c_ref [V, 4, 4] -> dict of per-view tensors.
+
+    The reference is first turned about Z so that its view 0 has the azimuth of ``align_view`` of
+    the rig (a subject's heading is arbitrary; only relative azimuths matter). Then, per view, the
+    angle between the directions from the origin to the two cameras, in the given order (how the
+    earlier attempt paired them) and under the best one-to-one pairing (brute force, V <= 8)."""
+    import itertools
+
+    V = w2c.shape[0]
+    if w2c_ref.shape[0] != V or V > 8:
+        raise ValueError(f"rig_mismatch: need two rigs of the same size <= 8, got {V} and {w2c_ref.shape[0]}")
+    c, c_ref = camera_centers(w2c), camera_centers(w2c_ref)
+    _, el, az = spherical_coords(c)
+    _, el_ref, az_ref = spherical_coords(c_ref)
+    turn = torch.deg2rad(az[align_view] - az_ref[0])
+    rot = torch.tensor([[math.cos(turn), -math.sin(turn), 0.0], [math.sin(turn), math.cos(turn), 0.0],
+                        [0.0, 0.0, 1.0]], dtype=c.dtype, device=c.device)
+    c_ref = c_ref @ rot.T
+    _, el_ref, az_ref = spherical_coords(c_ref)
+    angle = angle_between_deg(c[:, None, :], c_ref[None, :, :])  # [V, V]: rig view i vs ref view j
+    best = min(itertools.permutations(range(V)), key=lambda p: float(sum(angle[i, j] for i, j in enumerate(p))))
+    best_t = torch.tensor(best)
+    return {"elevation": el, "azimuth": az, "ref_elevation": el_ref, "ref_azimuth": az_ref,
+            "angle_in_order": angle.diagonal(), "best_pairing": best_t,
+            "angle_best_pairing": angle[torch.arange(V), best_t]}

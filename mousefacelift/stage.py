@@ -60,3 +60,12 @@ def record_results(stage: str, results: dict) -> Path:
 def setup_notebook_logging(level: int = logging.INFO) -> None:
     """Library logs (progress, skips, warnings) show up in the executed notebook's output."""
     logging.basicConfig(level=level, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is present, else "cpu"; anything else is returned as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

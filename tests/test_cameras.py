@@ -269,3 +269,16 @@ def test_up_axis_from_centers_sign():
     torch.testing.assert_close(cam.up_axis_from_centers(w2c_flipped), torch.tensor([0.0, 0.0, -1.0], dtype=f64),
                                atol=1e-9, rtol=0)
     assert math.isclose(cam.up_axis_from_centers(real_rig()).norm().item(), 1.0)
+
+
+def test_rig_mismatch_zero_for_a_turned_copy_and_finds_the_pairing():
+    from mousefacelift import cameras as C
+
+    w2c, _ = C.canonical_rig()
+    turned = C.orbit_cameras([a + 33.0 for a in [-90, -135, -180, 90, 0, -45]], 0.0, 2.7)
+    out = C.rig_mismatch(turned, w2c)
+    assert float(out["angle_in_order"].abs().max()) < 1e-6
+    perm = [3, 0, 5, 1, 2, 4]
+    out = C.rig_mismatch(turned[perm], w2c, align_view=1)  # view 1 of the shuffled rig is the front
+    assert out["best_pairing"].tolist() == perm  # rig view i is canonical view perm[i]
+    assert float(out["angle_best_pairing"].max()) < 1e-6 and float(out["angle_in_order"].max()) > 40
