@@ -57,6 +57,8 @@ class ExtractConfig:
     border_margin: int = 1  # width (px) of the frame-edge strip where mask pixels count as border contact
     border_contact_max: float = 0.2  # skip when the mask runs along the edge for more than this x sqrt(mask
     #                                  pixels): the body is cut off; a thin tail tip crossing the edge is fine
+    border_thin_fraction: float = 0.1  # parts thinner than this x sqrt(mask pixels) (the tail) are ignored
+    #                                    at the border: they may leave the frame without cutting the body
     split_mode: str = "temporal"  # "temporal" (contiguous blocks with a gap) | "random" (seeded permutation)
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
     split_gap: int = 100  # temporal split: frames dropped at the start of the val and test blocks
@@ -114,13 +116,16 @@ class ExtractConfig:
 # ----------------------------------------------------------------------------------------------
 # Finding the mouse
 # ----------------------------------------------------------------------------------------------
-def frame_skip_reason(mask: np.ndarray, min_pixels: int, border_margin: int, border_contact_max: float
-                      ) -> str | None:
+def frame_skip_reason(mask: np.ndarray, min_pixels: int, border_margin: int, border_contact_max: float,
+                      thin_fraction: float = 0.1) -> str | None:
     """Why a frame cannot be used, or None. mask [V, H, W] bool.
 
     A view is unusable when its mask has fewer than ``min_pixels`` pixels (mouse missing) or when
-    the mouse is cut by the frame: the mask covers more than ``border_contact_max * sqrt(area)``
-    pixels of the frame-edge strip of width ``border_margin`` (a thin tail crossing it is allowed)."""
+    the mouse is cut by the frame: its body (the mask without parts thinner than ``thin_fraction *
+    sqrt(area)``, such as the tail) covers more than ``border_contact_max * sqrt(area)`` pixels of
+    the frame-edge strip of width ``border_margin``."""
+    import cv2
+
     b = max(1, border_margin)
     for v, m in enumerate(mask):
         n = int(m.sum())
@@ -128,7 +133,14 @@ def frame_skip_reason(mask: np.ndarray, min_pixels: int, border_margin: int, bor
             return f"mouse missing in view {v} ({n} mask pixels < {min_pixels})"
         edge = np.zeros_like(m)
         edge[:b], edge[-b:], edge[:, :b], edge[:, -b:] = True, True, True, True
-        contact = int((m & edge).sum())
+        # only the body counts: an opening as wide as thin_fraction x sqrt(area) removes the tail
+        # and other thin parts, which may cross the frame edge without cutting the mouse off
+        k = int(round(thin_fraction * np.sqrt(n)))
+        body = m
+        if k >= 2:
+            body = cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN,
+                                    cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(bool)
+        contact = int((body & edge).sum())
         if contact > border_contact_max * b * np.sqrt(n):
             return (f"mouse touches the image border in view {v} ({contact} edge pixels > "
                     f"{border_contact_max} x {b} x sqrt({n}))")
@@ -397,7 +409,7 @@ def extract(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, config
                              progress=config.progress):
         f = frame.index
         reason = frame_skip_reason(frame.mask, config.min_mask_pixels, config.border_margin,
-                                   config.border_contact_max)
+                                   config.border_contact_max, config.border_thin_fraction)
         if reason is not None:
             log.info("frame %d skipped: %s", f, reason)
             status[f] = {"frame": f, "status": "skipped", "reason": reason, "split": split_of[f]}

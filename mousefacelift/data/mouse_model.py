@@ -1,0 +1,548 @@
+"""The procedural mouse: an articulated body of analytic primitives, its motion, and exact ray casting.
+
+Body frame (the reference's proxy): x left, y back, z up, millimetres, origin on the floor under
+the torso centre; the nose points along -y. A pose (:class:`PoseTrack`, one row per frame) places
+the body in the Z-up world (floor z = 0) and articulates it:
+
+* ``x, y, heading``: body origin on the floor (~ centre of mass) and the direction of -y_body
+  in the world, counter-clockwise from +X (radians);
+* ``pitch``: rearing, the front group (torso, head, ears, fore legs) pitched up about a pivot
+  near the haunch (radians; 0 = on all fours);
+* ``head_yaw``: head and ears turned about the neck; ``tail_swing``: sideways bend of the tail
+  (radians at the tip); ``gait_phase``: trotting phase of the paws (radians).
+
+The surface is a union of ellipsoids (torso, haunch, head, flattened ears) and capsules (legs,
+the tapered tail as a chain). For rendering each capsule is split into a finite cylinder and two
+spheres, so every piece is one quadric ``(p - c)^T G (p - c) = k`` with an optional axial range
+``lo <= (p - c) . u <= hi`` (:class:`Quadrics`). A ray from a shared origin then needs only a
+quadratic form in its direction, which is a matmul over all rays and pieces (:func:`ray_hits`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+KEYPOINT_NAMES = (
+    "left_ear_tip", "right_ear_tip", "nose", "neck", "body_middle", "tail_root", "tail_middle",
+    "tail_end", "left_paw", "left_paw_end", "left_elbow", "left_shoulder", "right_paw",
+    "right_paw_end", "right_elbow", "right_shoulder", "left_foot", "left_knee", "left_hip",
+    "right_foot", "right_knee", "right_hip")
+Vec3 = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class BodyConfig:
+    """Body proportions (body frame, mm; left-side parts, the right side mirrors x) and colours."""
+    torso_center: Vec3 = (0.0, 0.0, 13.0)
+    torso_axes: Vec3 = (14.0, 30.0, 11.0)          # semi-axes
+    haunch_center: Vec3 = (0.0, 8.0, 11.0)
+    haunch_axes: Vec3 = (15.0, 14.0, 10.0)
+    head_center: Vec3 = (0.0, -38.0, 11.0)
+    head_axes: Vec3 = (10.0, 15.0, 9.0)
+    ear_center: Vec3 = (12.0, -29.0, 20.0)         # left ear, a flattened ellipsoid
+    ear_axes: Vec3 = (5.0, 1.0, 5.5)               # width, thickness, height
+    ear_yaw_deg: float = 30.0                      # ear planes turned outward from facing forward
+    neck: Vec3 = (0.0, -24.0, 13.0)                # head-yaw pivot
+    rear_pivot: Vec3 = (0.0, 18.0, 4.0)            # rearing pitches the front group about this point
+    fore_leg_top: Vec3 = (8.0, -16.0, 7.0)         # elbow
+    fore_paw: Vec3 = (9.0, -21.0, 1.8)
+    fore_leg_radius: float = 1.8
+    hind_foot_heel: Vec3 = (12.0, 13.0, 2.0)
+    hind_foot_toe: Vec3 = (12.0, 1.0, 2.0)
+    hind_foot_radius: float = 2.0
+    stride_amplitude_mm: float = 3.0               # fore/aft paw swing at full trot
+    tail_start: Vec3 = (0.0, 16.0, 10.0)           # inside the body; the visible tail starts 11 mm later
+    tail_hidden_mm: float = 11.0
+    tail_length_mm: float = 85.0                   # visible length
+    tail_radius_root: float = 2.3
+    tail_radius_tip: float = 0.65
+    tail_segments: int = 12
+    tail_elevation0_deg: float = 5.0               # first segment slightly up, then curving down
+    tail_drop_deg: float = 15.0                    # per segment, down to -40 deg, then it lies on the floor
+    fur_rgb: Vec3 = (0.11, 0.11, 0.12)             # linear albedo; lit fur ends up at RGB ~20-40
+    pink_rgb: Vec3 = (0.78, 0.52, 0.52)            # ears and tail
+    paw_rgb: Vec3 = (0.70, 0.50, 0.48)
+    fur_texture_amp: float = 0.35                  # relative albedo modulation by smooth noise
+    pink_texture_amp: float = 0.12
+    texture_wavelength_mm: float = 7.0
+    texture_seed: int = 7
+
+
+@dataclass(frozen=True)
+class MotionConfig:
+    """Random walk of the mouse (all times in seconds, lengths in mm)."""
+    arena_center: tuple[float, float] = (55.0, 55.0)
+    max_radius: float = 85.0                       # hard limit for the body origin
+    wall_radius: float = 95.0                      # the arena wall: the nose never passes it
+    nose_reach: float = 52.0                       # body origin to nose tip along the heading
+    preferred_radius: float = 68.0                 # wall-following ring
+    wall_steer_rate: float = 2.5                   # rad/s turning toward the ring's tangent
+    speed_median: float = 106.0                    # median of the moving (non-rearing) speed, mm/s
+    speed_log_std: float = 0.76                    # gives a 99th percentile of ~ 5.8 x median
+    speed_tau: float = 0.5
+    turn_std: float = 2.0                          # rad/s, random turning rate
+    turn_tau: float = 0.3
+    rear_fraction: float = 0.12                    # fraction of frames in rearing episodes
+    rear_duration: tuple[float, float] = (0.6, 1.6)
+    rear_pitch_deg: tuple[float, float] = (45.0, 90.0)
+    rear_ramp: float = 0.15                        # rise / fall time of an episode
+    tail_swing_std_deg: float = 20.0
+    tail_swing_tau: float = 0.4
+    head_yaw_std_deg: float = 12.0
+    head_yaw_tau: float = 0.3
+    stride_mm: float = 30.0                        # one gait cycle per stride
+
+
+POSE_FIELDS = ("x", "y", "heading", "pitch", "head_yaw", "tail_swing", "gait_phase", "speed", "rearing")
+
+
+@dataclass
+class PoseTrack:
+    """Per-frame pose parameters, numpy arrays [F] (float64; ``rearing`` bool): see module docstring.
+    ``speed`` is the commanded walking speed (mm/s), used for the gait amplitude; ``rearing`` marks
+    the frames of a rearing episode whose pitch is above half of the episode's target (45-90 deg)."""
+    x: np.ndarray
+    y: np.ndarray
+    heading: np.ndarray
+    pitch: np.ndarray
+    head_yaw: np.ndarray
+    tail_swing: np.ndarray
+    gait_phase: np.ndarray
+    speed: np.ndarray
+    rearing: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _ou(x: float, tau: float, std: float, dt: float, noise: float) -> float:
+    """One Euler step of a zero-mean Ornstein-Uhlenbeck process with stationary std ``std``."""
+    return x - x * dt / tau + std * math.sqrt(2.0 * dt / tau) * noise
+
+
+def simulate_motion(cfg: MotionConfig, n_frames: int, fps: float, generator: torch.Generator) -> PoseTrack:
+    """Random walk near the wall with rearing episodes, tail swing and head turns -> PoseTrack [n_frames].
+
+    1. log-speed follows an OU process around log(speed_median); speed drops to 0 while rearing;
+    2. the heading turns randomly (OU turning rate) and is steered toward the tangent of the
+       preferred ring (wall following), the body heading follows the velocity;
+    3. the position is kept within max_radius of the arena centre (radial overshoot is removed),
+       and at the wall the heading turns along it so that the nose stays inside wall_radius;
+    4. rearing episodes start at the rate that gives rear_fraction of the frames, with a smooth
+       cosine ramp up to a random pitch in rear_pitch_deg, a hold, and a ramp down.
+    """
+    dt = 1.0 / fps
+    noise = torch.randn(n_frames, 5, generator=generator, dtype=torch.float64).numpy()
+    unif = torch.rand(n_frames, 4, generator=generator, dtype=torch.float64).numpy()
+    # an episode of mean length D frames is flagged as rearing (pitch above half) for D - ramp
+    # frames; starting with probability p per free frame flags p (D - ramp) / (1 + p D) of them
+    ramp = max(1, round(cfg.rear_ramp * fps))
+    mean_len = 0.5 * sum(cfg.rear_duration) * fps
+    p_start = cfg.rear_fraction / max(1.0, mean_len - ramp - cfg.rear_fraction * mean_len)
+    c = np.asarray(cfg.arena_center, dtype=np.float64)
+    # 0. initial state: on the preferred ring, random azimuth, tangent heading
+    az = 2 * math.pi * unif[0, 0]
+    pos = c + cfg.preferred_radius * 0.9 * np.array([math.cos(az), math.sin(az)])
+    psi = az + math.pi / 2
+    log_s = math.log(cfg.speed_median)
+    omega = swing = head = phase = 0.0
+    ep_left, ep_len, ep_pitch = 0, 0, 0.0
+    out = {k: np.zeros(n_frames) for k in POSE_FIELDS}
+    for i in range(n_frames):
+        n = noise[i]
+        # 4. rearing episode state
+        if ep_left == 0 and unif[i, 1] < p_start:
+            lo, hi = cfg.rear_duration
+            ep_len = ep_left = max(2 * ramp + 1, round((lo + (hi - lo) * unif[i, 2]) * fps))
+            lo, hi = cfg.rear_pitch_deg
+            ep_pitch = math.radians(lo + (hi - lo) * unif[i, 3])
+        level = 0.0
+        if ep_left > 0:
+            k = ep_len - ep_left
+            ramp_pos = min(k + 1, ep_left, ramp) / ramp
+            level = 0.5 - 0.5 * math.cos(math.pi * ramp_pos)
+            ep_left -= 1
+        # 1. speed
+        log_s = math.log(cfg.speed_median) + _ou(log_s - math.log(cfg.speed_median), cfg.speed_tau,
+                                                 cfg.speed_log_std, dt, n[0])
+        speed = math.exp(log_s) * (1.0 - level)
+        # 2. heading: random turning plus wall following
+        omega = _ou(omega, cfg.turn_tau, cfg.turn_std, dt, n[1])
+        rel = pos - c
+        r = max(1e-6, float(np.hypot(*rel)))
+        e_r = rel / r
+        tangent = np.array([-e_r[1], e_r[0]])
+        if tangent @ np.array([math.cos(psi), math.sin(psi)]) < 0:
+            tangent = -tangent
+        desired = tangent + 2.0 * (cfg.preferred_radius - r) / cfg.preferred_radius * e_r
+        err = math.atan2(desired[1], desired[0]) - psi
+        psi += (omega * (1.0 - level) + cfg.wall_steer_rate * math.sin(err)) * dt
+        # 3. position within the arena; at the wall the mouse turns along it (it cannot walk
+        #    through it): the nose stays inside wall_radius, so the body origin stays inside
+        #    sqrt(wall_radius^2 - nose_reach^2) when it runs along the wall
+        nose = pos - c + cfg.nose_reach * np.array([math.cos(psi), math.sin(psi)])
+        if float(np.hypot(*nose)) > cfg.wall_radius:
+            e_r = (pos - c) / max(1e-6, float(np.hypot(*(pos - c))))
+            tangent = np.array([-e_r[1], e_r[0]])
+            if tangent @ np.array([math.cos(psi), math.sin(psi)]) < 0:
+                tangent = -tangent
+            psi = math.atan2(tangent[1], tangent[0])
+        pos = pos + speed * dt * np.array([math.cos(psi), math.sin(psi)])
+        rel = pos - c
+        r = float(np.hypot(*rel))
+        r_max = min(cfg.max_radius, math.sqrt(max(0.0, cfg.wall_radius ** 2 - cfg.nose_reach ** 2)))
+        if r > r_max:
+            pos = c + rel * (r_max / r)
+        swing = _ou(swing, cfg.tail_swing_tau, math.radians(cfg.tail_swing_std_deg), dt, n[2])
+        head = _ou(head, cfg.head_yaw_tau, math.radians(cfg.head_yaw_std_deg), dt, n[3])
+        phase = (phase + 2 * math.pi * speed * dt / cfg.stride_mm) % (2 * math.pi)
+        for key, val in (("x", pos[0]), ("y", pos[1]), ("heading", psi), ("pitch", level * ep_pitch),
+                         ("head_yaw", float(np.clip(head, -0.6, 0.6))),
+                         ("tail_swing", float(np.clip(swing - 0.2 * omega, -1.0, 1.0))),
+                         ("gait_phase", phase), ("speed", speed), ("rearing", level > 0.5)):
+            out[key][i] = val
+    out["heading"] = np.mod(out["heading"] + math.pi, 2 * math.pi) - math.pi
+    out["rearing"] = out["rearing"].astype(bool)
+    return PoseTrack(**out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Body geometry
+# ----------------------------------------------------------------------------------------------
+def _rot_x(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]], dtype=np.float64)
+
+
+def _rot_z(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _Rigid:
+    """x_out = R @ x_in + t."""
+    R: np.ndarray
+    t: np.ndarray
+
+    def __call__(self, p) -> np.ndarray:
+        return np.asarray(p, dtype=np.float64) @ self.R.T + self.t
+
+    def then(self, outer: "_Rigid") -> "_Rigid":
+        """The transform applying self first, then outer."""
+        return _Rigid(outer.R @ self.R, outer.R @ self.t + outer.t)
+
+    @staticmethod
+    def about(R: np.ndarray, pivot) -> "_Rigid":
+        pivot = np.asarray(pivot, dtype=np.float64)
+        return _Rigid(R, pivot - R @ pivot)
+
+
+@dataclass
+class MouseShapes:
+    """One frame of the mouse in world mm.
+
+    Ellipsoids: ell_center [E, 3], ell_rot [E, 3, 3] (columns = local axes in world), ell_axes [E, 3].
+    Capsules: cap_a [C, 3], cap_b [C, 3] (segment ends), cap_r [C].
+    Per piece (ellipsoids first, then capsules): albedo [E+C, 3] linear RGB, tex_amp [E+C],
+    tex_R [E+C, 3, 3], tex_t [E+C, 3]: body-frame texture coordinates are tex_R @ (p - tex_t)."""
+    ell_center: np.ndarray
+    ell_rot: np.ndarray
+    ell_axes: np.ndarray
+    cap_a: np.ndarray
+    cap_b: np.ndarray
+    cap_r: np.ndarray
+    albedo: np.ndarray
+    tex_amp: np.ndarray
+    tex_R: np.ndarray
+    tex_t: np.ndarray
+
+
+def _mirror(p) -> np.ndarray:
+    return np.array([-p[0], p[1], p[2]], dtype=np.float64)
+
+
+def _tail_points(body: BodyConfig, swing: float) -> tuple[np.ndarray, np.ndarray]:
+    """Tail chain in the body frame: joints [n+1, 3] and segment radii [n], lying on the floor
+    where it reaches it; the sideways bend grows linearly to ``swing`` at the tip."""
+    n = body.tail_segments
+    total = body.tail_hidden_mm + body.tail_length_mm
+    seg = total / n
+    arc_mid = (np.arange(n) + 0.5) * seg
+    frac = np.clip((arc_mid - body.tail_hidden_mm) / body.tail_length_mm, 0.0, 1.0)
+    radii = body.tail_radius_root + (body.tail_radius_tip - body.tail_radius_root) * frac
+    pts = [np.asarray(body.tail_start, dtype=np.float64)]
+    for i in range(n):
+        elev = math.radians(max(-40.0, body.tail_elevation0_deg - body.tail_drop_deg * i))
+        yaw = swing * (i + 1) / n
+        d = np.array([math.sin(yaw) * math.cos(elev), math.cos(yaw) * math.cos(elev), math.sin(elev)])
+        p = pts[-1] + seg * d
+        p[2] = max(p[2], radii[i])
+        pts.append(p)
+    return np.stack(pts), radii
+
+
+def _tail_point_at(joints: np.ndarray, arc: float) -> np.ndarray:
+    """The point at arc length ``arc`` along the polyline ``joints`` [n+1, 3]."""
+    seg_len = np.linalg.norm(np.diff(joints, axis=0), axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(seg_len)])
+    arc = float(np.clip(arc, 0.0, cum[-1]))
+    i = min(int(np.searchsorted(cum, arc, side="right")) - 1, len(seg_len) - 1)
+    return joints[i] + (arc - cum[i]) / max(seg_len[i], 1e-9) * (joints[i + 1] - joints[i])
+
+
+def build_mouse(pose: PoseTrack, frame: int, body: BodyConfig) -> tuple[MouseShapes, np.ndarray]:
+    """The mouse of one frame -> (shapes in world mm, keypoints [22, 3] world mm in KEYPOINT_NAMES
+    order). Every keypoint lies inside a primitive (on an axis or inside a body ellipsoid), so it
+    projects inside the silhouette."""
+    P = {name: float(getattr(pose, name)[frame]) for name in POSE_FIELDS}
+    # 1. group transforms: placement, rearing pitch (+ lift off the floor), head yaw
+    place = _Rigid(_rot_z(P["heading"] + math.pi / 2), np.array([P["x"], P["y"], 0.0]))
+    pitch = _Rigid.about(_rot_x(-P["pitch"]), body.rear_pivot)
+    lowest = min(pitch(body.torso_center)[2] - _ellipsoid_half_height(pitch.R, body.torso_axes),
+                 pitch(body.head_center)[2] - _ellipsoid_half_height(pitch.R, body.head_axes))
+    if lowest < 0.5:
+        pitch = pitch.then(_Rigid(np.eye(3), np.array([0.0, 0.0, 0.5 - lowest])))
+    hind_T = place
+    front_T = pitch.then(place)
+    head_T = _Rigid.about(_rot_z(P["head_yaw"]), body.neck).then(front_T)
+    # 2. gait: diagonal pairs in phase, amplitude grows with speed
+    amp = body.stride_amplitude_mm * min(1.0, P["speed"] / 100.0)
+    def swing_y(phase_offset: float) -> np.ndarray:
+        return np.array([0.0, -amp * math.sin(P["gait_phase"] + phase_offset), 0.0])
+
+    ells, caps, kp = [], [], {}
+    fur = (body.fur_rgb, body.fur_texture_amp)
+    pink = (body.pink_rgb, body.pink_texture_amp)
+    paw = (body.paw_rgb, body.pink_texture_amp)
+    # 3. ellipsoids: torso, haunch, head, ears
+    ells.append((front_T, body.torso_center, np.eye(3), body.torso_axes, fur))
+    ells.append((hind_T, body.haunch_center, np.eye(3), body.haunch_axes, fur))
+    ells.append((head_T, body.head_center, np.eye(3), body.head_axes, fur))
+    for side, sgn in (("left", 1.0), ("right", -1.0)):
+        centre = body.ear_center if sgn > 0 else _mirror(body.ear_center)
+        R_ear = _rot_z(sgn * math.radians(body.ear_yaw_deg))
+        ells.append((head_T, centre, R_ear, body.ear_axes, pink))
+        tip_local = np.array([sgn * 0.3 * body.ear_axes[0], 0.0, 0.83 * body.ear_axes[2]])
+        kp[f"{side}_ear_tip"] = head_T(np.asarray(centre) + R_ear @ tip_local)
+    # 4. legs: fore legs pitch with the torso, hind feet stay on the floor
+    for side, sgn, off in (("left", 1.0, 0.0), ("right", -1.0, math.pi)):
+        m = (lambda p: np.asarray(p, dtype=np.float64)) if sgn > 0 else _mirror
+        top, paw_pt = m(body.fore_leg_top), m(body.fore_paw) + swing_y(off)
+        caps.append((front_T, top, paw_pt, body.fore_leg_radius, paw))
+        kp[f"{side}_paw"] = front_T(paw_pt)
+        kp[f"{side}_paw_end"] = front_T(paw_pt + np.array([0.0, -0.75, -0.4]) * body.fore_leg_radius)
+        kp[f"{side}_elbow"] = front_T(top)
+        kp[f"{side}_shoulder"] = front_T(m(body.fore_leg_top) + np.array([sgn * 1.0, 2.0, 3.0]))
+        shift = swing_y(off + math.pi)
+        heel, toe = m(body.hind_foot_heel) + shift, m(body.hind_foot_toe) + shift
+        caps.append((hind_T, heel, toe, body.hind_foot_radius, paw))
+        kp[f"{side}_foot"] = hind_T(toe)
+        kp[f"{side}_knee"] = hind_T(np.array([sgn * 0.8 * body.haunch_axes[0], body.haunch_center[1] - 2.0,
+                                              body.haunch_center[2] - 5.0]))
+        kp[f"{side}_hip"] = hind_T(np.array([sgn * 0.9 * body.haunch_axes[0], body.haunch_center[1] + 2.0,
+                                             body.haunch_center[2]]))
+    # 5. tail chain
+    joints, radii = _tail_points(body, P["tail_swing"])
+    for i in range(len(radii)):
+        caps.append((hind_T, joints[i], joints[i + 1], float(radii[i]), pink))
+    kp["tail_root"] = hind_T(_tail_point_at(joints, body.tail_hidden_mm))
+    kp["tail_middle"] = hind_T(_tail_point_at(joints, body.tail_hidden_mm + body.tail_length_mm / 2))
+    kp["tail_end"] = hind_T(_tail_point_at(joints, body.tail_hidden_mm + body.tail_length_mm - 1.0))
+    # 6. body keypoints
+    kp["nose"] = head_T(np.asarray(body.head_center) + np.array([0.0, -0.9 * body.head_axes[1], -1.0]))
+    kp["neck"] = front_T(np.asarray(body.neck) + np.array([0.0, 0.0, 1.0]))
+    kp["body_middle"] = front_T(np.asarray(body.torso_center) + np.array([0.0, -2.0, 1.0]))
+
+    pieces = [(T, s) for T, *_, s in ells] + [(T, s) for T, *_, s in caps]
+    shapes = MouseShapes(
+        ell_center=np.stack([T(c) for T, c, *_ in ells]),
+        ell_rot=np.stack([T.R @ R for T, _, R, *_ in ells]),
+        ell_axes=np.array([a for *_, a, _ in ells], dtype=np.float64),
+        cap_a=np.stack([T(a) for T, a, *_ in caps]),
+        cap_b=np.stack([T(b) for T, _, b, *_ in caps]),
+        cap_r=np.array([r for *_, r, _ in caps], dtype=np.float64),
+        albedo=np.array([s[0] for _, s in pieces], dtype=np.float64),
+        tex_amp=np.array([s[1] for _, s in pieces], dtype=np.float64),
+        tex_R=np.stack([T.R.T for T, _ in pieces]),
+        tex_t=np.stack([T.t for T, _ in pieces]))
+    return shapes, np.stack([kp[name] for name in KEYPOINT_NAMES])
+
+
+def _ellipsoid_half_height(R: np.ndarray, axes) -> float:
+    """Vertical half-extent of an ellipsoid with local axes R (columns) and semi-axes ``axes``."""
+    return float(np.sqrt(((R[2, :] * np.asarray(axes)) ** 2).sum()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Quadrics: exact ray casting and containment
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Quadrics:
+    """Q surface pieces ``(p - center)^T G (p - center) = k`` limited to ``lo <= (p - center) . u <= hi``.
+
+    G [Q, 3, 3] symmetric, center [Q, 3], k [Q], u [Q, 3] (zero for closed pieces), lo, hi [Q];
+    piece [Q] long: index into the MouseShapes pieces (for albedo / texture);
+    box [Q, 8, 3]: corners of an oriented box bounding each piece (for screen-space culling).
+    Outward normal at p: G (p - center)."""
+    G: torch.Tensor
+    center: torch.Tensor
+    k: torch.Tensor
+    u: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    piece: torch.Tensor
+    box: torch.Tensor
+
+
+_SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
+
+
+def _box(center, R, half) -> np.ndarray:
+    """Corners [8, 3] of the box centre + R @ (signs * half) (R columns = box axes)."""
+    return np.asarray(center) + (_SIGNS * np.asarray(half)) @ np.asarray(R).T
+
+
+def to_quadrics(shapes: MouseShapes, *, dtype=torch.float32, device=None) -> Quadrics:
+    """Ellipsoids -> one quadric each; capsules -> finite cylinder + two end spheres."""
+    E, C = len(shapes.ell_axes), len(shapes.cap_r)
+    G, cen, k, u, lo, hi, piece, box = [], [], [], [], [], [], [], []
+    for e in range(E):
+        R, a = shapes.ell_rot[e], shapes.ell_axes[e]
+        G.append(R @ np.diag(1.0 / a ** 2) @ R.T); cen.append(shapes.ell_center[e]); k.append(1.0)
+        u.append(np.zeros(3)); lo.append(-1.0); hi.append(1.0); piece.append(e)
+        box.append(_box(shapes.ell_center[e], R, a))
+    for c in range(C):
+        a, b, r = shapes.cap_a[c], shapes.cap_b[c], shapes.cap_r[c]
+        L = float(np.linalg.norm(b - a))
+        ax = (b - a) / max(L, 1e-12)
+        e1 = np.cross(ax, [0.0, 0.0, 1.0]) if abs(ax[2]) < 0.9 else np.cross(ax, [1.0, 0.0, 0.0])
+        e1 /= np.linalg.norm(e1)
+        G.append(np.eye(3) - np.outer(ax, ax)); cen.append(a); k.append(r * r)
+        u.append(ax); lo.append(0.0); hi.append(L); piece.append(E + c)
+        box.append(_box(0.5 * (a + b), np.stack([ax, e1, np.cross(ax, e1)], 1), (0.5 * L, r, r)))
+        for end in (a, b):
+            G.append(np.eye(3)); cen.append(end); k.append(r * r)
+            u.append(np.zeros(3)); lo.append(-1.0); hi.append(1.0); piece.append(E + c)
+            box.append(_box(end, np.eye(3), (r, r, r)))
+    t = lambda x: torch.as_tensor(np.asarray(x), dtype=dtype, device=device)  # noqa: E731
+    return Quadrics(G=t(np.stack(G)), center=t(np.stack(cen)), k=t(k), u=t(np.stack(u)), lo=t(lo), hi=t(hi),
+                    piece=torch.as_tensor(piece, dtype=torch.long, device=device), box=t(np.stack(box)))
+
+
+def ray_hits(q: Quadrics, origin: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+    """Entry distances of rays from one origin [3] along dirs [N, 3] (any length; t is in units of
+    |dir|) into every piece -> t [N, Q] (inf where the ray misses the piece or hits it behind)."""
+    pieces = torch.arange(len(q.k), device=q.k.device).unsqueeze(0)
+    return ray_hits_batched(q, origin.to(q.center).unsqueeze(0), dirs.to(q.center).unsqueeze(0), pieces)[0]
+
+
+def ray_hits_batched(q: Quadrics, origins: torch.Tensor, dirs: torch.Tensor, pieces: torch.Tensor,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
+    """K bundles of rays, bundle k from origins [K, 3] along dirs [K, n, 3], each tested against its
+    own pieces [K, P] (indices into q; ``valid`` [K, P] marks padding) -> t [K, n, P] (inf: miss).
+
+    With o - c fixed per bundle and piece, a = d^T G d, b/2 = d . G (o - c) and
+    c = (o - c)^T G (o - c) - k, so a and b are batched matmuls of ray features against per-piece
+    coefficients; the entry is t = (-b/2 - sqrt(b^2/4 - a c)) / a, valid inside the axial range."""
+    G = q.G[pieces]                                                         # [K, P, 3, 3]
+    oc = origins.unsqueeze(1) - q.center[pieces]                            # [K, P, 3]
+    Goc = (G @ oc.unsqueeze(-1)).squeeze(-1)                                # [K, P, 3]
+    u = q.u[pieces]
+    d = dirs
+    feat = torch.stack([d[..., 0] ** 2, d[..., 1] ** 2, d[..., 2] ** 2, 2 * d[..., 0] * d[..., 1],
+                        2 * d[..., 0] * d[..., 2], 2 * d[..., 1] * d[..., 2]], -1)   # [K, n, 6]
+    G6 = torch.stack([G[..., 0, 0], G[..., 1, 1], G[..., 2, 2], G[..., 0, 1], G[..., 0, 2], G[..., 1, 2]], 1)
+    a = feat @ G6                                                           # [K, n, P]
+    hb = d @ Goc.transpose(1, 2)
+    c = ((oc * Goc).sum(-1) - q.k[pieces]).unsqueeze(1)                     # [K, 1, P]
+    disc = hb * hb - a * c
+    t = (-hb - disc.clamp_min(0).sqrt()) / a.clamp_min(1e-12)
+    s = (oc * u).sum(-1).unsqueeze(1) + t * (d @ u.transpose(1, 2))         # axial coordinate
+    ok = (disc >= 0) & (a > 1e-12) & (t > 0) & (s >= q.lo[pieces].unsqueeze(1)) & (s <= q.hi[pieces].unsqueeze(1))
+    if valid is not None:
+        ok &= valid.unsqueeze(1)
+    return torch.where(ok, t, torch.full_like(t, math.inf))
+
+
+def contains(q: Quadrics, points: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """points [N, 3] -> [N, Q] bool: inside piece (quadric value <= k (1 + margin) within its range)."""
+    pc = points.to(q.center).unsqueeze(1) - q.center                        # [N, Q, 3]
+    val = (pc.unsqueeze(-2) @ q.G @ pc.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+    s = (pc * q.u).sum(-1)
+    return (val <= q.k * (1 + margin)) & (s >= q.lo) & (s <= q.hi)
+
+
+# ----------------------------------------------------------------------------------------------
+# Surface sampling (ground truth for 3D metrics)
+# ----------------------------------------------------------------------------------------------
+def _ellipsoid_area(a: np.ndarray) -> float:
+    """Knud Thomsen's approximation (error < 1.1%)."""
+    p = 1.6075
+    x, y, z = a ** p
+    return 4 * math.pi * ((x * y + x * z + y * z) / 3) ** (1 / p)
+
+
+def sample_surface_points(shapes: MouseShapes, n_points: int, generator: torch.Generator) -> torch.Tensor:
+    """Points uniformly distributed over the outer surface of the union of all primitives, above the
+    floor -> [n_points, 3] float64 world mm.
+
+    1. draw candidates on every primitive surface in proportion to its area (ellipsoids: sphere
+       points mapped by the axes, thinned by the area element |S^-1 u| to stay uniform; capsules:
+       cylinder wall + two spheres);
+    2. drop candidates inside any other piece or below z = 0; 3. keep a random n_points."""
+    q = to_quadrics(shapes, dtype=torch.float64)
+    ell_area = [_ellipsoid_area(a) for a in shapes.ell_axes]
+    cyl_area = [2 * math.pi * r * np.linalg.norm(b - a) for a, b, r in zip(shapes.cap_a, shapes.cap_b, shapes.cap_r)]
+    sph_area = [4 * math.pi * r * r for r in shapes.cap_r]
+    kept = torch.zeros(0, 3, dtype=torch.float64)
+    total = sum(ell_area) + sum(cyl_area) + 2 * sum(sph_area)
+    budget = 3 * n_points
+    for _ in range(20):
+        pts, owner = [], []  # owner: quadric index the point lies on
+        qi = 0
+        for e, area in enumerate(ell_area):
+            m = int(math.ceil(budget * area / total * 1.6))
+            u = torch.randn(m, 3, generator=generator, dtype=torch.float64)
+            u = u / u.norm(dim=-1, keepdim=True)
+            ax = torch.as_tensor(shapes.ell_axes[e])
+            g = (u / ax).norm(dim=-1)
+            keep = torch.rand(m, generator=generator, dtype=torch.float64) * g.max() < g
+            p = (u[keep] * ax) @ torch.as_tensor(shapes.ell_rot[e]).T + torch.as_tensor(shapes.ell_center[e])
+            pts.append(p); owner += [qi] * len(p); qi += 1
+        for c in range(len(shapes.cap_r)):
+            a, b, r = (torch.as_tensor(x) for x in (shapes.cap_a[c], shapes.cap_b[c], shapes.cap_r[c]))
+            ax = (b - a) / (b - a).norm()
+            e1 = torch.linalg.cross(ax, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+            if e1.norm() < 1e-6:
+                e1 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+            e1 = e1 / e1.norm()
+            e2 = torch.linalg.cross(ax, e1)
+            m = int(math.ceil(budget * cyl_area[c] / total))
+            s, ang = torch.rand(m, 2, generator=generator, dtype=torch.float64).unbind(-1)
+            ang = 2 * math.pi * ang
+            p = a + s[:, None] * (b - a) + r * (ang.cos()[:, None] * e1 + ang.sin()[:, None] * e2)
+            pts.append(p); owner += [qi] * m; qi += 1
+            for end in (a, b):
+                m = int(math.ceil(budget * sph_area[c] / total))
+                u = torch.randn(m, 3, generator=generator, dtype=torch.float64)
+                pts.append(end + r * u / u.norm(dim=-1, keepdim=True)); owner += [qi] * m; qi += 1
+        pts = torch.cat(pts)
+        owner = torch.as_tensor(owner, dtype=torch.long)
+        inside = contains(q, pts, margin=-1e-6)
+        inside[torch.arange(len(pts)), owner] = False
+        good = ~inside.any(-1) & (pts[:, 2] >= 0)
+        kept = torch.cat([kept, pts[good]])
+        if len(kept) >= n_points:
+            break
+        budget *= 2
+    if len(kept) < n_points:
+        raise RuntimeError(f"sample_surface_points: only {len(kept)} of {n_points} points found; "
+                           "the shapes are degenerate (check BodyConfig)")
+    return kept[torch.randperm(len(kept), generator=generator)[:n_points]]

@@ -1,0 +1,666 @@
+"""The embedded procedural recording: a MAMMAL-format folder rendered exactly from analytic primitives.
+
+```
+<recording>/
+  videos_undist/{v}.mp4               RGB, mp4v, fps from the rig (100)
+  simpleclick_undist/{v}.mp4          masks (white = mouse; lossy, readers use gray > 127)
+  new_cam.pkl                         list of V dicts: K (3,3) OpenCV pixel centres, R (3,3), T (3,); mm
+  keypoints2d_undist/result_view_{v}.pkl   float64 (frames, 22, 3) = x_px, y_px (OpenCV), confidence
+  ground_truth/poses.npz              per-frame pose parameters (mouse_model.POSE_FIELDS)
+  ground_truth/keypoints3d.npz        keypoints (frames, 22, 3), mm world
+  ground_truth/params.json            the SyntheticConfig, its hash, keypoint names, image size
+```
+The scene: a white floor disk on a dark floor, dark background, one mouse of ellipsoids and capsules
+(:mod:`mouse_model`) with black procedurally textured fur, pink ears and tail, Lambertian lighting
+from one directional light plus ambient, a cast shadow on the floor (a shadow map sampled every
+0.5 mm, looked up bilinearly) and optional sensor noise. Every pixel is an exact ray cast (nearest
+hit, tiles of 16 px culled by the pieces' screen boxes); the mask is "the mouse is the nearest hit".
+Same config and seed -> identical ground-truth bytes and identical decoded frames.
+
+Speed (measured on a busy 2-core CPU, one torch thread): the demo, 6 cameras x 120 frames at
+576x512, takes 17-24 s; at 1152x1024 about 0.4 s per 6-camera frame; on one H200 (device="cuda")
+12 six-camera frames/s at 1152x1024 including mp4 encoding.
+
+Entry points: :func:`generate_recording`, :func:`ensure_recording` (cached by config hash),
+:func:`simulate_motion`, :func:`sample_surface`, :func:`contact_sheet`, :func:`demo_config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import pickle
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import cameras
+from . import mouse_model as mm
+from .mouse_model import KEYPOINT_NAMES, BodyConfig, MotionConfig, PoseTrack
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+GT_DIR = "ground_truth"
+
+# The real rig (shared/reference/mammal_recording.md): camera centres (mm), fx at 1152x1024.
+_REAL_CENTERS = ((-199.5, -129.3, 63.4), (321.6, 216.8, 145.9), (24.0, 355.8, 71.2),
+                 (327.6, -65.3, 63.3), (-230.4, 167.4, 142.2), (114.6, -236.3, 156.5))
+_REAL_FX = (1632.3, 1556.8, 1630.3, 1606.2, 1618.3, 1636.9)
+
+
+@dataclass(frozen=True)
+class RigConfig:
+    """Cameras, all at full resolution (width x height); pixel centres at +0.5 (project convention).
+    Each camera sits at ``centers[v]`` and looks at ``targets[v]`` with zero roll."""
+    centers: tuple[tuple[float, float, float], ...] = _REAL_CENTERS
+    targets: tuple[tuple[float, float, float], ...] = (   # on the arena axis, 36-70 mm up: the
+        (55.0, 55.0, 64.0), (55.0, 55.0, 52.0), (55.0, 55.0, 58.0),  # mouse sits ~130-330 px below
+        (55.0, 55.0, 56.0), (55.0, 55.0, 55.0), (55.0, 55.0, 50.0))  # the image centre at full size
+    fx: tuple[float, ...] = _REAL_FX
+    fy_over_fx: float = 1.00428                          # camera 0: 1639.30 / 1632.31
+    cx: tuple[float, ...] = (601.85, 622.9, 589.4, 640.8, 584.1, 611.7)
+    cy: tuple[float, ...] = (491.72, 538.4, 449.1, 549.9, 434.0, 471.3)
+    width: int = 1152
+    height: int = 1024
+    fps: float = 100.0
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Arena, lighting and sensor. Colours are linear RGB in [0, 1]."""
+    disk_center: tuple[float, float] = (55.0, 55.0)
+    disk_radius: float = 97.0
+    disk_rgb: tuple[float, float, float] = (0.86, 0.86, 0.84)
+    floor_rgb: tuple[float, float, float] = (0.07, 0.07, 0.08)   # dark floor beyond the disk
+    floor_radius: float = 450.0                                   # beyond it: background
+    background_rgb: tuple[float, float, float] = (0.025, 0.025, 0.03)
+    light_dir: tuple[float, float, float] = (0.3, -0.4, 1.0)      # towards the light (normalized)
+    ambient: float = 0.5
+    diffuse: float = 0.65
+    shadows: bool = True
+    shadow_grid_mm: float = 0.5                                   # shadow map resolution on the floor
+    sensor_noise_std: float = 1.5                                 # in 8-bit levels; 0 = off
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Everything that defines a procedural recording (its hash names the cache folder)."""
+    n_frames: int = 300
+    seed: int = 0
+    resolution_scale: float = 1.0      # image size and intrinsics scale together (even sizes)
+    supersample: int = 1               # anti-aliasing: s x s rays per pixel
+    device: str = "cpu"                # the render device, e.g. "cpu" or "cuda"
+    cpu_threads: int = 1               # torch CPU threads while generating (small ops: 1 is fastest
+                                       # on a shared machine; 0 = leave torch's setting)
+    chunk_elements: int = 2 ** 21      # ray-piece pairs per batched intersection (memory bound)
+    keypoint_confidence: tuple[float, float] = (0.9, 1.0)
+    rig: RigConfig = field(default_factory=RigConfig)
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    body: BodyConfig = field(default_factory=BodyConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SyntheticConfig":
+        """Build from a (nested) dict; an unknown key is an error naming the closest valid key."""
+        return _from_dict(cls, d, "SyntheticConfig")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _from_dict(cls, d, where: str):
+    if not isinstance(d, dict):
+        raise TypeError(f"{where}: expected a mapping, got {type(d).__name__}")
+    defaults = cls()
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, val in d.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"{where}: unknown key '{key}'{hint} (valid keys: {', '.join(names)})")
+        default = getattr(defaults, key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _from_dict(type(default), val, f"{where}.{key}")
+        elif isinstance(default, tuple):
+            if not isinstance(val, (list, tuple)):
+                raise TypeError(f"{where}.{key}: expected a list, got {val!r}")
+            kwargs[key] = _tuplify(val)
+        elif isinstance(default, bool) or isinstance(default, str):
+            if type(val) is not type(default):
+                raise TypeError(f"{where}.{key}: expected {type(default).__name__}, got {val!r}")
+            kwargs[key] = val
+        elif isinstance(default, int):
+            if isinstance(val, bool) or not isinstance(val, int):
+                raise TypeError(f"{where}.{key}: expected an integer, got {val!r}")
+            kwargs[key] = val
+        else:
+            if isinstance(val, bool) or not isinstance(val, (int, float)):
+                raise TypeError(f"{where}.{key}: expected a number, got {val!r}")
+            kwargs[key] = float(val)
+    return cls(**kwargs)
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def config_hash(cfg: SyntheticConfig) -> str:
+    """12 hex digits of sha256 over the json of dataclasses.asdict(cfg) with sorted keys."""
+    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def demo_config(**overrides) -> SyntheticConfig:
+    """The demo recording: 6 cameras x 120 frames at 576x512 (resolution_scale 0.5)."""
+    return dataclasses.replace(SyntheticConfig(n_frames=120, resolution_scale=0.5), **overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cameras and motion
+# ----------------------------------------------------------------------------------------------
+def image_size(cfg: SyntheticConfig) -> tuple[int, int]:
+    """(width, height) of the rendered images: the rig size times resolution_scale, rounded to even."""
+    w = 2 * max(1, round(cfg.rig.width * cfg.resolution_scale / 2))
+    h = 2 * max(1, round(cfg.rig.height * cfg.resolution_scale / 2))
+    return w, h
+
+
+def rig_cameras(cfg: SyntheticConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> w2c [V, 4, 4] float64 (OpenCV, world Z-up, mm) and K [V, 3, 3] float64 (project convention,
+    pixel centres at +0.5) at the rendered size :func:`image_size`."""
+    rig = cfg.rig
+    n = len(rig.centers)
+    lens = {"targets": len(rig.targets), "fx": len(rig.fx), "cx": len(rig.cx), "cy": len(rig.cy)}
+    bad = {k: v for k, v in lens.items() if v != n}
+    if bad:
+        raise ValueError(f"RigConfig: {n} centers but {bad}; give one target, fx, cx and cy per camera")
+    eye = torch.tensor(rig.centers, dtype=torch.float64)
+    w2c = cameras.look_at_w2c(eye, torch.tensor(rig.targets, dtype=torch.float64))
+    K = torch.stack([cameras.intrinsics(f, f * rig.fy_over_fx, cx, cy) for f, cx, cy in zip(rig.fx, rig.cx, rig.cy)])
+    w, h = image_size(cfg)
+    return w2c, cameras.scale_intrinsics(K, w / rig.width, h / rig.height)
+
+
+def simulate_motion(config: SyntheticConfig | MotionConfig, n_frames: int, generator: torch.Generator,
+                    fps: float | None = None) -> PoseTrack:
+    """Motion only (no rendering) -> PoseTrack of n_frames; fps defaults to the rig's (100)."""
+    if isinstance(config, SyntheticConfig):
+        fps = config.rig.fps if fps is None else fps
+        config = config.motion
+    return mm.simulate_motion(config, n_frames, RigConfig.fps if fps is None else fps, generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Scene:
+    """Static per-recording tensors on the render device, in tiles of TILE x TILE pixels.
+
+    With Ty x Tx tiles per image (padded past the border) and n = (TILE * supersample)^2 rays per
+    tile: dirs [V, Ty, Tx, n, 3] unit world rays; floor_t [V, Ty, Tx, n] (inf: no floor);
+    floor_xy [V, Ty, Tx, n, 2] floor hit points (mm); background [V, Ty, Tx, n, 3] lit floor or
+    background colour; frame0 [V, Ty, Tx, TILE, TILE, 3] the same, pooled to pixels;
+    origins [V, 3]; w2c [V, 4, 4], K [V, 3, 3] at the image size; light [3] unit vector."""
+    dirs: torch.Tensor
+    floor_t: torch.Tensor
+    floor_xy: torch.Tensor
+    background: torch.Tensor
+    frame0: torch.Tensor
+    origins: torch.Tensor
+    w2c: torch.Tensor
+    K: torch.Tensor
+    light: torch.Tensor
+    tex_freq: torch.Tensor
+    tex_phase: torch.Tensor
+
+
+TILE = 16
+
+
+def _to_tiles(img: torch.Tensor, tile: int) -> torch.Tensor:
+    """[V, Ty*tile, Tx*tile, C] -> [V, Ty, Tx, tile*tile, C]."""
+    V, H, W, C = img.shape
+    return img.view(V, H // tile, tile, W // tile, tile, C).permute(0, 1, 3, 2, 4, 5).reshape(
+        V, H // tile, W // tile, tile * tile, C)
+
+
+def _camera_tiles(cfg: SyntheticConfig, w2c: torch.Tensor, K: torch.Tensor, light: torch.Tensor) -> dict:
+    """Static tiles of one camera (w2c [4, 4], K [3, 3] float64): rays, floor hits, background."""
+    s, sc = cfg.supersample, cfg.scene
+    w, h = image_size(cfg)
+    ty, tx = -(-h // TILE), -(-w // TILE)
+    origin, dirs = cameras.pixel_rays(cameras.invert_rigid(w2c), cameras.scale_intrinsics(K, s, s),
+                                      ty * TILE * s, tx * TILE * s)
+    # floor plane z = 0: white disk (~0.6 mm soft edge), dark floor, background beyond floor_radius
+    dz = dirs[..., 2]
+    t = torch.where(dz < -1e-9, -origin[..., 2] / dz.clamp(max=-1e-9), torch.full_like(dz, math.inf))
+    xy = (origin + t.nan_to_num(posinf=0.0).unsqueeze(-1) * dirs)[..., :2]
+    r = (xy - torch.tensor(sc.disk_center, dtype=xy.dtype)).norm(dim=-1)
+    t = torch.where(r <= sc.floor_radius, t, torch.full_like(t, math.inf))
+    disk_w = (0.5 - (r - sc.disk_radius) / 0.6).clamp(0, 1).unsqueeze(-1)
+    floor = disk_w * torch.tensor(sc.disk_rgb) + (1 - disk_w) * torch.tensor(sc.floor_rgb)
+    floor = floor * (sc.ambient + sc.diffuse * light[2].item())
+    bg = torch.where(torch.isfinite(t).unsqueeze(-1), floor, torch.tensor(sc.background_rgb, dtype=floor.dtype))
+    pooled = bg.view(ty * TILE, s, tx * TILE, s, 3).mean((1, 3))
+    f32 = dict(dtype=torch.float32, device=torch.device(cfg.device))
+    return {"dirs": _to_tiles(dirs[None], TILE * s)[0].to(**f32),
+            "floor_t": _to_tiles(t[None, ..., None], TILE * s)[0, ..., 0].to(**f32),
+            "floor_xy": _to_tiles(xy[None], TILE * s)[0].to(**f32),
+            "background": _to_tiles(bg[None], TILE * s)[0].to(**f32),
+            "frame0": _to_tiles(pooled[None], TILE)[0].view(ty, tx, TILE, TILE, 3).to(**f32),
+            "origins": origin[0, 0].to(**f32)}
+
+
+def build_scene(cfg: SyntheticConfig, w2c: torch.Tensor, K: torch.Tensor) -> Scene:
+    """Static tensors of all cameras w2c [V, 4, 4], K [V, 3, 3] (float64, project convention, at
+    image_size(cfg)) on cfg.device, built one camera at a time to bound memory."""
+    light = torch.tensor(cfg.scene.light_dir, dtype=torch.float64)
+    light = light / light.norm()
+    per_cam = [_camera_tiles(cfg, w2c[v], K[v], light) for v in range(len(w2c))]
+    # a fixed set of plane waves for the fur texture (deterministic in body coordinates)
+    g = torch.Generator().manual_seed(cfg.body.texture_seed)
+    k_dir = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    k_len = 2 * math.pi / cfg.body.texture_wavelength_mm * (0.6 + 0.8 * torch.rand(8, 1, generator=g, dtype=torch.float64))
+    phase = 2 * math.pi * torch.rand(8, generator=g, dtype=torch.float64)
+    f32 = dict(dtype=torch.float32, device=torch.device(cfg.device))
+    return Scene(**{k: torch.stack([c[k] for c in per_cam]) for k in per_cam[0]},
+                  w2c=w2c.to(**f32), K=K.to(**f32), light=light.to(**f32),
+                  tex_freq=(k_dir / k_dir.norm(dim=-1, keepdim=True) * k_len).to(**f32), tex_phase=phase.to(**f32))
+
+
+def _screen_boxes(sc: Scene, corners: torch.Tensor) -> torch.Tensor:
+    """Pixel boxes (x0, y0, x1, y1) [V, P, 4] of the projections of point sets corners [P, M, 3]
+    (conservative for anything inside their convex hulls; every camera must see them in front)."""
+    P, M, _ = corners.shape
+    uv, z = cameras.project(corners.reshape(1, P * M, 3), sc.w2c, sc.K)       # [V, P*M, 2]
+    if (z <= 1e-3).any():
+        raise ValueError("the mouse reaches behind a camera; move the cameras further out (RigConfig.centers)")
+    uv = uv.view(-1, P, M, 2)
+    return torch.cat([uv.amin(2) - 1.0, uv.amax(2) + 1.0], -1)
+
+
+def _tiles_hit(boxes: torch.Tensor, ty: int, tx: int) -> torch.Tensor:
+    """boxes [V, P, 4] (pixels) -> [V, Ty, Tx, P] bool: box overlaps tile."""
+    e = torch.arange(tx + 1, device=boxes.device, dtype=boxes.dtype) * TILE
+    f = torch.arange(ty + 1, device=boxes.device, dtype=boxes.dtype) * TILE
+    ox = (boxes[..., None, 0] < e[1:]) & (boxes[..., None, 2] > e[:-1])     # [V, P, Tx]
+    oy = (boxes[..., None, 1] < f[1:]) & (boxes[..., None, 3] > f[:-1])     # [V, P, Ty]
+    return (oy.unsqueeze(-1) & ox.unsqueeze(-2)).permute(0, 2, 3, 1)
+
+
+def _cast_tiles(q: mm.Quadrics, origins: torch.Tensor, dirs: torch.Tensor, over: torch.Tensor,
+                budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest hits of K ray bundles (origins [K, 3], dirs [K, n, 3]) against the pieces each bundle
+    touches (over [K, Q] bool) -> t [K, n] (inf: miss, in units of |dir|), quadric index [K, n].
+    Bundles are grouped by piece count in powers of two so that padding wastes little; each batched
+    call holds at most ``budget`` ray-piece pairs."""
+    K, n = dirs.shape[:2]
+    t_out = torch.full((K, n), math.inf, dtype=dirs.dtype, device=dirs.device)
+    j_out = torch.zeros(K, n, dtype=torch.long, device=dirs.device)
+    counts = over.sum(-1)
+    most = int(counts.max()) if counts.numel() else 0
+    P = 1
+    while P // 2 < most:
+        sel = ((counts > P // 2) & (counts <= P)).nonzero().squeeze(-1)
+        P_here, P = P, 2 * P
+        if not len(sel):
+            continue
+        order = over[sel].to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[:, :P_here]
+        valid = over[sel].gather(1, order)
+        per = max(1, budget // (n * P_here))
+        for i in range(0, len(sel), per):
+            k = sel[i:i + per]
+            t, jj = mm.ray_hits_batched(q, origins[k], dirs[k], order[i:i + per], valid[i:i + per]).min(-1)
+            t_out[k] = t
+            j_out[k] = order[i:i + per].gather(1, jj)
+    return t_out, j_out
+
+
+def _shadow_map(cfg: SyntheticConfig, q: mm.Quadrics, light: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard shadow of the mouse on the floor, sampled every cfg.scene.shadow_grid_mm -> (map [Gy, Gx]
+    float 0/1, extent [x0, y0, x1, y1] mm of the corner samples). The light is a point 100 m away
+    along ``light`` (directional in effect; float64 keeps the far origin exact), the grid is cast in
+    tiles like a camera image."""
+    q = dataclasses.replace(q, **{f.name: getattr(q, f.name).double() if getattr(q, f.name).is_floating_point()
+                                  else getattr(q, f.name) for f in dataclasses.fields(q)})
+    L = q.center.mean(0) + 1e5 * light.double()
+    box = q.box.reshape(-1, 3)
+    foot = L[:2] + (box[:, :2] - L[:2]) * (L[2] / (L[2] - box[:, 2:]))       # corners seen from L on z = 0
+    lo, step = foot.amin(0) - 1.0, cfg.scene.shadow_grid_mm
+    ty, tx = (((foot.amax(0) + 1.0 - lo) / step).ceil().long() // TILE + 1).tolist()[::-1]
+    gx = lo[0] + step * torch.arange(tx * TILE, device=lo.device, dtype=lo.dtype)
+    gy = lo[1] + step * torch.arange(ty * TILE, device=lo.device, dtype=lo.dtype)
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1] + (torch.zeros(len(gy), len(gx), dtype=lo.dtype,
+                                                                                   device=lo.device),), -1)
+    dirs = _to_tiles(grid.unsqueeze(0), TILE)[0].reshape(ty * tx, TILE * TILE, 3) - L
+    corners = L[:2] + (q.box[..., :2] - L[:2]) * (L[2] / (L[2] - q.box[..., 2:]))   # [Q, 8, 2]
+    boxes = torch.cat([(corners.amin(1) - lo) / step - 1, (corners.amax(1) - lo) / step + 1], -1)
+    over = _tiles_hit(boxes.unsqueeze(0), ty, tx)[0].reshape(ty * tx, -1)
+    t, _ = _cast_tiles(q, L.expand(ty * tx, 3), dirs, over, cfg.chunk_elements)
+    hit = (t < 1.0).float().view(ty, tx, TILE, TILE).permute(0, 2, 1, 3).reshape(ty * TILE, tx * TILE)
+    return hit.to(light.dtype), torch.stack([gx[0], gy[0], gx[-1], gy[-1]]).to(light.dtype)
+
+
+def _shade(cfg: SyntheticConfig, sc: Scene, q: mm.Quadrics, tex: dict, p: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Colour [N, 3] of mouse surface points p [N, 3] on quadric j [N]: textured albedo x Lambert."""
+    n = (q.G[j] @ (p - q.center[j]).unsqueeze(-1)).squeeze(-1)
+    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    piece = q.piece[j]
+    local = ((p - tex["t"][piece]).unsqueeze(-2) @ tex["R"][piece].transpose(-1, -2)).squeeze(-2)
+    noise = torch.sin(local @ sc.tex_freq.T + sc.tex_phase).mean(-1) * 2.0   # ~ unit std
+    albedo = tex["albedo"][piece] * (1 + tex["amp"][piece] * noise.clamp(-1.5, 1.5)).unsqueeze(-1)
+    lam = cfg.scene.ambient + cfg.scene.diffuse * (n @ sc.light).clamp_min(0)
+    return albedo.clamp_min(0) * lam.unsqueeze(-1)
+
+
+def render_frame(cfg: SyntheticConfig, sc: Scene, shapes: mm.MouseShapes) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame of every camera -> rgb [V, H, W, 3] float in [0, 1] (before sensor noise) and
+    mask [V, H, W] bool (the mouse is the nearest hit in at least half of the pixel's rays).
+
+    1. cull: screen boxes of every piece -> tiles touched and their piece lists (padded to P);
+    2. shadow: a floor shadow map, looked up (bilinear = soft edge) by floor pixels near it;
+    3. cast the rays of every touched tile against its pieces, nearest hit in front of the floor;
+    4. shade hits, pool the s x s rays of each pixel, and write the tiles into the frame."""
+    s, dev = cfg.supersample, sc.dirs.device
+    w, h = image_size(cfg)
+    V, ty, tx, n = sc.floor_t.shape
+    q = mm.to_quadrics(shapes, device=dev)
+    tex = {k: torch.as_tensor(getattr(shapes, a), dtype=torch.float32, device=dev)
+           for k, a in (("albedo", "albedo"), ("amp", "tex_amp"), ("R", "tex_R"), ("t", "tex_t"))}
+    # 1. culling
+    over = _tiles_hit(_screen_boxes(sc, q.box), ty, tx)                    # [V, Ty, Tx, Q]
+    active = over.any(-1)
+    if cfg.scene.shadows:
+        smap, ext = _shadow_map(cfg, q, sc.light)
+        rect = torch.stack([torch.stack([ext[i], ext[j], torch.zeros_like(ext[0])]) for i, j in ((0, 1), (2, 1), (0, 3), (2, 3))])
+        active |= _tiles_hit(_screen_boxes(sc, rect.unsqueeze(0)), ty, tx)[..., 0]
+    vk, yk, xk = active.nonzero(as_tuple=True)
+    frame = sc.frame0.clone()
+    maskt = torch.zeros(V, ty, tx, TILE, TILE, dtype=torch.bool, device=dev)
+    if len(vk):
+        col = sc.background[vk, yk, xk].clone()                               # [K, n, 3]
+        ft = sc.floor_t[vk, yk, xk]                                           # [K, n]
+        # 2. shadows
+        if cfg.scene.shadows:
+            g = (sc.floor_xy[vk, yk, xk] - ext[:2]) / (ext[2:] - ext[:2]).clamp_min(1e-6) * 2 - 1
+            val = torch.nn.functional.grid_sample(smap[None, None], g.view(1, -1, 1, 2), align_corners=True)
+            shade = 1 - (1 - cfg.scene.ambient / (cfg.scene.ambient + cfg.scene.diffuse * sc.light[2])) * val.view(-1, n)
+            col = col * torch.where(torch.isfinite(ft), shade, torch.ones_like(shade)).unsqueeze(-1)
+        # 3. ray casting
+        o, d = sc.origins[vk], sc.dirs[vk, yk, xk]
+        t, j = _cast_tiles(q, o, d, over[vk, yk, xk], cfg.chunk_elements)
+        hit = t < ft
+        kk, rr = hit.nonzero(as_tuple=True)
+        p = o[kk] + t[kk, rr, None] * d[kk, rr]
+        col[kk, rr] = _shade(cfg, sc, q, tex, p, j[kk, rr])
+        # 4. pool s x s rays per pixel and write the tiles
+        K = len(vk)
+        frame[vk, yk, xk] = col.view(K, TILE, s, TILE, s, 3).mean((2, 4))
+        maskt[vk, yk, xk] = hit.float().view(K, TILE, s, TILE, s).mean((2, 4)) >= 0.5
+    rgb = frame.permute(0, 1, 3, 2, 4, 5).reshape(V, ty * TILE, tx * TILE, 3)[:, :h, :w]
+    mask = maskt.permute(0, 1, 3, 2, 4).reshape(V, ty * TILE, tx * TILE)[:, :h, :w]
+    return rgb.clamp_(0, 1), mask
+
+
+def keypoints_2d(cfg: SyntheticConfig, w2c: torch.Tensor, K: torch.Tensor, shapes: mm.MouseShapes,
+                 kp3d: np.ndarray, generator: torch.Generator) -> np.ndarray:
+    """kp3d [22, 3] world mm seen by cameras w2c [V, 4, 4], K [V, 3, 3] (float64, project convention)
+    -> [V, 22, 3] float64 = (x, y) OpenCV pixels (centres at integers), confidence: 0 when outside
+    the image or occluded by a primitive that does not contain the keypoint, else uniform in
+    cfg.keypoint_confidence."""
+    w, h = image_size(cfg)
+    X = torch.as_tensor(kp3d, dtype=torch.float64)
+    uv, z = cameras.project(X.unsqueeze(0), w2c, K)                              # [V, 22, 2]
+    inside = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] < w) & (uv[..., 1] >= 0) & (uv[..., 1] < h)
+    q = mm.to_quadrics(shapes, dtype=torch.float64)
+    own = mm.contains(q, X, margin=1e-3)                                          # [22, Q]
+    lo, hi = cfg.keypoint_confidence
+    conf = lo + (hi - lo) * torch.rand(len(w2c), len(X), generator=generator, dtype=torch.float64)
+    origins = cameras.camera_centers(w2c)
+    for v in range(len(w2c)):
+        t = mm.ray_hits(q, origins[v], X - origins[v])                           # kp at t = 1
+        occluded = ((t < 1 - 1e-6) & ~own).any(-1)
+        conf[v] = torch.where(inside[v] & ~occluded, conf[v], torch.zeros_like(conf[v]))
+    return torch.cat([uv - 0.5, conf.unsqueeze(-1)], -1).numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez without timestamps (fixed zip dates), so equal arrays give equal bytes."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            zf.writestr(info, buf.getvalue())
+
+
+class _VideoSet:
+    """V colour writers (mp4v) for one folder."""
+
+    def __init__(self, folder: Path, n: int, size: tuple[int, int], fps: float):
+        import cv2
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.writers = [cv2.VideoWriter(str(folder / f"{v}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+                        for v in range(n)]
+        if not all(wr.isOpened() for wr in self.writers):
+            raise OSError(f"{folder}: OpenCV cannot open an mp4v VideoWriter; reinstall opencv-python "
+                          "(the pip wheel bundles FFmpeg)")
+
+    def write(self, frames: np.ndarray) -> None:
+        """frames [V, H, W, 3] RGB or [V, H, W] gray, uint8."""
+        import cv2
+
+        code = cv2.COLOR_GRAY2BGR if frames.ndim == 3 else cv2.COLOR_RGB2BGR
+        for wr, f in zip(self.writers, frames):
+            wr.write(cv2.cvtColor(f, code))
+
+    def close(self) -> None:
+        for wr in self.writers:
+            wr.release()
+
+
+def generate_recording(out_dir: str | os.PathLike, config: SyntheticConfig) -> Path:
+    """Render the recording described by ``config`` into ``out_dir`` (which must not exist) -> its path.
+
+    It is written into a sibling temp folder and renamed when complete, so a killed run never
+    leaves a folder that looks complete.
+    1. cameras and motion; 2. per frame: body, render, noise, keypoints, write;
+    3. cameras, keypoints and ground truth files; 4. rename."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists; delete it or use ensure_recording() to reuse it")
+    threads = torch.get_num_threads()
+    if config.cpu_threads > 0:
+        torch.set_num_threads(config.cpu_threads)
+    try:
+        return _generate(out_dir, config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _generate(out_dir: Path, config: SyntheticConfig) -> Path:
+    from tqdm.auto import tqdm
+
+    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    cfg = config
+    w, h = image_size(cfg)
+    # 1. cameras and motion
+    w2c, K = rig_cameras(cfg)
+    cameras.check_rotation(w2c[:, :3, :3], what="synthetic rig")
+    V = len(w2c)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pose = simulate_motion(cfg, cfg.n_frames, gen)
+    sc = build_scene(cfg, w2c, K)
+    noise_gen = torch.Generator(device=sc.dirs.device).manual_seed(cfg.seed + 1)
+    log.info("rendering %d frames x %d cameras at %dx%d on %s into %s", cfg.n_frames, V, w, h, sc.dirs.device, tmp)
+    videos = _VideoSet(tmp / "videos_undist", V, (w, h), cfg.rig.fps)
+    masks = _VideoSet(tmp / "simpleclick_undist", V, (w, h), cfg.rig.fps)
+    kp3d = np.zeros((cfg.n_frames, len(KEYPOINT_NAMES), 3))
+    kp2d = np.zeros((V, cfg.n_frames, len(KEYPOINT_NAMES), 3))
+    try:
+        # 2. frames
+        for f in tqdm(range(cfg.n_frames), desc="synthetic recording", leave=False):
+            shapes, kp3d[f] = mm.build_mouse(pose, f, cfg.body)
+            rgb, mask = render_frame(cfg, sc, shapes)
+            img = rgb.mul_(255.0)
+            if cfg.scene.sensor_noise_std > 0:
+                noise = torch.randn(img.shape, generator=noise_gen, device=img.device)
+                img.add_(noise.mul_(cfg.scene.sensor_noise_std))
+            videos.write(img.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy())
+            masks.write(mask.to(torch.uint8).mul_(255).cpu().numpy())
+            kp2d[:, f] = keypoints_2d(cfg, w2c, K, shapes, kp3d[f], gen)
+    finally:
+        videos.close()
+        masks.close()
+    # 3. cameras, keypoints, ground truth
+    K_cv = cameras.K_to_opencv(K)
+    cams = [{"K": K_cv[v].numpy().copy(), "R": w2c[v, :3, :3].numpy().copy(), "T": w2c[v, :3, 3].numpy().copy()}
+            for v in range(V)]
+    (tmp / "new_cam.pkl").write_bytes(pickle.dumps(cams, protocol=4))
+    (tmp / "keypoints2d_undist").mkdir()
+    for v in range(V):
+        (tmp / "keypoints2d_undist" / f"result_view_{v}.pkl").write_bytes(pickle.dumps(kp2d[v], protocol=4))
+    gt = tmp / GT_DIR
+    gt.mkdir()
+    _save_npz(gt / "poses.npz", pose.as_dict())
+    _save_npz(gt / "keypoints3d.npz", {"keypoints3d": kp3d})
+    meta = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(), "config_hash": config_hash(cfg),
+            "keypoint_names": list(KEYPOINT_NAMES), "pose_fields": list(mm.POSE_FIELDS),
+            "image_size": [w, h], "units": "mm, world Z-up, floor z = 0"}
+    (gt / "params.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    # 4. publish
+    try:
+        tmp.rename(out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FileExistsError(f"{out_dir} appeared while generating it (another process?): {e}") from e
+    log.info("wrote %s (rearing in %.1f%% of frames)", out_dir, 100 * pose.rearing.mean())
+    return out_dir
+
+
+def ensure_recording(cache_root: str | os.PathLike, config: SyntheticConfig) -> Path:
+    """The recording for ``config`` under cache_root/synthetic_<hash>, generated only when missing."""
+    out = Path(cache_root) / f"synthetic_{config_hash(config)}"
+    if out.is_dir():
+        log.info("using cached synthetic recording %s", out)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        if not _process_alive(stale.name.rsplit("-", 1)[-1]):
+            log.warning("removing the unfinished generation %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        return generate_recording(out, config)
+    except FileExistsError:
+        if out.is_dir():  # a concurrent call finished the same recording first
+            return out
+        raise
+
+
+def _process_alive(pid: str) -> bool:
+    """True when ``pid`` names another running process (its partial folder is still being written)."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Ground truth and inspection
+# ----------------------------------------------------------------------------------------------
+def load_ground_truth(recording_dir: str | os.PathLike) -> tuple[SyntheticConfig, PoseTrack, np.ndarray]:
+    """-> (config, poses, keypoints3d [F, 22, 3] mm world) of a procedural recording."""
+    gt = Path(recording_dir) / GT_DIR
+    try:
+        meta = json.loads((gt / "params.json").read_text())
+        cfg = SyntheticConfig.from_dict(meta["config"])
+        with np.load(gt / "poses.npz") as z:
+            pose = PoseTrack(**{k: z[k] for k in mm.POSE_FIELDS})
+        with np.load(gt / "keypoints3d.npz") as z:
+            kp = z["keypoints3d"]
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{gt}: not a procedural recording's ground truth ({e}); "
+                         "regenerate it with mousefacelift.data.synthetic.ensure_recording") from e
+    return cfg, pose, kp
+
+
+def sample_surface(recording_dir_or_pose: str | os.PathLike | PoseTrack, frame: int, n_points: int,
+                   generator: torch.Generator, body: BodyConfig | None = None) -> torch.Tensor:
+    """Points uniformly on the true mouse surface of ``frame`` -> [n_points, 3] float64, mm world.
+    Give a recording folder, or a PoseTrack (with ``body``, default BodyConfig())."""
+    if isinstance(recording_dir_or_pose, PoseTrack):
+        pose, body = recording_dir_or_pose, body or BodyConfig()
+    else:
+        cfg, pose, _ = load_ground_truth(recording_dir_or_pose)
+        body = body or cfg.body
+    if not 0 <= frame < len(pose):
+        raise IndexError(f"frame {frame} out of range: the recording has {len(pose)} frames")
+    shapes, _ = mm.build_mouse(pose, frame, body)
+    return mm.sample_surface_points(shapes, n_points, generator)
+
+
+def _read_frame(path: Path, frame: int) -> np.ndarray:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        for _ in range(frame):
+            if not cap.grab():
+                break
+        ok, img = cap.read()
+    finally:
+        cap.release()
+    if not ok:
+        raise ValueError(f"{path}: cannot decode frame {frame}")
+    return img[..., ::-1]
+
+
+def contact_sheet(recording_dir: str | os.PathLike, frame: int, columns: int = 3) -> np.ndarray:
+    """All views of one frame tiled (RGB uint8 [rows * H, columns * W, 3]), mask outlines in green,
+    keypoints with confidence >= 0.25 as red dots, the camera index in the corner."""
+    import cv2
+
+    root = Path(recording_dir)
+    n = len(list((root / "videos_undist").glob("*.mp4")))
+    tiles = []
+    for v in range(n):
+        img = np.ascontiguousarray(_read_frame(root / "videos_undist" / f"{v}.mp4", frame))
+        m = (_read_frame(root / "simpleclick_undist" / f"{v}.mp4", frame)[..., 0] > 127).astype(np.uint8)
+        contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(img, contours, -1, (0, 255, 0), 1)
+        kp_file = root / "keypoints2d_undist" / f"result_view_{v}.pkl"
+        if kp_file.is_file():
+            with open(kp_file, "rb") as fh:
+                kp = pickle.load(fh)[frame]
+            for x, y, c in kp:
+                if c >= 0.25:
+                    cv2.circle(img, (int(round(x)), int(round(y))), 2, (255, 0, 0), -1)
+        cv2.putText(img, f"cam {v}  frame {frame}", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 0), 2)
+        tiles.append(img)
+    rows = -(-n // columns)
+    tiles += [np.zeros_like(tiles[0])] * (rows * columns - n)
+    return np.concatenate([np.concatenate(tiles[r * columns:(r + 1) * columns], 1) for r in range(rows)], 0)
