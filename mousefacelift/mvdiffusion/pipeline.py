@@ -1,0 +1,474 @@
+"""Sampling: reference image + cameras -> multi-view images, saving/loading, quality vs steps,
+and the synthetic-data generator of notebook 05.
+
+Folder layouts that :meth:`MVDiffusionPipeline.from_pretrained` reads:
+
+* ours: ``model_index.json`` (``"_class_name": "MVDiffusionPipeline"``), ``unet/`` (an
+  :class:`MVDiffusionModel`: config.json + safetensors), ``scheduler/`` (DDIM), and ``vae/`` only
+  for a latent-space model;
+* FaceLift's (``wlyu/OpenFaceLift`` layout): ``model_index.json`` naming a custom UNet class,
+  ``unet/`` (a ``UNet2DConditionModel`` plus custom config keys), ``vae/``, ``scheduler/``,
+  ``image_encoder/`` + ``feature_extractor/`` (CLIP, needs ``transformers``), ``image_normalizer/``,
+  ``image_noising_scheduler/``, ``tokenizer/``, ``text_encoder/`` (unused: the per-view prompt
+  embeddings come precomputed from a file).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers.models.embeddings import get_timestep_embedding
+from diffusers.utils.torch_utils import randn_tensor
+
+from .. import cameras
+from .model import MVDiffusionModel, relative_ray_map
+
+log = logging.getLogger(__name__)
+
+PIPELINE_CLASS = "MVDiffusionPipeline"
+SAMPLERS = ("ddim", "dpm")
+
+
+# ----------------------------------------------------------------------------------------------
+# Image <-> model space
+# ----------------------------------------------------------------------------------------------
+def composite(images: torch.Tensor, background: torch.Tensor | tuple[float, float, float]) -> torch.Tensor:
+    """RGBA images [..., 4, H, W] in [0, 1] -> same shape with RGB composited over ``background``
+    (an RGB triple, or a tensor broadcastable to [..., 3, 1, 1]); alpha kept."""
+    bg = torch.as_tensor(background, dtype=images.dtype, device=images.device)
+    if bg.ndim == 1:
+        bg = bg.view(3, 1, 1)
+    a = images[..., 3:4, :, :]
+    return torch.cat([images[..., :3, :, :] * a + bg * (1 - a), a], dim=-3)
+
+
+def resize_views(images: torch.Tensor, K: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize square views and their intrinsics together.
+
+    images [..., C, H, W]; K [..., 3, 3] (for H x W) -> images [..., C, size, size], K for size x size."""
+    H, W = images.shape[-2:]
+    if (H, W) == (size, size):
+        return images, K
+    lead = images.shape[:-3]
+    out = F.interpolate(images.reshape(-1, *images.shape[-3:]), size=(size, size), mode="bilinear",
+                        antialias=True, align_corners=False).reshape(*lead, -1, size, size)
+    return out, cameras.scale_intrinsics(K, size / W, size / H)
+
+
+class PixelCodec:
+    """Pixel space: RGBA [0, 1] <-> [-1, 1], 4 channels, full resolution (factor 1)."""
+    factor = 1
+    kind = "pixel"
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 4, H, W] in [0, 1] (RGB already composited) -> [N, 4, H, W] in [-1, 1]."""
+        return images * 2 - 1
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 4, H, W] -> RGBA [N, 4, H, W] in [0, 1]."""
+        return ((x + 1) / 2).clamp(0, 1)
+
+
+class VAECodec:
+    """SD-2.1 latent space (FaceLift): RGB -> VAE latent mode x scaling factor. The VAE has no
+    alpha: decoded views get alpha = 1 (segment them downstream)."""
+    kind = "vae"
+
+    def __init__(self, vae: AutoencoderKL):
+        self.vae = vae
+        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.scale = vae.config.scaling_factor
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 4, H, W] in [0, 1] (RGB composited) -> latents [N, 4, H/f, W/f]."""
+        x = images[:, :3].to(self.vae.dtype) * 2 - 1
+        return self.vae.encode(x).latent_dist.mode() * self.scale
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """latents [N, 4, h, w] -> RGBA [N, 4, h*f, w*f] in [0, 1] (alpha = 1)."""
+        rgb = ((self.vae.decode(z.to(self.vae.dtype) / self.scale).sample + 1) / 2).clamp(0, 1)
+        return torch.cat([rgb, torch.ones_like(rgb[:, :1])], dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SamplerConfig:
+    sampler: str = "ddim"                   # ddim | dpm (DPMSolverMultistepScheduler, fewer steps)
+    steps: int = 50                         # denoising steps
+    eta: float = 1.0                        # DDIM stochasticity (FaceLift: 1.0); ignored by dpm
+    guidance_scale: float = 3.0             # classifier-free guidance; 1.0 = no unconditional branch
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # RGB under the reference's alpha
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r} is not one of {SAMPLERS}")
+
+
+@dataclass
+class FaceLiftLoadConfig:
+    prompt_embeds_path: str = ""            # .pt with FaceLift's per-view prompt embeddings [V, 77, 1024]
+    camera_conditioning: bool = False       # add zero-initialised ray-map channels (for fine-tuning)
+    attention_mode: str = "sparse"          # FaceLift's default
+    num_views: int = 6
+
+
+class MVDiffusionPipeline:
+    """model (:class:`MVDiffusionModel`) + scheduler (its training noise schedule) + codec (pixel
+    or VAE); optional FaceLift image-embedding parts (image_encoder, image_normalizer,
+    image_noising_scheduler) for a UNet with a class embedding."""
+
+    def __init__(self, model: MVDiffusionModel, scheduler, codec=None, image_encoder=None, feature_extractor_config=None,
+                 image_normalizer=None, image_noising_scheduler=None):
+        self.model = model
+        self.scheduler = scheduler
+        self.codec = codec or PixelCodec()
+        self.image_encoder = image_encoder
+        self.feature_extractor_config = feature_extractor_config or {}
+        self.image_normalizer = image_normalizer
+        self.image_noising_scheduler = image_noising_scheduler
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.unet_config["sample_size"] * self.codec.factor
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def to(self, device=None, dtype=None) -> "MVDiffusionPipeline":
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        for m in (self.model, getattr(self.codec, "vae", None), self.image_encoder, self.image_normalizer):
+            if m is not None:
+                m.to(**kwargs)
+        return self
+
+    # -- conditioning -----------------------------------------------------------------------
+    def class_labels(self, reference: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor | None:
+        """FaceLift's class label [B, 2E] = [CLIP image embedding ; embedding of noise level 0],
+        or None when the UNet has no class embedding. reference [B, 4, H, W] RGBA in [0, 1];
+        image_embeds [B, E] skips the CLIP encoder. The unCLIP noising at level 0 is applied without
+        random noise (deterministic; its std at level 0 is about 1e-2)."""
+        if self.model.unet.class_embedding is None:
+            return None
+        if image_embeds is None:
+            image_embeds = self._clip_embed(reference)
+        level = torch.zeros(image_embeds.shape[0], dtype=torch.long, device=image_embeds.device)
+        if self.image_normalizer is not None and self.image_noising_scheduler is not None:
+            x = self.image_normalizer.scale(image_embeds)
+            x = self.image_noising_scheduler.add_noise(x, torch.zeros_like(x), level)
+            image_embeds = self.image_normalizer.unscale(x)
+        emb = get_timestep_embedding(level, image_embeds.shape[-1], flip_sin_to_cos=True, downscale_freq_shift=0)
+        return torch.cat([image_embeds, emb.to(image_embeds.dtype)], dim=1)
+
+    def _clip_embed(self, reference: torch.Tensor) -> torch.Tensor:
+        if self.image_encoder is None:
+            raise ValueError("this UNet needs an image embedding (class_embed_type set) but the pipeline has no "
+                             "image_encoder/: pass image_embeds=[B, E] or load a folder with image_encoder/")
+        fe = self.feature_extractor_config
+        crop = fe.get("crop_size", 224)  # CLIPImageProcessor writes {"height", "width"} or an int
+        size = int(crop["height"] if isinstance(crop, dict) else crop)
+        mean = torch.tensor(fe.get("image_mean", [0.48145466, 0.4578275, 0.40821073]), device=reference.device)
+        std = torch.tensor(fe.get("image_std", [0.26862954, 0.26130258, 0.27577711]), device=reference.device)
+        x = F.interpolate(reference[:, :3], size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        x = (x.clamp(0, 1) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        return self.image_encoder(x.to(self.image_encoder.dtype)).image_embeds
+
+    # -- sampling -----------------------------------------------------------------------------
+    def _sampling_scheduler(self, cfg: SamplerConfig):
+        if cfg.sampler == "ddim":
+            return DDIMScheduler.from_config(self.scheduler.config)
+        return DPMSolverMultistepScheduler.from_config(self.scheduler.config)
+
+    @torch.no_grad()
+    def __call__(self, reference: torch.Tensor, reference_w2c: torch.Tensor, target_w2c: torch.Tensor,
+                 target_K: torch.Tensor, config: SamplerConfig | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
+                 image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Generate the target views of B objects.
+
+        reference [B, 4, S, S] RGBA in [0, 1] at S = ``self.image_size`` (use :func:`resize_views`);
+        reference_w2c [B, 4, 4]; target_w2c [B, V, 4, 4] and target_K [B, V, 3, 3] (for S x S
+        images), OpenCV, normalized world. View ``model.config.reference_view`` of the targets should
+        be the reference camera (as in training). generator: one, or one per object.
+        -> views [B, V, 4, S, S] RGBA in [0, 1] (RGB over ``config.background``).
+        """
+        cfg = config or SamplerConfig()
+        B, V = target_w2c.shape[:2]
+        S = self.image_size
+        if reference.shape[-2:] != (S, S):
+            raise ValueError(f"reference is {tuple(reference.shape[-2:])} but the model works at {S}x{S}: "
+                             "resize images and K together with resize_views() first")
+        device, dtype = self.device, self.model.dtype
+        f = self.codec.factor
+        # 1. conditioning: reference in model space, ray maps at model resolution, class labels
+        ref = composite(reference.to(device, torch.float32), cfg.background)
+        ref_lat = self.codec.encode(ref).to(dtype)
+        h, w = ref_lat.shape[-2:]
+        rays = None
+        if self.model.config.camera_channels:
+            K_lat = cameras.scale_intrinsics(target_K.to(device, torch.float64), 1 / f, 1 / f)
+            rays = relative_ray_map(target_w2c.to(device, torch.float64), K_lat,
+                                    reference_w2c.to(device, torch.float64), h, w).to(dtype)
+        labels = self.class_labels(ref, image_embeds)
+        guided = cfg.guidance_scale != 1.0
+        if guided:  # unconditional branch first: zero reference, camera and class label
+            ref_lat = torch.cat([torch.zeros_like(ref_lat), ref_lat])
+            rays = None if rays is None else torch.cat([torch.zeros_like(rays), rays])
+            labels = None if labels is None else torch.cat([torch.zeros_like(labels), labels])
+        # 2. initial noise (one generator per object keeps each object's result batch-independent)
+        sched = self._sampling_scheduler(cfg)
+        sched.set_timesteps(cfg.steps, device=device)
+        C = self.model.config.image_channels
+        x = randn_tensor((B, V * C, h, w), generator=generator, device=device, dtype=dtype).view(B, V, C, h, w)
+        x = x * sched.init_noise_sigma
+        step_gen = [g for g in generator for _ in range(V)] if isinstance(generator, list) else generator
+        # 3. denoising loop
+        for t in sched.timesteps:
+            xin = sched.scale_model_input(x, t)
+            xin = torch.cat([xin, xin]) if guided else xin
+            pred = self.model(xin, t, ref_lat, rays, labels)
+            if guided:
+                uncond, cond = pred.chunk(2)
+                pred = uncond + cfg.guidance_scale * (cond - uncond)
+            kwargs = {"eta": cfg.eta} if cfg.sampler == "ddim" else {}
+            x = sched.step(pred.flatten(0, 1), t, x.flatten(0, 1), generator=step_gen, **kwargs
+                           ).prev_sample.view(B, V, C, h, w)
+        # 4. back to images
+        return self.codec.decode(x.flatten(0, 1).float()).view(B, V, 4, S, S)
+
+    # -- saving and loading ---------------------------------------------------------------------
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write our layout (model_index.json, unet/, scheduler/, vae/ for a latent model)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder / "unet")
+        DDIMScheduler.from_config(self.scheduler.config).save_pretrained(folder / "scheduler")
+        index = {"_class_name": PIPELINE_CLASS, "codec": self.codec.kind,
+                 "unet": ["mousefacelift.mvdiffusion.model", "MVDiffusionModel"],
+                 "scheduler": ["diffusers", "DDIMScheduler"]}
+        if self.codec.kind == "vae":
+            self.codec.vae.save_pretrained(folder / "vae")
+            index["vae"] = ["diffusers", "AutoencoderKL"]
+        if self.image_encoder is not None or self.image_normalizer is not None:
+            log.warning("save_pretrained: the CLIP image-embedding parts are not re-saved; keep FaceLift's folder")
+        (folder / "model_index.json").write_text(json.dumps(index, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, facelift: FaceLiftLoadConfig | None = None
+                        ) -> "MVDiffusionPipeline":
+        """Load our layout, or FaceLift's (detected from model_index.json; ``facelift`` options)."""
+        folder = Path(folder)
+        index_path = folder / "model_index.json"
+        if not index_path.is_file():
+            raise FileNotFoundError(f"{index_path} not found: pass the pipeline folder written by notebook 04 "
+                                    "(runs/<run>/mvdiffusion/pipeline) or FaceLift's mvdiffusion folder")
+        index = json.loads(index_path.read_text())
+        if index.get("_class_name") != PIPELINE_CLASS:
+            return load_facelift(folder, facelift or FaceLiftLoadConfig())
+        model = MVDiffusionModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False)
+        scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
+        codec = VAECodec(AutoencoderKL.from_pretrained(folder / "vae", low_cpu_mem_usage=False)) \
+            if index.get("codec") == "vae" else PixelCodec()
+        return cls(model, scheduler, codec)
+
+
+# ----------------------------------------------------------------------------------------------
+# FaceLift's folder
+# ----------------------------------------------------------------------------------------------
+def load_unet_lenient_config(unet_dir: Path) -> UNet2DConditionModel:
+    """A custom-class UNet folder (e.g. FaceLift's UNetMV2DConditionModel) as a stock
+    UNet2DConditionModel: config keys our class does not take are dropped (logged), weights strict."""
+    config = json.loads((unet_dir / "config.json").read_text())
+    accepted = set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"}
+    ignored = sorted(k for k in config if k not in accepted and not k.startswith("_"))
+    if ignored:
+        log.info("%s: ignoring config keys of %s: %s", unet_dir, config.get("_class_name"), ignored)
+    unet = UNet2DConditionModel.from_config({k: v for k, v in config.items() if k in accepted})
+    st, pt = unet_dir / "diffusion_pytorch_model.safetensors", unet_dir / "diffusion_pytorch_model.bin"
+    if st.is_file():
+        from safetensors.torch import load_file
+        state = load_file(str(st))
+    elif pt.is_file():
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{unet_dir}: no diffusion_pytorch_model.safetensors or .bin")
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{unet_dir}: weights do not match UNet2DConditionModel: missing {missing[:10]} "
+                         f"({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)}); is this a FaceLift "
+                         "MVDiffusion unet/ folder?")
+    return unet
+
+
+def load_facelift(folder: Path, options: FaceLiftLoadConfig) -> MVDiffusionPipeline:
+    """FaceLift's pipeline folder -> :class:`MVDiffusionPipeline` (latent space, prompt embeddings)."""
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+
+    unet = load_unet_lenient_config(folder / "unet")
+    if not options.prompt_embeds_path:
+        raise ValueError(f"{folder}: FaceLift's UNet needs its per-view prompt embeddings [V, 77, "
+                         f"{unet.config.cross_attention_dim}]: set prompt_embeds_path (a .pt file)")
+    embeds = torch.load(options.prompt_embeds_path, map_location="cpu", weights_only=True)
+    if embeds.ndim != 3 or embeds.shape[0] != options.num_views or embeds.shape[-1] != unet.config.cross_attention_dim:
+        raise ValueError(f"{options.prompt_embeds_path}: prompt embeddings {tuple(embeds.shape)} do not match "
+                         f"[{options.num_views}, 77, {unet.config.cross_attention_dim}] (wrong text encoder width?)")
+    latent_channels = unet.config.out_channels
+    model = MVDiffusionModel.from_unet(unet, image_channels=latent_channels,
+                                       camera_channels=6 if options.camera_conditioning else 0,
+                                       num_views=options.num_views, attention_mode=options.attention_mode,
+                                       context="prompt_embeds", context_tensor=embeds.float())
+    scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
+    vae = AutoencoderKL.from_pretrained(folder / "vae", low_cpu_mem_usage=False)
+    normalizer = noising = encoder = None
+    fe_config = {}
+    if (folder / "image_normalizer").is_dir():
+        normalizer = StableUnCLIPImageNormalizer.from_pretrained(folder / "image_normalizer", low_cpu_mem_usage=False)
+    if (folder / "image_noising_scheduler").is_dir():
+        noising = DDPMScheduler.from_pretrained(folder / "image_noising_scheduler")
+    if (folder / "image_encoder").is_dir():
+        try:
+            from transformers import CLIPVisionModelWithProjection
+        except ImportError:
+            log.warning("%s: image_encoder/ needs `transformers` (not installed): pass image_embeds to the "
+                        "pipeline or `pip install transformers`", folder)
+        else:
+            encoder = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder")
+    fe_file = folder / "feature_extractor" / "preprocessor_config.json"
+    if fe_file.is_file():
+        fe_config = json.loads(fe_file.read_text())
+    return MVDiffusionPipeline(model, scheduler, VAECodec(vae), encoder, fe_config, normalizer, noising)
+
+
+# ----------------------------------------------------------------------------------------------
+# Quality
+# ----------------------------------------------------------------------------------------------
+def foreground_psnr(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """PSNR_fg (evaluation protocol): MSE of RGB over pixels with GT alpha > 0.5.
+
+    pred, gt [..., 4, H, W] RGBA in [0, 1], RGB over the same background -> PSNR in dB [...]."""
+    mask = (gt[..., 3:4, :, :] > 0.5).to(pred.dtype)
+    se = ((pred[..., :3, :, :] - gt[..., :3, :, :]) ** 2 * mask).sum((-1, -2, -3))
+    mse = se / (3 * mask.sum((-1, -2, -3))).clamp_min(1)
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def evaluate(pipe: MVDiffusionPipeline, dataset, config: SamplerConfig, seed: int, max_objects: int,
+             batch_size: int = 4) -> dict:
+    """Generate the views of the first ``max_objects`` objects of ``dataset`` (a SampleDataset)
+    from their reference view and compare with the ground truth (reference view excluded).
+    -> {"psnr_fg": mean dB, "per_object": [dB per object], "seconds", and "samples": list of
+    (reference [4,S,S], generated [V,4,S,S], ground truth [V,4,S,S]) for grids}."""
+    ref_v = pipe.model.config.reference_view
+    S = pipe.image_size
+    scores, samples, t0 = [], [], time.time()
+    n = min(max_objects, len(dataset))
+    for start in range(0, n, batch_size):
+        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
+        imgs, K = resize_views(torch.stack([it["images"] for it in items]), torch.stack([it["K"] for it in items]), S)
+        w2c = torch.stack([it["w2c"] for it in items])
+        gens = [torch.Generator().manual_seed(seed + start + j) for j in range(len(items))]
+        out = pipe(imgs[:, ref_v], w2c[:, ref_v], w2c, K, config, generator=gens).cpu()
+        gt = composite(imgs, config.background)
+        keep = [v for v in range(w2c.shape[1]) if v != ref_v]
+        scores += foreground_psnr(out[:, keep], gt[:, keep]).mean(1).tolist()
+        samples += [(gt[j, ref_v], out[j], gt[j]) for j in range(len(items))]
+    return {"psnr_fg": float(sum(scores) / max(len(scores), 1)), "per_object": scores,
+            "seconds": time.time() - t0, "samples": samples}
+
+
+def quality_vs_steps(pipe: MVDiffusionPipeline, dataset, steps: list[int], config: SamplerConfig, seed: int = 0,
+                     max_objects: int = 8) -> list[dict]:
+    """PSNR_fg (mean over objects, reference view excluded) and time for each number of steps."""
+    rows = []
+    for n in steps:
+        cfg = SamplerConfig(sampler=config.sampler, steps=n, eta=config.eta, guidance_scale=config.guidance_scale,
+                            background=config.background)
+        res = evaluate(pipe, dataset, cfg, seed, max_objects)
+        rows.append({"sampler": cfg.sampler, "steps": n, "psnr_fg": res["psnr_fg"], "seconds": res["seconds"]})
+        log.info("quality vs steps: %s %d steps -> PSNR_fg %.2f dB (%.1f s)", cfg.sampler, n, res["psnr_fg"],
+                 res["seconds"])
+    return rows
+
+
+def validation_grid(reference: torch.Tensor, generated: torch.Tensor, target: torch.Tensor) -> "np.ndarray":
+    """One object's grid as uint8 [2*S, (V+1)*S, 3]: column 0 the reference, then the V views;
+    row 0 generated, row 1 ground truth (reference [4, S, S], generated / target [V, 4, S, S],
+    RGB over a background)."""
+    import numpy as np
+
+    top = torch.cat([reference[:3]] + list(generated[:, :3]), dim=2)
+    bot = torch.cat([reference[:3]] + list(target[:, :3]), dim=2)
+    grid = torch.cat([top, bot], dim=1).clamp(0, 1)
+    return (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+__all__ = ["MVDiffusionPipeline", "SamplerConfig", "FaceLiftLoadConfig", "PixelCodec", "VAECodec", "composite",
+           "resize_views", "foreground_psnr", "evaluate", "quality_vs_steps", "validation_grid",
+           "load_unet_lenient_config", "load_facelift", "SyntheticConfig", "generate_synthetic"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 05: synthetic samples
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SyntheticConfig:
+    batch_size: int = 4                     # objects per pipeline call
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    seed: int = 0                           # the object at line i of the split uses seed + i
+    keep_reference: bool = True             # write the real (resized) reference image for the reference view
+    device: str = "cpu"                     # where the model runs
+    overwrite: bool = False                 # regenerate samples that are already complete
+
+
+def generate_synthetic(checkpoint_dir: str | os.PathLike, samples_root: str | os.PathLike,
+                       split_file: str | os.PathLike, out_root: str | os.PathLike, config: SyntheticConfig) -> dict:
+    """For every sample of the split, generate all its views from its reference view and write them
+    with ``samples.write_sample`` at the model resolution, with exactly the cameras the model was
+    conditioned on (the sample's w2c; K scaled to the model resolution) and provenance. Resumable:
+    complete output samples are skipped. -> {"written", "skipped", "out_root", "seconds"}."""
+    from tqdm.auto import tqdm
+
+    from ..data import samples as samples_io
+
+    t0 = time.time()
+    pipe = MVDiffusionPipeline.from_pretrained(checkpoint_dir).to(torch.device(config.device))
+    pipe.model.eval()
+    S, ref_v = pipe.image_size, pipe.model.config.reference_view
+    names = samples_io.read_split(split_file)
+    out_root = Path(out_root)
+    todo = [(i, n) for i, n in enumerate(names)
+            if config.overwrite or not samples_io.is_complete(out_root / Path(n).name)]
+    cfg = config.sampler
+    for start in tqdm(range(0, len(todo), config.batch_size), desc="synthetic samples", unit="batch"):
+        batch = todo[start:start + config.batch_size]
+        src = [samples_io.read_sample(Path(samples_root) / n) for _, n in batch]
+        if len({s.images.shape for s in src}) != 1:
+            raise ValueError(f"samples {[n for _, n in batch]} differ in view count or size; use batch_size 1")
+        imgs, K = resize_views(torch.stack([s.images for s in src]), torch.stack([s.K for s in src]), S)
+        w2c = torch.stack([s.w2c for s in src])
+        gens = [torch.Generator().manual_seed(config.seed + i) for i, _ in batch]
+        views = pipe(imgs[:, ref_v], w2c[:, ref_v], w2c, K, cfg, generator=gens).cpu()
+        if config.keep_reference:
+            views[:, ref_v] = composite(imgs[:, ref_v], cfg.background)
+        for j, ((i, name), s) in enumerate(zip(batch, src)):
+            prov = {"generator": "mvdiffusion", "source_sample": str(Path(samples_root) / name),
+                    "source_provenance": s.provenance, "checkpoint": str(checkpoint_dir),
+                    "seed": config.seed + i, "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta,
+                    "guidance_scale": cfg.guidance_scale, "background": list(cfg.background),
+                    "reference_view": ref_v, "keep_reference": config.keep_reference, "image_size": S}
+            rgba = (views[j].permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype("uint8")
+            samples_io.write_sample(out_root / Path(name).name, rgba, w2c[j], K[j], s.view_ids, prov)
+    log.info("synthetic: wrote %d samples, skipped %d complete ones, into %s", len(todo), len(names) - len(todo),
+             out_root)
+    return {"written": len(todo), "skipped": len(names) - len(todo), "out_root": str(out_root),
+            "seconds": time.time() - t0}

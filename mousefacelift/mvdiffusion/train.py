@@ -1,0 +1,380 @@
+"""Training of the multi-view diffusion model (notebook 04).
+
+One step, for a batch of B objects of V views each (views of an object contiguous):
+  1. augment: per-object brightness/contrast and a random background colour (white/black/gray)
+     composited under alpha, the same for every view of the object and its reference;
+  2. encode targets (pixel space: RGBA in [-1, 1]); the reference = view ``reference_view`` (fixed:
+     a random reference view made FaceLift collapse);
+  3. ray maps of every view relative to the reference camera, at model resolution;
+  4. condition dropout for classifier-free guidance (5% each: reference dropped, camera/class
+     dropped, both dropped);
+  5. one timestep per object, noise, v- or epsilon-target, min-SNR-weighted MSE (gamma 5);
+  6. AdamW + warmup/cosine, grad clip, EMA (diffusers ``EMAModel``).
+
+All randomness of step s comes from generators seeded with (seed, s, rank), and checkpoints hold
+model, EMA, optimizer, LR scheduler, step and the global RNG states, written atomically, so a
+resumed run reproduces the uninterrupted one exactly. Runs single-process, or under
+``torchrun`` (DDP) when WORLD_SIZE > 1:
+
+    torchrun --nproc_per_node 8 -m mousefacelift.mvdiffusion.train --config train.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+
+from .. import cameras
+from ..data.samples import SampleDataset
+from ..tracking import Tracker, TrackingConfig
+from .model import MVDiffusionConfig, MVDiffusionModel, relative_ray_map
+from .pipeline import (FaceLiftLoadConfig, MVDiffusionPipeline, PixelCodec, SamplerConfig, composite, evaluate,
+                       resize_views, validation_grid)
+
+log = logging.getLogger(__name__)
+
+BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5)}
+PREDICTION_TYPES = ("v_prediction", "epsilon")
+
+
+@dataclass
+class TrainConfig:
+    data_root: str = ""                     # folder that the split files' sample paths are relative to
+    train_split: str = ""                   # split file of training samples
+    val_split: str = ""                     # split file for validation; empty = no validation
+    out_dir: str = ""                       # run folder: checkpoints/, pipeline/, val/, metrics.jsonl
+    model: MVDiffusionConfig = field(default_factory=MVDiffusionConfig)  # from-scratch architecture
+    init_from: str = ""                     # pipeline folder (ours or FaceLift's) to fine-tune; "" = scratch
+    facelift: FaceLiftLoadConfig = field(default_factory=lambda: FaceLiftLoadConfig(camera_conditioning=True))
+    views: list[int] | None = None          # view positions to use from each sample (model.reference_view
+                                            # indexes this list); None = all
+    steps: int = 2000                       # optimizer steps in total
+    stop_at_step: int = 0                   # stop (with a checkpoint) at this step; 0 = run to `steps`
+    batch_size: int = 8                     # objects per step per process
+    lr: float = 1e-4                        # peak AdamW learning rate (FaceLift mouse fine-tune: 5e-5)
+    weight_decay: float = 0.01              # AdamW weight decay
+    warmup_steps: int = 100                 # linear warmup, then cosine decay to 0
+    grad_clip: float = 1.0                  # max gradient norm
+    prediction_type: str = "v_prediction"   # v_prediction | epsilon (from-scratch; init_from keeps its own)
+    beta_schedule: str = "squaredcos_cap_v2"  # noise schedule (pixel space: cosine)
+    num_train_timesteps: int = 1000         # diffusion steps of the noise schedule
+    snr_gamma: float = 5.0                  # min-SNR weighting; 0 = plain MSE
+    use_ema: bool = True                    # keep an EMA of the weights (validation and export use it)
+    ema_decay: float = 0.999                # EMA decay ceiling
+    drop_reference: float = 0.05            # P(reference image dropped)
+    drop_camera: float = 0.05               # P(camera ray map and class label dropped)
+    drop_both: float = 0.05                 # P(both dropped)
+    brightness: float = 0.1                 # +- additive brightness jitter (per object)
+    contrast: float = 0.1                   # +- relative contrast jitter (per object)
+    backgrounds: tuple[str, ...] = ("white", "black", "gray")  # random background colours
+    seed: int = 0                           # seeds weights, data order, noise, dropout, augmentation
+    device: str = "cpu"                     # cpu | cuda (the GPU index comes from LOCAL_RANK)
+    mixed_precision: str = "no"             # no | bf16 (autocast)
+    num_workers: int = 0                    # DataLoader workers
+    checkpoint_every: int = 500             # steps between checkpoints
+    keep_checkpoints: int = 2               # newest checkpoints kept
+    resume: bool = True                     # continue from the newest checkpoint in out_dir
+    val_every: int = 500                    # steps between validations (and at the end)
+    val_objects: int = 4                    # validation objects
+    val_sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=25))
+    log_every: int = 10                     # steps between logged scalars
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(mode="disabled"))
+
+    def __post_init__(self):
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
+        unknown = set(self.backgrounds) - set(BACKGROUNDS)
+        if unknown:
+            raise ValueError(f"unknown backgrounds {sorted(unknown)}; choose from {sorted(BACKGROUNDS)}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision {self.mixed_precision!r} is not 'no' or 'bf16'")
+        if not self.out_dir:
+            raise ValueError("TrainConfig.out_dir is empty: set it to the run's mvdiffusion folder")
+
+
+def config_from_dict(d: dict, cls=TrainConfig):
+    """Nested dict (e.g. from JSON/YAML) -> dataclass; an unknown key is an error naming the valid ones."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}; valid keys: {sorted(names)}")
+    kwargs = {}
+    for k, v in d.items():
+        sub = {"model": MVDiffusionConfig, "facelift": FaceLiftLoadConfig, "val_sampler": SamplerConfig,
+               "tracking": TrackingConfig}.get(k) if cls is TrainConfig else None
+        kwargs[k] = config_from_dict(v, sub) if sub and isinstance(v, dict) else \
+            (tuple(v) if isinstance(v, list) and k in ("backgrounds", "background", "block_out_channels",
+                                                       "down_block_types", "up_block_types") else v)
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+def _generator(seed: int, step: int, rank: int, stream: int) -> torch.Generator:
+    """The CPU generator of one random stream of one step (exact resume needs nothing else)."""
+    return torch.Generator().manual_seed(hash((seed, step, rank, stream)) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Infinite batches of dataset indices; batch s is drawn from (seed, s, rank) only."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, start_step: int):
+        self.n, self.batch_size, self.seed, self.rank, self.start = n, batch_size, seed, rank, start_step
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            g = _generator(self.seed, step, self.rank, 0)
+            yield torch.randint(self.n, (self.batch_size,), generator=g).tolist()
+            step += 1
+
+
+def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights [B] for timesteps t [B] (Hang et al. 2023)."""
+    a = alphas_cumprod.to(t.device)[t]
+    snr = a / (1 - a)
+    if gamma <= 0:
+        return torch.ones_like(snr)
+    clipped = snr.clamp(max=gamma)
+    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+
+
+def augment(images: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+    """images [B, V, 4, S, S] RGBA -> brightness/contrast-jittered RGB composited over a random
+    background per object (alpha kept)."""
+    B = images.shape[0]
+    dev = images.device
+    c = (1 + (torch.rand(B, generator=g) * 2 - 1) * cfg.contrast).to(dev).view(B, 1, 1, 1, 1)
+    b = ((torch.rand(B, generator=g) * 2 - 1) * cfg.brightness).to(dev).view(B, 1, 1, 1, 1)
+    rgb = ((images[:, :, :3] - 0.5) * c + 0.5 + b).clamp(0, 1)
+    choice = torch.randint(len(cfg.backgrounds), (B,), generator=g).tolist()
+    bg = torch.tensor([BACKGROUNDS[cfg.backgrounds[i]] for i in choice], dtype=images.dtype, device=dev)
+    return composite(torch.cat([rgb, images[:, :, 3:]], dim=2), bg.view(B, 1, 3, 1, 1))
+
+
+def training_loss(model, pipe: MVDiffusionPipeline, noise_sched: DDPMScheduler, batch: dict, cfg: TrainConfig,
+                  step: int, rank: int) -> torch.Tensor:
+    """The loss of one step. batch: images [B, V, 4, H, W], w2c [B, V, 4, 4], K [B, V, 3, 3]."""
+    dev = next(model.parameters()).device
+    g_aug, g_noise, g_drop = (_generator(cfg.seed, step, rank, s) for s in (1, 2, 3))
+    ref_v = pipe.model.config.reference_view
+    S = pipe.image_size
+    # 1. augmentation at model resolution
+    images, K = resize_views(batch["images"].to(dev), batch["K"].to(dev, torch.float64), S)
+    w2c = batch["w2c"].to(dev, torch.float64)
+    images = augment(images, cfg, g_aug)
+    B, V = images.shape[:2]
+    # 2. encode targets and reference
+    with torch.no_grad():
+        x0 = pipe.codec.encode(images.flatten(0, 1)).unflatten(0, (B, V))
+        labels = pipe.class_labels(images[:, ref_v], None) if pipe.model.unet.class_embedding is not None else None
+    ref = x0[:, ref_v]
+    h, w = x0.shape[-2:]
+    # 3. ray maps relative to the reference camera
+    rays = None
+    if pipe.model.config.camera_channels:
+        K_lat = cameras.scale_intrinsics(K, 1 / pipe.codec.factor, 1 / pipe.codec.factor)
+        rays = relative_ray_map(w2c, K_lat, w2c[:, ref_v], h, w).to(x0.dtype)
+    # 4. condition dropout: u < p_ref -> reference; next p_cam -> camera; next p_both -> both
+    u = torch.rand(B, generator=g_drop).to(dev)
+    p1, p2, p3 = cfg.drop_reference, cfg.drop_reference + cfg.drop_camera, \
+        cfg.drop_reference + cfg.drop_camera + cfg.drop_both
+    keep_ref = ~((u < p1) | ((u >= p2) & (u < p3)))
+    keep_cam = ~((u >= p1) & (u < p3))
+    ref = ref * keep_ref.view(B, 1, 1, 1).to(ref.dtype)
+    if rays is not None:
+        rays = rays * keep_cam.view(B, 1, 1, 1, 1).to(rays.dtype)
+    if labels is not None:
+        labels = labels * keep_cam.view(B, 1).to(labels.dtype)
+    # 5. noise one timestep per object, predict, min-SNR-weighted MSE
+    t = torch.randint(noise_sched.config.num_train_timesteps, (B,), generator=g_noise).to(dev)
+    noise = torch.randn(x0.shape, generator=g_noise).to(dev, x0.dtype)
+    t_views = t.repeat_interleave(V)
+    noisy = noise_sched.add_noise(x0.flatten(0, 1), noise.flatten(0, 1), t_views).unflatten(0, (B, V))
+    if noise_sched.config.prediction_type == "v_prediction":
+        target = noise_sched.get_velocity(x0.flatten(0, 1), noise.flatten(0, 1), t_views).unflatten(0, (B, V))
+    else:
+        target = noise
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+        pred = model(noisy, t, ref, rays, labels)
+    per_object = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
+    weight = min_snr_weight(noise_sched.alphas_cumprod, t, cfg.snr_gamma, noise_sched.config.prediction_type)
+    return (per_object * weight).mean()
+
+
+def build_pipeline(cfg: TrainConfig) -> MVDiffusionPipeline:
+    """The pipeline to train: loaded from ``init_from`` or built from ``cfg.model`` (seeded)."""
+    if cfg.init_from:
+        pipe = MVDiffusionPipeline.from_pretrained(cfg.init_from, cfg.facelift)
+        if pipe.scheduler.config.prediction_type != cfg.prediction_type:
+            log.warning("init_from %s was trained with %s; keeping it (TrainConfig.prediction_type=%s ignored)",
+                        cfg.init_from, pipe.scheduler.config.prediction_type, cfg.prediction_type)
+        return pipe
+    model = MVDiffusionModel.from_dataclass(cfg.model, seed=cfg.seed)
+    sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                          prediction_type=cfg.prediction_type, clip_sample=False)
+    return MVDiffusionPipeline(model, sched, PixelCodec())
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+def checkpoint_path(out_dir: Path, step: int) -> Path:
+    return out_dir / "checkpoints" / f"ckpt_{step:016d}.pt"
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted((out_dir / "checkpoints").glob("ckpt_*.pt"))
+    return found[-1] if found else None
+
+
+def save_checkpoint(path: Path, state: dict, keep: int) -> None:
+    """Write atomically (temp file + rename) and keep the newest ``keep`` checkpoints."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in sorted(path.parent.glob("ckpt_*.pt"))[:-keep]:
+        old.unlink()
+    log.info("checkpoint %s", path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+def _validate(pipe, ema, cfg: TrainConfig, val_set, out_dir: Path, step: int) -> dict:
+    import cv2
+
+    params = list(pipe.model.parameters())
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    pipe.model.eval()
+    res = evaluate(pipe, val_set, cfg.val_sampler, cfg.seed, cfg.val_objects)
+    pipe.model.train()
+    if ema is not None:
+        ema.restore(params)
+    (out_dir / "val").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for j, (ref, gen, gt) in enumerate(res["samples"]):
+        p = out_dir / "val" / f"step_{step:08d}_obj{j:02d}.png"
+        cv2.imwrite(str(p), validation_grid(ref, gen, gt)[..., ::-1])
+        paths.append(str(p))
+    log.info("step %d: validation PSNR_fg %.2f dB over %d objects", step, res["psnr_fg"], len(res["per_object"]))
+    return {"step": step, "psnr_fg": res["psnr_fg"], "grids": paths}
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) and export ``<out_dir>/pipeline`` with the EMA weights.
+    -> {"losses": {step: loss} of the steps run in this call, "val": [...], "pipeline_dir", "step"}."""
+    world, rank, local = (int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
+    device = torch.device(cfg.device, local) if cfg.device == "cuda" else torch.device(cfg.device)
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    out_dir = Path(cfg.out_dir)
+    # 1. model, noise schedule, optimizer, EMA
+    pipe = build_pipeline(cfg)
+    pipe.to(device)
+    pipe.model.train()
+    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    params = [p for p in pipe.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
+    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
+    # 2. resume
+    step = 0
+    ckpt = latest_checkpoint(out_dir) if cfg.resume else None
+    if ckpt is not None:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        pipe.model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+            ema.to(device)
+        torch.set_rng_state(state["rng"])
+        step = state["step"]
+        log.info("resumed from %s at step %d", ckpt, step)
+    model = pipe.model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None)
+    tracker = Tracker.create(cfg.tracking, out_dir, name="04_mvdiffusion", params=asdict(cfg), rank=rank)
+    tracker.truncate_after(step)
+    # 3. data
+    train_set = SampleDataset(cfg.data_root, cfg.train_split, cfg.views)
+    val_set = SampleDataset(cfg.data_root, cfg.val_split, cfg.views) if cfg.val_split else None
+    loader = iter(torch.utils.data.DataLoader(
+        train_set, batch_sampler=StepBatches(len(train_set), cfg.batch_size, cfg.seed, rank, step),
+        num_workers=cfg.num_workers))
+    # 4. loop
+    end = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.steps
+    losses, vals, t0 = {}, [], time.time()
+    while step < end:
+        batch = next(loader)
+        loss = training_loss(model, pipe, noise_sched, batch, cfg, step, rank)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        lr_sched.step()
+        if ema is not None:
+            ema.step(params)
+        step += 1
+        losses[step] = loss.item()
+        if step % cfg.log_every == 0 or step == end:
+            tracker.log({"loss": losses[step], "lr": lr_sched.get_last_lr()[0], "grad_norm": grad_norm.item(),
+                         "sec_per_step": (time.time() - t0) / len(losses)}, step=step)
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == end):
+            save_checkpoint(checkpoint_path(out_dir, step), {
+                "model": pipe.model.state_dict(), "ema": ema.state_dict() if ema else None,
+                "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(), "step": step,
+                "rng": torch.get_rng_state(), "config": asdict(cfg)}, cfg.keep_checkpoints)
+        if rank == 0 and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+            vals.append(_validate(pipe, ema, cfg, val_set, out_dir, step))
+            tracker.log({"val_psnr_fg": vals[-1]["psnr_fg"]}, step=step)
+    # 5. export with the EMA weights
+    pipeline_dir = out_dir / "pipeline"
+    if rank == 0 and step >= cfg.steps:
+        if ema is not None:
+            ema.store(params)
+            ema.copy_to(params)
+        pipe.save_pretrained(pipeline_dir)
+        if ema is not None:
+            ema.restore(params)
+    tracker.finish()
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    summary = {"step": step, "losses": losses, "val": vals, "pipeline_dir": str(pipeline_dir),
+               "seconds": time.time() - t0}
+    if rank == 0:
+        (out_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items()}, indent=1))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mousefacelift.mvdiffusion.train --config train.json`` (or under torchrun)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help="JSON file with TrainConfig fields (nested dicts for sub-configs)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    path = Path(args.config)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: training config not found (notebook 04 writes it into the run folder)")
+    train(config_from_dict(json.loads(path.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

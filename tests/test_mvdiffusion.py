@@ -1,0 +1,373 @@
+"""Multi-view diffusion: attention against a slow reference, cross-view behaviour, zero-initialised
+camera conditioning, rig-independent ray maps, save/load (ours and FaceLift's folder), sampling and
+the synthetic-sample generator. Tiny models, CPU, a few seconds each."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+
+from mousefacelift import cameras
+from mousefacelift.data import samples
+from mousefacelift.mvdiffusion import (FaceLiftLoadConfig, MVDiffusionConfig, MVDiffusionModel, MVDiffusionPipeline,
+                                       MultiViewAttnProcessor, SamplerConfig, SyntheticConfig, foreground_psnr,
+                                       generate_synthetic, quality_vs_steps, relative_ray_map, resize_views,
+                                       validation_grid, widen_conv_in)
+from mousefacelift.mvdiffusion.pipeline import PixelCodec, composite
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures: analytic ellipsoids seen by FaceLift's 6-camera rig
+# ----------------------------------------------------------------------------------------------
+def render_ellipsoid(w2c: torch.Tensor, K: torch.Tensor, size: int, radii, col_a, col_b) -> np.ndarray:
+    """Ray-traced axis-aligned ellipsoid at the origin, colour col_a on its +x half and col_b on
+    the other, Lambert-shaded -> uint8 [V, size, size, 4] (alpha = hit)."""
+    o, d = cameras.pixel_rays(cameras.invert_rigid(w2c), K, size, size)
+    r = torch.as_tensor(radii, dtype=torch.float64)
+    o2, d2 = o / r, d / r
+    a, b, c = (d2 * d2).sum(-1), 2 * (o2 * d2).sum(-1), (o2 * o2).sum(-1) - 1
+    disc = b * b - 4 * a * c
+    hit = disc > 0
+    t = (-b - disc.clamp_min(0).sqrt()) / (2 * a)
+    n = (o + t[..., None] * d) / r ** 2
+    n = n / n.norm(dim=-1, keepdim=True)
+    light = torch.tensor([0.3, -0.5, 0.8], dtype=torch.float64)
+    shade = 0.45 + 0.55 * (n @ (light / light.norm())).clamp_min(0)
+    col = torch.where(n[..., :1] > 0, torch.as_tensor(col_a, dtype=torch.float64),
+                      torch.as_tensor(col_b, dtype=torch.float64))
+    rgba = torch.cat([(col * shade[..., None]).clamp(0, 1) * hit[..., None], hit[..., None].double()], -1)
+    return (rgba.numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def make_samples(root, n: int, size: int = 32, seed: int = 0) -> list[str]:
+    """n ellipsoid samples (6 views, FaceLift's rig scaled to ``size`` px) under root; -> names."""
+    g = np.random.default_rng(seed)
+    w2c, K = cameras.canonical_rig(image_size=size)
+    names = []
+    for i in range(n):
+        imgs = render_ellipsoid(w2c, K, size, g.uniform(0.5, 1.0, 3), g.uniform(0.2, 1.0, 3), g.uniform(0.2, 1.0, 3))
+        names.append(samples.sample_name(i))
+        samples.write_sample(root / names[-1], imgs, w2c, K, list(range(6)), {"fixture": "ellipsoid", "index": i})
+    return names
+
+
+def tiny_model(mode: str = "sparse", **kw) -> MVDiffusionModel:
+    return MVDiffusionModel.from_dataclass(MVDiffusionConfig.tiny(attention_mode=mode, image_size=16, **kw), seed=0)
+
+
+def tiny_pipeline(**kw) -> MVDiffusionPipeline:
+    sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False)
+    return MVDiffusionPipeline(tiny_model(**kw), sched, PixelCodec())
+
+
+def rig(B: int, V: int, size: int):
+    w2c, K = cameras.canonical_rig(image_size=size)
+    return w2c[:V].expand(B, V, 4, 4).clone(), K[:V].expand(B, V, 3, 3).clone()
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-view attention
+# ----------------------------------------------------------------------------------------------
+def reference_attention(attn: Attention, x: torch.Tensor, V: int, mode: str, ref: int) -> torch.Tensor:
+    """Slow and obvious: for each view, explicit softmax attention over its concatenated keys."""
+    q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+    H = attn.heads
+    d = q.shape[-1] // H
+    out = torch.empty_like(q)
+    for n in range(x.shape[0]):
+        obj, view = divmod(n, V)
+        views = list(range(V)) if mode == "dense" else [ref, view]
+        keys = torch.cat([k[obj * V + j] for j in views])     # [L', H*d]
+        vals = torch.cat([v[obj * V + j] for j in views])
+        for h in range(H):
+            sl = slice(h * d, (h + 1) * d)
+            w = torch.softmax(q[n, :, sl] @ keys[:, sl].T / math.sqrt(d), dim=-1)
+            out[n, :, sl] = w @ vals[:, sl]
+    return attn.to_out[0](out)
+
+
+@pytest.mark.parametrize("mode", ["sparse", "dense"])
+@pytest.mark.parametrize("B,V,ref", [(1, 6, 0), (2, 3, 1), (3, 1, 0)])
+def test_processor_matches_reference(mode, B, V, ref):
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8)
+    attn.set_processor(MultiViewAttnProcessor(mode, ref))
+    x = torch.randn(B * V, 5, 16)
+    got = attn(x, num_views=V)
+    want = reference_attention(attn, x, V, mode, ref)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_crosses_views_in_the_unet():
+    """Perturbing the reference view changes the others; in sparse mode view 2 cannot reach view 1,
+    in dense mode it can."""
+    torch.manual_seed(1)
+    B, V = 1, 4
+    x, ref, rays = torch.randn(B, V, 4, 16, 16), torch.randn(B, 4, 16, 16), torch.randn(B, V, 6, 16, 16)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        for mode in ("sparse", "dense"):
+            model = tiny_model(mode)
+            base = model(x, t, ref, rays)
+            x0 = x.clone()
+            x0[:, 0] += torch.randn_like(x0[:, 0])
+            out0 = model(x0, t, ref, rays)
+            assert (out0[:, 1:] - base[:, 1:]).abs().amax() > 1e-3, mode
+            x2 = x.clone()
+            x2[:, 2] += torch.randn_like(x2[:, 2])
+            out2 = model(x2, t, ref, rays)
+            assert (out2[:, 2] - base[:, 2]).abs().amax() > 1e-3
+            change_v1 = (out2[:, 1] - base[:, 1]).abs().amax()
+            if mode == "sparse":
+                assert change_v1 < 1e-5, change_v1
+            else:
+                assert change_v1 > 1e-3, change_v1
+
+
+# ----------------------------------------------------------------------------------------------
+# Camera conditioning
+# ----------------------------------------------------------------------------------------------
+def facelift_like_unet(cross_dim: int = 32, class_dim: int | None = None) -> UNet2DConditionModel:
+    """A tiny UNet with FaceLift's wiring: 8 input channels (noisy + reference latents)."""
+    torch.manual_seed(3)
+    extra = dict(class_embed_type="projection", projection_class_embeddings_input_dim=class_dim) if class_dim else {}
+    unet = UNet2DConditionModel(sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+                                attention_head_dim=4, norm_num_groups=8, cross_attention_dim=cross_dim,
+                                use_linear_projection=True, **extra)
+    with torch.no_grad():  # diffusers zero-initialises some output layers: make them count
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return unet
+
+
+def test_camera_conditioning_is_zero_initialised():
+    unet = facelift_like_unet()
+    ctx = torch.randn(6, 7, 32)
+    plain = MVDiffusionModel.from_unet(copy.deepcopy(unet), 4, 0, 6, context_tensor=ctx)
+    adapted = MVDiffusionModel.from_unet(copy.deepcopy(unet), 4, 6, 6, context_tensor=ctx)
+    assert adapted.unet.conv_in.in_channels == 14 and adapted.unet.config.in_channels == 14
+    assert adapted.unet.conv_in.weight[:, 8:].abs().sum() == 0
+    torch.testing.assert_close(adapted.unet.conv_in.weight[:, :8], unet.conv_in.weight)
+    torch.manual_seed(4)
+    x, ref, rays = torch.randn(2, 6, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.randn(2, 6, 6, 8, 8)
+    with torch.no_grad():
+        a = plain(x, torch.tensor([10, 700]), ref)
+        b = adapted(x, torch.tensor([10, 700]), ref, rays)
+        # and once the new channels learn something, the rays do matter
+        adapted.unet.conv_in.weight[:, 8:].normal_()
+        c = adapted(x, torch.tensor([10, 700]), ref, rays)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert (c - a).abs().amax() > 1e-3
+
+
+def test_widen_conv_in_keeps_output():
+    unet = facelift_like_unet()
+    x = torch.randn(2, 8, 8, 8)
+    ctx = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        before = unet(x, 5, ctx).sample
+        widen_conv_in(unet, 3)
+        after = unet(torch.cat([x, torch.randn(2, 3, 8, 8)], 1), 5, ctx).sample
+    torch.testing.assert_close(before, after, atol=1e-6, rtol=0)
+
+
+def test_ray_map_is_relative_to_the_reference_camera():
+    """Rotating the whole rig about the object leaves the ray map unchanged, and the reference
+    view's own directions are its camera-frame pixel directions."""
+    B, V, S = 1, 6, 8
+    w2c, K = rig(B, V, S)
+    rays = relative_ray_map(w2c, K, w2c[:, 0], S, S)
+    assert rays.shape == (B, V, 6, S, S)
+    R = cameras.look_at_rotation(torch.tensor([[0.3, 1.0, 0.4]], dtype=torch.float64),
+                                 torch.zeros(1, 3, dtype=torch.float64))[0]  # any rotation
+    M = torch.eye(4, dtype=torch.float64)
+    M[:3, :3] = R.T  # world' = R^T world, so w2c' = w2c @ [R | 0]
+    w2c_rot = w2c @ torch.linalg.inv(M)
+    torch.testing.assert_close(relative_ray_map(w2c_rot, K, w2c_rot[:, 0], S, S), rays)
+    u = (torch.arange(S, dtype=torch.float64) + 0.5 - K[0, 0, 0, 2]) / K[0, 0, 0, 0]
+    d = torch.stack([u.view(1, S).expand(S, S), u.view(S, 1).expand(S, S), torch.ones(S, S, dtype=torch.float64)])
+    torch.testing.assert_close(rays[0, 0, :3], d / d.norm(dim=0, keepdim=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling, save/load
+# ----------------------------------------------------------------------------------------------
+def test_pipeline_sampling_is_seeded_and_batch_independent():
+    pipe = tiny_pipeline()
+    w2c, K = rig(2, 3, 16)
+    ref = torch.rand(2, 4, 16, 16)
+    for cfg in (SamplerConfig(steps=2, guidance_scale=2.0), SamplerConfig(sampler="dpm", steps=2, guidance_scale=1.0)):
+        both = pipe(ref, w2c[:, 0], w2c, K, cfg, generator=[torch.Generator().manual_seed(s) for s in (7, 8)])
+        second = pipe(ref[1:], w2c[1:, 0], w2c[1:], K[1:], cfg, generator=[torch.Generator().manual_seed(8)])
+        assert both.shape == (2, 3, 4, 16, 16) and both.min() >= 0 and both.max() <= 1
+        torch.testing.assert_close(both[1:], second, atol=1e-5, rtol=0)
+        assert (both[0] - both[1]).abs().amax() > 1e-3
+    with pytest.raises(ValueError, match="resize_views"):
+        pipe(torch.rand(1, 4, 32, 32), w2c[:1, 0], w2c[:1], K[:1])
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "p")
+    assert {p.name for p in (tmp_path / "p").iterdir()} == {"model_index.json", "unet", "scheduler"}
+    assert (tmp_path / "p" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    back = MVDiffusionPipeline.from_pretrained(tmp_path / "p")
+    for (k, a), (k2, b) in zip(pipe.model.state_dict().items(), back.model.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    assert back.model.config.attention_mode == "sparse" and back.scheduler.config.prediction_type == "v_prediction"
+    w2c, K = rig(1, 3, 16)
+    ref = torch.rand(1, 4, 16, 16)
+    cfg = SamplerConfig(steps=2)
+    a = pipe(ref, w2c[:, 0], w2c, K, cfg, generator=torch.Generator().manual_seed(0))
+    b = back(ref, w2c[:, 0], w2c, K, cfg, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        MVDiffusionPipeline.from_pretrained(tmp_path / "nowhere")
+
+
+def write_facelift_folder(folder, unet: UNet2DConditionModel, embed_dim: int):
+    """A FaceLift-layout pipeline folder with tiny parts (no text encoder / CLIP weights)."""
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+
+    unet.save_pretrained(folder / "unet")
+    cfg = json.loads((folder / "unet" / "config.json").read_text())
+    cfg.update({"_class_name": "UNetMV2DConditionModel", "num_views": 6, "sparse_mv_attention": True,
+                "selfattn_block": "custom", "mvcd_attention": True})
+    (folder / "unet" / "config.json").write_text(json.dumps(cfg))
+    torch.manual_seed(5)
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                  sample_size=16).save_pretrained(folder / "vae")
+    DDIMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction").save_pretrained(folder / "scheduler")
+    DDPMScheduler(beta_schedule="squaredcos_cap_v2").save_pretrained(folder / "image_noising_scheduler")
+    StableUnCLIPImageNormalizer(embedding_dim=embed_dim).save_pretrained(folder / "image_normalizer")
+    for d in ("tokenizer", "text_encoder", "feature_extractor"):
+        (folder / d).mkdir()
+    (folder / "feature_extractor" / "preprocessor_config.json").write_text(json.dumps(
+        {"crop_size": {"height": 32, "width": 32}, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableUnCLIPImg2ImgPipeline", "unet": ["mvdiffusion.models.unet_mv2d_condition",
+                                                              "UNetMV2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"]}))
+    torch.save(torch.randn(6, 77, unet.config.cross_attention_dim), folder / "prompt_embeds.pt")
+
+
+def test_facelift_folder_loads(tmp_path, caplog):
+    E = 16
+    unet = facelift_like_unet(cross_dim=32, class_dim=2 * E)
+    write_facelift_folder(tmp_path, unet, E)
+    opts = FaceLiftLoadConfig(prompt_embeds_path=str(tmp_path / "prompt_embeds.pt"))
+    with caplog.at_level(logging.INFO, logger="mousefacelift.mvdiffusion.pipeline"):
+        pipe = MVDiffusionPipeline.from_pretrained(tmp_path, opts)
+    assert "selfattn_block" in caplog.text and "sparse_mv_attention" in caplog.text
+    for k, v in unet.state_dict().items():
+        assert torch.equal(pipe.model.unet.state_dict()[k], v), k
+    assert pipe.codec.kind == "vae" and pipe.image_size == 16 and pipe.model.config.camera_channels == 0
+    torch.testing.assert_close(pipe.model.context, torch.load(tmp_path / "prompt_embeds.pt"))
+    w2c, K = rig(1, 6, 16)
+    out = pipe(torch.rand(1, 4, 16, 16), w2c[:, 0], w2c, K, SamplerConfig(steps=2),
+               generator=torch.Generator().manual_seed(0), image_embeds=torch.randn(1, E))
+    assert out.shape == (1, 6, 4, 16, 16) and torch.isfinite(out).all()
+    assert torch.equal(out[:, :, 3], torch.ones_like(out[:, :, 3]))  # the VAE has no alpha
+    with pytest.raises(ValueError, match="image_embeds"):
+        pipe(torch.rand(1, 4, 16, 16), w2c[:, 0], w2c, K, SamplerConfig(steps=1))
+    # fine-tuning variant: ray-map channels, zero-initialised
+    tuned = MVDiffusionPipeline.from_pretrained(tmp_path, FaceLiftLoadConfig(str(tmp_path / "prompt_embeds.pt"), True))
+    assert tuned.model.unet.conv_in.in_channels == 14
+    # missing prompt embeddings and mismatching weights are errors that say what to do
+    with pytest.raises(ValueError, match="prompt_embeds_path"):
+        MVDiffusionPipeline.from_pretrained(tmp_path)
+    from safetensors.torch import load_file, save_file
+    wfile = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(wfile))
+    state["extra_cd_attention.weight"] = torch.zeros(1)
+    save_file(state, str(wfile))
+    with pytest.raises(ValueError, match="extra_cd_attention"):
+        MVDiffusionPipeline.from_pretrained(tmp_path, opts)
+
+
+def test_facelift_clip_image_encoder(tmp_path):
+    """With transformers installed, the CLIP image embedding feeds the class label."""
+    transformers = pytest.importorskip("transformers")
+    E = 16
+    unet = facelift_like_unet(cross_dim=32, class_dim=2 * E)
+    write_facelift_folder(tmp_path, unet, E)
+    cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=32, patch_size=8, projection_dim=E)
+    transformers.CLIPVisionModelWithProjection(cfg).save_pretrained(tmp_path / "image_encoder")
+    pipe = MVDiffusionPipeline.from_pretrained(tmp_path, FaceLiftLoadConfig(str(tmp_path / "prompt_embeds.pt")))
+    assert pipe.image_encoder is not None
+    ref = torch.rand(2, 4, 16, 16)
+    labels = pipe.class_labels(ref, None)
+    assert labels.shape == (2, 2 * E) and (labels[0] - labels[1]).abs().amax() > 0
+    w2c, K = rig(2, 6, 16)
+    assert pipe(ref, w2c[:, 0], w2c, K, SamplerConfig(steps=1)).shape == (2, 6, 4, 16, 16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Quality helpers and the synthetic-sample generator
+# ----------------------------------------------------------------------------------------------
+def test_foreground_psnr_and_grid():
+    gt = torch.zeros(2, 4, 8, 8)
+    gt[:, 3, 2:6, 2:6] = 1
+    pred = gt.clone()
+    pred[:, :3] += 0.1 * gt[:, 3:4]          # error 0.1 inside the mask -> 20 dB
+    pred[:, :3, 0, 0] = 1.0                  # errors outside the mask do not count
+    torch.testing.assert_close(foreground_psnr(pred, gt), torch.full((2,), 20.0), atol=1e-4, rtol=0)
+    grid = validation_grid(gt[0], gt[:2], gt[:2])
+    assert grid.shape == (16, 24, 3) and grid.dtype == np.uint8
+
+
+def test_resize_views_keeps_projection():
+    w2c, K = rig(1, 2, 32)
+    X = torch.tensor([[[0.2, -0.1, 0.3]]], dtype=torch.float64)
+    uv32, _ = cameras.project(X, w2c[0], K[0])
+    img, K16 = resize_views(torch.rand(1, 2, 4, 32, 32), K, 16)
+    uv16, _ = cameras.project(X, w2c[0], K16[0])
+    assert img.shape == (1, 2, 4, 16, 16)
+    torch.testing.assert_close(uv16, uv32 / 2)
+
+
+def test_generate_synthetic_writes_conditioned_cameras_and_resumes(tmp_path):
+    names = make_samples(tmp_path / "src", 3, size=32)
+    samples.write_split(tmp_path / "train.txt", names)
+    tiny_pipeline().save_pretrained(tmp_path / "ckpt")
+    cfg = SyntheticConfig(batch_size=2, sampler=SamplerConfig(steps=2), seed=11)
+    res = generate_synthetic(tmp_path / "ckpt", tmp_path / "src", tmp_path / "train.txt", tmp_path / "out", cfg)
+    assert res["written"] == 3 and res["skipped"] == 0
+    for i, name in enumerate(names):
+        src, out = samples.read_sample(tmp_path / "src" / name), samples.read_sample(tmp_path / "out" / name)
+        assert out.images.shape == (6, 4, 16, 16)
+        torch.testing.assert_close(out.w2c, src.w2c)
+        torch.testing.assert_close(out.K, cameras.scale_intrinsics(src.K, 0.5, 0.5))
+        p = out.provenance
+        assert p["seed"] == 11 + i and p["steps"] == 2 and p["sampler"] == "ddim" and p["guidance_scale"] == 3.0
+        assert p["source_sample"].endswith(name) and p["checkpoint"] == str(tmp_path / "ckpt")
+        ref, _ = resize_views(src.images[:1], src.K[:1], 16)  # the reference view is the real one
+        assert (out.images[0] - composite(ref, (1.0, 1.0, 1.0))[0]).abs().amax() < 1.5 / 255
+    # a second call skips complete samples; a deleted one is regenerated identically
+    first = samples.read_sample(tmp_path / "out" / names[1]).images
+    import shutil
+    shutil.rmtree(tmp_path / "out" / names[1])
+    res = generate_synthetic(tmp_path / "ckpt", tmp_path / "src", tmp_path / "train.txt", tmp_path / "out", cfg)
+    assert res["written"] == 1 and res["skipped"] == 2
+    again = samples.read_sample(tmp_path / "out" / names[1]).images
+    assert (again - first).abs().amax() <= 1.01 / 255  # same seed; uint8 rounding may differ by one level
+
+
+def test_quality_vs_steps_reports_each_setting(tmp_path):
+    names = make_samples(tmp_path / "s", 2, size=16)
+    samples.write_split(tmp_path / "val.txt", names)
+    rows = quality_vs_steps(tiny_pipeline(), samples.SampleDataset(tmp_path / "s", tmp_path / "val.txt"), [1, 2],
+                            SamplerConfig(sampler="dpm", guidance_scale=1.0), max_objects=1)
+    assert [r["steps"] for r in rows] == [1, 2] and all(math.isfinite(r["psnr_fg"]) for r in rows)

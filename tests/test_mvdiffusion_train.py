@@ -1,0 +1,133 @@
+"""MVDiffusion training: loss pieces, exact resume from atomic checkpoints, the subprocess entry,
+and (slow) a tiny model overfitting two objects to PSNR_fg >= 20 dB."""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from mousefacelift.data import samples
+from mousefacelift.mvdiffusion import MVDiffusionConfig, MVDiffusionPipeline, SamplerConfig, evaluate
+from mousefacelift.mvdiffusion.train import TrainConfig, augment, config_from_dict, main, min_snr_weight, train
+from test_mvdiffusion import make_samples
+
+
+def tiny_config(tmp_path, out: str, **kw) -> TrainConfig:
+    base = dict(data_root=str(tmp_path / "s"), train_split=str(tmp_path / "train.txt"), out_dir=str(tmp_path / out),
+                model=MVDiffusionConfig.tiny(image_size=16), views=[0, 1, 2], batch_size=2, lr=1e-3,
+                warmup_steps=2, checkpoint_every=2, log_every=1, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def data(tmp_path):
+    names = make_samples(tmp_path / "s", 3, size=32)
+    samples.write_split(tmp_path / "train.txt", names)
+    return tmp_path
+
+
+def test_min_snr_weight_matches_formula():
+    sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    t = torch.tensor([0, 10, 500, 999])
+    a = sched.alphas_cumprod[t]
+    snr = a / (1 - a)
+    torch.testing.assert_close(min_snr_weight(sched.alphas_cumprod, t, 5.0, "epsilon"), torch.clamp(snr, max=5) / snr)
+    torch.testing.assert_close(min_snr_weight(sched.alphas_cumprod, t, 5.0, "v_prediction"),
+                               torch.clamp(snr, max=5) / (snr + 1))
+    assert torch.equal(min_snr_weight(sched.alphas_cumprod, t, 0.0, "epsilon"), torch.ones(4))
+
+
+def test_augment_keeps_alpha_and_composites_one_background_per_object(tmp_path):
+    cfg = TrainConfig(out_dir=str(tmp_path), brightness=0.0, contrast=0.0, backgrounds=("black", "white"))
+    img = torch.rand(8, 3, 4, 4, 4)
+    img[..., 3, :, :] = (img[..., 3, :, :] > 0.5).float()
+    out = augment(img, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :, 3], img[:, :, 3])
+    bg = out[:, :, :3][img[:, :, 3:4].expand_as(img[:, :, :3]) == 0].view(-1)
+    assert set(bg.unique().tolist()) <= {0.0, 1.0}
+    seen = {tuple(out[b, :, :3][img[b, :, 3:4].expand(3, 3, 4, 4) == 0].unique().tolist()) for b in range(8)}
+    assert seen == {(0.0,), (1.0,)}  # each object has one background colour, and both were drawn
+    fg = img[:, :, 3:4] == 1
+    torch.testing.assert_close(out[:, :, :3][fg.expand_as(out[:, :, :3])], img[:, :, :3][fg.expand_as(img[:, :, :3])])
+
+
+def test_config_from_dict_rejects_unknown_keys(tmp_path):
+    cfg = config_from_dict({"out_dir": str(tmp_path), "model": {"image_size": 32, "block_out_channels": [8, 16]},
+                            "backgrounds": ["white"]})
+    assert cfg.model.image_size == 32 and cfg.model.block_out_channels == (8, 16) and cfg.backgrounds == ("white",)
+    with pytest.raises(ValueError, match="valid keys"):
+        config_from_dict({"out_dir": str(tmp_path), "learning_rate": 1.0})
+    with pytest.raises(ValueError, match="valid keys"):
+        config_from_dict({"out_dir": str(tmp_path), "model": {"channels": 3}})
+
+
+def test_exact_resume_reproduces_losses(data):
+    full = train(tiny_config(data, "full", steps=4, checkpoint_every=100))
+    part = train(tiny_config(data, "resumed", steps=4, stop_at_step=2))
+    ckpts = sorted((data / "resumed" / "checkpoints").iterdir())
+    assert [p.name for p in ckpts] == ["ckpt_0000000000000002.pt"]  # atomic: no .tmp left behind
+    assert not (data / "resumed" / "pipeline").exists()  # not exported before the last step
+    rest = train(tiny_config(data, "resumed", steps=4))
+    assert sorted(full["losses"]) == [1, 2, 3, 4] and sorted(part["losses"]) == [1, 2]
+    assert sorted(rest["losses"]) == [3, 4]
+    for s in (1, 2):
+        assert abs(part["losses"][s] - full["losses"][s]) < 1e-6
+    for s in (3, 4):
+        assert abs(rest["losses"][s] - full["losses"][s]) < 1e-6, (s, rest["losses"][s], full["losses"][s])
+    a = MVDiffusionPipeline.from_pretrained(data / "full" / "pipeline").model.state_dict()
+    b = MVDiffusionPipeline.from_pretrained(data / "resumed" / "pipeline").model.state_dict()
+    for k in a:  # the exported EMA weights agree too
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    logged = [json.loads(line)["step"] for line in (data / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]
+
+
+def test_main_runs_from_a_json_config(data):
+    cfg = {"data_root": str(data / "s"), "train_split": str(data / "train.txt"), "val_split": str(data / "train.txt"),
+           "out_dir": str(data / "cli"), "steps": 1, "batch_size": 1, "views": [0, 1],
+           "model": {"image_size": 16, "block_out_channels": [16, 32], "down_block_types": ["DownBlock2D",
+                     "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+                     "layers_per_block": 1, "norm_num_groups": 8, "cross_attention_dim": 16},
+           "val_objects": 1, "val_sampler": {"steps": 1}}
+    (data / "train.json").write_text(json.dumps(cfg))
+    assert main(["--config", str(data / "train.json")]) == 0
+    summary = json.loads((data / "cli" / "summary.json").read_text())
+    assert summary["step"] == 1 and math.isfinite(summary["val"][0]["psnr_fg"])
+    assert (data / "cli" / "val" / "step_00000001_obj00.png").is_file()
+    assert (data / "cli" / "pipeline" / "unet" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_two_objects(tmp_path):
+    """About 150 s on two free CPU cores (1000 steps); the figure goes into the report."""
+    names = make_samples(tmp_path / "s", 2, size=32)
+    samples.write_split(tmp_path / "train.txt", names)
+    views = [0, 1, 2, 3]
+    cfg = TrainConfig(data_root=str(tmp_path / "s"), train_split=str(tmp_path / "train.txt"),
+                      out_dir=str(tmp_path / "run"), model=MVDiffusionConfig.tiny(), views=views, steps=1000,
+                      batch_size=2, lr=1e-3, warmup_steps=20, drop_reference=0, drop_camera=0, drop_both=0,
+                      brightness=0, contrast=0, backgrounds=("white",), use_ema=False, checkpoint_every=10 ** 9,
+                      log_every=100)
+    t0 = time.time()
+    summary = train(cfg)
+    pipe = MVDiffusionPipeline.from_pretrained(summary["pipeline_dir"])
+    res = evaluate(pipe, samples.SampleDataset(tmp_path / "s", tmp_path / "train.txt", views),
+                   SamplerConfig(steps=25, eta=0.0, guidance_scale=1.0), seed=0, max_objects=2)
+    print(f"overfit: PSNR_fg {res['per_object']} dB, {time.time() - t0:.0f} s")
+    assert min(res["per_object"]) >= 20.0, res["per_object"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_training_step_and_sampling_on_gpu(data):
+    summary = train(tiny_config(data, "gpu", steps=2, device="cuda", mixed_precision="bf16"))
+    assert all(math.isfinite(v) for v in summary["losses"].values())
+    pipe = MVDiffusionPipeline.from_pretrained(summary["pipeline_dir"]).to(torch.device("cuda"))
+    res = evaluate(pipe, samples.SampleDataset(data / "s", data / "train.txt", [0, 1, 2]),
+                   SamplerConfig(steps=2), seed=0, max_objects=2)
+    assert math.isfinite(res["psnr_fg"])
