@@ -91,3 +91,11 @@ def test_02_reprojection_is_exact(tiny_run):
     assert abs(r["normalized_mean_distance"] - 2.7) < 1e-6
     assert abs(r["mean_distance_mm"] - 331.4) < 1.0  # the real rig's published mean distance
     assert r["angle_in_order_mean_deg"] > 20  # the rig is far from FaceLift's canonical rig
+
+
+def test_03_pixel_based_is_uniform_but_inconsistent_without_camera_updates(tiny_run):
+    r = results(tiny_run, "03_preprocessing_comparison")
+    assert r["default_strategy"] == "rectify"
+    assert r["pixel_based_com_offset_px"] < 3 and r["pixel_based_size_cv"] < 0.02
+    assert r["pixel_based_reproj_updated_px"] < 1.0 < 3.0 < r["pixel_based_reproj_unchanged_px"]
+    assert r["hull_iou_consistent"] > r["hull_iou_inconsistent"] + 0.05

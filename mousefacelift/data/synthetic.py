@@ -2,7 +2,7 @@
 
 ```
 <recording>/
-  videos_undist/{v}.mp4               RGB, mp4v, fps from the rig (100)
+  videos_undist/{v}.mp4               RGB, H.264 (keyframe every 250) or mp4v, fps from the rig (100)
   simpleclick_undist/{v}.mp4          masks (white = mouse; lossy, readers use gray > 127)
   new_cam.pkl                         list of V dicts: K (3,3) OpenCV pixel centres, R (3,3), T (3,); mm
   keypoints2d_undist/result_view_{v}.pkl   float64 (frames, 22, 3) = x_px, y_px (OpenCV), confidence
@@ -104,6 +104,9 @@ class SyntheticConfig:
                                        # on a shared machine; 0 = leave torch's setting)
     chunk_elements: int = 2 ** 21      # ray-piece pairs per batched intersection (memory bound)
     keypoint_confidence: tuple[float, float] = (0.9, 1.0)
+    video_codec: str = "h264"          # "h264" (imageio-ffmpeg) or "mp4v" (OpenCV)
+    video_gop: int = 250               # h264: frames between keyframes (x264's default, as camera files)
+    video_crf: int = 18                # h264: quality (lower = better; 18 is visually lossless)
     rig: RigConfig = field(default_factory=RigConfig)
     scene: SceneConfig = field(default_factory=SceneConfig)
     body: BodyConfig = field(default_factory=BodyConfig)
@@ -450,29 +453,51 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 class _VideoSet:
-    """V colour writers (mp4v) for one folder."""
+    """V writers for one folder: H.264 through imageio-ffmpeg (the default, like camera recordings:
+    a keyframe every ``gop`` frames, so sequential decoding beats seeking), or OpenCV's mp4v."""
 
-    def __init__(self, folder: Path, n: int, size: tuple[int, int], fps: float):
-        import cv2
-
+    def __init__(self, folder: Path, n: int, size: tuple[int, int], fps: float, codec: str = "h264",
+                 gop: int = 250, crf: int = 18):
         folder.mkdir(parents=True, exist_ok=True)
-        self.writers = [cv2.VideoWriter(str(folder / f"{v}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-                        for v in range(n)]
-        if not all(wr.isOpened() for wr in self.writers):
-            raise OSError(f"{folder}: OpenCV cannot open an mp4v VideoWriter; reinstall opencv-python "
-                          "(the pip wheel bundles FFmpeg)")
+        self.codec = codec
+        paths = [folder / f"{v}.mp4" for v in range(n)]
+        if codec == "h264":
+            try:
+                import imageio_ffmpeg
+            except ImportError as e:
+                raise OSError("the h264 video codec needs imageio-ffmpeg (pip install imageio-ffmpeg), or set "
+                              "video_codec: mp4v") from e
+            # one encoder thread and fixed settings: same frames in -> same bytes out
+            self.writers = [imageio_ffmpeg.write_frames(
+                str(p), size, fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+                quality=None, macro_block_size=2, ffmpeg_log_level="error",
+                output_params=["-crf", str(crf), "-g", str(gop), "-preset", "fast", "-threads", "1"])
+                for p in paths]
+            for wr in self.writers:
+                wr.send(None)
+        elif codec == "mp4v":
+            import cv2
+
+            self.writers = [cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"mp4v"), fps, size) for p in paths]
+            if not all(wr.isOpened() for wr in self.writers):
+                raise OSError(f"{folder}: OpenCV cannot open an mp4v VideoWriter; reinstall opencv-python "
+                              "(the pip wheel bundles FFmpeg)")
+        else:
+            raise ValueError(f"video_codec {codec!r}: use 'h264' or 'mp4v'")
 
     def write(self, frames: np.ndarray) -> None:
         """frames [V, H, W, 3] RGB or [V, H, W] gray, uint8."""
-        import cv2
-
-        code = cv2.COLOR_GRAY2BGR if frames.ndim == 3 else cv2.COLOR_RGB2BGR
+        if frames.ndim == 3:
+            frames = np.repeat(frames[..., None], 3, axis=-1)
         for wr, f in zip(self.writers, frames):
-            wr.write(cv2.cvtColor(f, code))
+            if self.codec == "h264":
+                wr.send(np.ascontiguousarray(f))
+            else:
+                wr.write(np.ascontiguousarray(f[..., ::-1]))  # OpenCV wants BGR
 
     def close(self) -> None:
         for wr in self.writers:
-            wr.release()
+            wr.close() if self.codec == "h264" else wr.release()
 
 
 def generate_recording(out_dir: str | os.PathLike, config: SyntheticConfig) -> Path:
@@ -512,8 +537,9 @@ def _generate(out_dir: Path, config: SyntheticConfig) -> Path:
     sc = build_scene(cfg, w2c, K)
     noise_gen = torch.Generator(device=sc.dirs.device).manual_seed(cfg.seed + 1)
     log.info("rendering %d frames x %d cameras at %dx%d on %s into %s", cfg.n_frames, V, w, h, sc.dirs.device, tmp)
-    videos = _VideoSet(tmp / "videos_undist", V, (w, h), cfg.rig.fps)
-    masks = _VideoSet(tmp / "simpleclick_undist", V, (w, h), cfg.rig.fps)
+    videos = _VideoSet(tmp / "videos_undist", V, (w, h), cfg.rig.fps, cfg.video_codec, cfg.video_gop, cfg.video_crf)
+    masks = _VideoSet(tmp / "simpleclick_undist", V, (w, h), cfg.rig.fps, cfg.video_codec, cfg.video_gop,
+                      cfg.video_crf)
     kp3d = np.zeros((cfg.n_frames, len(KEYPOINT_NAMES), 3))
     kp2d = np.zeros((V, cfg.n_frames, len(KEYPOINT_NAMES), 3))
     try:
