@@ -1,0 +1,165 @@
+"""GS-LRM training data: sample folders -> (input views, held-out target views) batches.
+
+Randomness is stateless: the view split and the augmentation of sample ``i`` at training step
+``s`` come from a generator seeded with ``(seed, s, i)``, and the sample order of step ``s`` from
+a per-epoch permutation seeded with ``(seed, epoch)``. So a resumed run sees exactly the batches an
+uninterrupted run would, with no data-loader state to save, and each DDP rank takes its own
+slice of the same global batch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import cameras
+from ..data.samples import read_sample, read_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    input_views: int = 5                   # views given to the model (in fixed view order)
+    fixed_targets: list[int] = field(default_factory=list)  # held-out views; [] = random per step
+    targets_include_inputs: bool = False   # also supervise the input views
+    augment: bool = True                   # brightness/contrast jitter, same for all views of a sample
+    brightness: float = 0.1                # additive offset drawn from [-b, b]
+    contrast: float = 0.1                  # gain drawn from [1 - c, 1 + c] about 0.5
+
+
+def _generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from integer keys (mixed so that nearby keys differ)."""
+    seed = 0
+    for k in keys:
+        seed = (seed * 1_000_003 + int(k) + 0x9E3779B9) % (2 ** 63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def choose_views(n_views: int, cfg: DataConfig, gen: torch.Generator) -> tuple[list[int], list[int]]:
+    """-> (input view indices, target view indices), each sorted (fixed view order).
+
+    Targets are the held-out views (fixed or drawn with ``gen``), followed, when
+    ``targets_include_inputs``, by the inputs."""
+    if not 0 < cfg.input_views <= n_views:
+        raise ValueError(f"DataConfig.input_views={cfg.input_views} must be in 1..{n_views}")
+    if cfg.fixed_targets:
+        held = sorted(cfg.fixed_targets)
+        if any(not 0 <= v < n_views for v in held):
+            raise ValueError(f"DataConfig.fixed_targets={held} outside 0..{n_views - 1}")
+        inputs = [v for v in range(n_views) if v not in held][:cfg.input_views]
+        if len(inputs) < cfg.input_views:
+            raise ValueError(f"{cfg.input_views} input views + fixed_targets {held} exceed {n_views} views")
+    else:
+        perm = torch.randperm(n_views, generator=gen).tolist()
+        inputs = sorted(perm[:cfg.input_views])
+        held = sorted(perm[cfg.input_views:])
+    targets = held + (inputs if cfg.targets_include_inputs else [])
+    if not targets:
+        raise ValueError("no target views: all views are inputs; set targets_include_inputs=True or use "
+                         "fewer input_views")
+    return inputs, targets
+
+
+def prepare_images(images: torch.Tensor, K: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RGBA images [V, 4, H, W] in [0, 1], K [V, 3, 3] -> rgb on white [V, 3, S, S], alpha
+    [V, 1, S, S], K scaled to S x S (cameras.scale_intrinsics). Composites before resizing."""
+    rgb, alpha = images[:, :3], images[:, 3:4]
+    rgb = rgb * alpha + (1 - alpha)
+    H, W = images.shape[-2:]
+    if (H, W) != (size, size):
+        rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        alpha = F.interpolate(alpha, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        K = cameras.scale_intrinsics(K, size / W, size / H)
+    return rgb.clamp(0, 1), alpha.clamp(0, 1), K
+
+
+def augment_colors(rgb: torch.Tensor, alpha: torch.Tensor, cfg: DataConfig, gen: torch.Generator) -> torch.Tensor:
+    """Same brightness/contrast for every view: the foreground colour f becomes
+    clamp((f - 0.5) * c + 0.5 + b), the white background stays white. rgb [V, 3, H, W] on white."""
+    c = 1 + cfg.contrast * (2 * torch.rand((), generator=gen).item() - 1)
+    b = cfg.brightness * (2 * torch.rand((), generator=gen).item() - 1)
+    fg = ((rgb - (1 - alpha)) / alpha.clamp(min=1e-6)).clamp(0, 1)  # un-composite
+    fg = ((fg - 0.5) * c + 0.5 + b).clamp(0, 1)
+    return fg * alpha + (1 - alpha)
+
+
+class GSLRMDataset(torch.utils.data.Dataset):
+    """Samples of a split file as GS-LRM items. Indexed by ``(sample index, step)`` pairs (see
+    :class:`StepBatchSampler`); an int index means step 0.
+
+    An item: input_images [Vi, 3, S, S] on white, input_c2w [Vi, 4, 4], input_K [Vi, 3, 3];
+    target_images [Vt, 3, S, S], target_alpha [Vt, 1, S, S], target_w2c / target_c2w, target_K;
+    target_is_input [Vt] bool; input_views [Vi], target_views [Vt] (positions in the sample);
+    index (the sample index). Cameras float32, OpenCV, normalized world.
+    """
+
+    def __init__(self, root: str | os.PathLike, split_file: str | os.PathLike, image_size: int,
+                 cfg: DataConfig, seed: int = 0, limit: int = 0):
+        self.root = Path(root)
+        self.names = read_split(split_file)
+        if limit:
+            self.names = self.names[:limit]
+        if not self.names:
+            raise ValueError(f"split file {split_file} lists no samples")
+        self.image_size, self.cfg, self.seed = image_size, cfg, seed
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, key) -> dict:
+        i, step = key if isinstance(key, tuple) else (key, 0)
+        s = read_sample(self.root / self.names[i])
+        gen = _generator(self.seed, step, i)
+        inputs, targets = choose_views(s.images.shape[0], self.cfg, gen)
+        rgb, alpha, K = prepare_images(s.images, s.K, self.image_size)
+        if self.cfg.augment:
+            rgb = augment_colors(rgb, alpha, self.cfg, gen)
+        w2c, c2w, K = s.w2c.float(), s.c2w.float(), K.float()
+        ti, tt = torch.tensor(inputs), torch.tensor(targets)
+        return {"input_images": rgb[ti], "input_c2w": c2w[ti], "input_K": K[ti],
+                "target_images": rgb[tt], "target_alpha": alpha[tt], "target_w2c": w2c[tt],
+                "target_c2w": c2w[tt], "target_K": K[tt],
+                "target_is_input": torch.tensor([t in inputs for t in targets]),
+                "input_views": ti, "target_views": tt, "index": i}
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields, for steps start_step, start_step+1, ..., the list of ``(sample index, step)`` pairs of
+    this rank's share of the global batch. Sample order: a fresh seeded permutation each epoch."""
+
+    def __init__(self, n_samples: int, batch_size: int, seed: int, start_step: int = 0,
+                 rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        self.n, self.batch, self.seed = n_samples, batch_size, seed
+        self.start, self.rank, self.world, self.shuffle = start_step, rank, world_size, shuffle
+
+    def _order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        return torch.randperm(self.n, generator=_generator(self.seed, epoch, 7)).tolist()
+
+    def indices(self, step: int) -> list[int]:
+        """Sample indices of this rank at ``step`` (global batch = batch_size * world_size)."""
+        g = self.batch * self.world
+        pos = [step * g + self.rank * self.batch + j for j in range(self.batch)]
+        return [self._order(p // self.n)[p % self.n] for p in pos]
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield [(i, step) for i in self.indices(step)]
+            step += 1
+
+    def __len__(self) -> int:  # infinite stream; DataLoader only needs it for len(loader)
+        return 2 ** 62
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack items into a batch (every tensor gains a leading B; index becomes a tensor [B])."""
+    out = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "index"}
+    out["index"] = torch.tensor([it["index"] for it in items])
+    return out

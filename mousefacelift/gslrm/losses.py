@@ -1,0 +1,106 @@
+"""GS-LRM training losses: global L2, masked L2, masked SSIM, background, optional LPIPS-VGG.
+
+Every term is returned in a dict (for logging) next to the weighted total ``"loss"``.
+Images are [B, V, 3, H, W] in [0, 1] composited on white; alphas [B, V, 1, H, W] in [0, 1].
+"Foreground" means GT alpha > ``mask_threshold``.
+
+LPIPS needs the torchvision VGG16 backbone weights (``vgg16-397923af.pth``); our machines cannot
+download them, so the term is on only when ``lpips_vgg_path`` names an existing file (and
+lpips is installed), and off - with a logged reason - otherwise. It is also off for the first
+``perceptual_warmup_steps`` steps (out-of-domain perceptual losses exploded gradients in the
+earlier attempt).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .. import metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LossConfig:
+    l2: float = 1.0                     # weight of the L2 over the whole image (on white; FaceLift's L2)
+    masked_l2: float = 1.0              # weight of the L2 over foreground pixels
+    masked_ssim: float = 0.2            # weight of 1 - SSIM over foreground pixels
+    background: float = 1.0             # weight of mean(alpha_render * (1 - alpha_gt))
+    lpips: float = 0.0                  # weight of LPIPS-VGG (needs lpips_vgg_path)
+    lpips_vgg_path: str = ""            # torchvision vgg16 weights file; "" or missing = LPIPS off
+    perceptual_warmup_steps: int = 500  # LPIPS off for steps < this
+    mask_threshold: float = 0.5         # GT alpha above this is foreground
+    ssim_window: int = 11               # Gaussian window size of SSIM
+    ssim_sigma: float = 1.5             # Gaussian window sigma of SSIM
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of values [..., C, H, W] over pixels where mask [..., 1, H, W] is true (and all C);
+    0 when the mask is empty."""
+    m = mask.to(values.dtype).expand_as(values)
+    return (values * m).sum() / m.sum().clamp(min=1.0)
+
+
+def masked_ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, window: int = 11,
+                sigma: float = 1.5) -> torch.Tensor:
+    """SSIM of x, y [..., 3, H, W] (the map of :func:`mousefacelift.metrics.ssim_map`, clamped to
+    [0, 1]) averaged over pixels where mask [..., 1, H, W] is true. Scalar, differentiable."""
+    return masked_mean(metrics.ssim_map(x, y, window, sigma).clamp(0, 1), mask)
+
+
+def load_lpips(cfg: LossConfig) -> nn.Module | None:
+    """The frozen LPIPS-VGG network (from :class:`mousefacelift.metrics.LPIPSVGG`, no download)
+    or None, with the reason logged, when the term is off or its weights are missing."""
+    if cfg.lpips <= 0:
+        return None
+    if not cfg.lpips_vgg_path or not Path(cfg.lpips_vgg_path).is_file():
+        log.warning("LPIPS loss off: VGG16 backbone weights %r not found (put vgg16-397923af.pth "
+                    "there and set loss.lpips_vgg_path)", cfg.lpips_vgg_path)
+        return None
+    lp, why = metrics.LPIPSVGG.create(cfg.lpips_vgg_path)
+    if lp is None:
+        log.warning("LPIPS loss off: %s", why)
+        return None
+    log.info("LPIPS loss on (weight %g, from step %d), backbone %s", cfg.lpips, cfg.perceptual_warmup_steps,
+             cfg.lpips_vgg_path)
+    return lp.model.eval().requires_grad_(False)
+
+
+class GSLRMLoss(nn.Module):
+    """Weighted sum of the terms of :class:`LossConfig`; forward returns a dict of scalars."""
+
+    def __init__(self, cfg: LossConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.lpips = load_lpips(cfg)
+
+    def forward(self, rgb: torch.Tensor, alpha: torch.Tensor, gt_rgb: torch.Tensor, gt_alpha: torch.Tensor,
+                step: int) -> dict[str, torch.Tensor]:
+        """rgb, gt_rgb [B, V, 3, H, W] on white; alpha, gt_alpha [B, V, 1, H, W]; step = the
+        training step (for the perceptual warm-up). -> {"loss", "l2", "masked_l2",
+        "masked_ssim", "background", "lpips", "psnr_fg"}; "masked_ssim" is 1 - SSIM_fg."""
+        cfg = self.cfg
+        rgb, alpha = rgb.float(), alpha.float()
+        fg = gt_alpha > cfg.mask_threshold                                    # [B, V, 1, H, W]
+        sq = (rgb - gt_rgb) ** 2
+        terms = {
+            "l2": sq.mean(),
+            "masked_l2": masked_mean(sq, fg),
+            "masked_ssim": 1 - masked_ssim(rgb, gt_rgb, fg, cfg.ssim_window, cfg.ssim_sigma),
+            "background": (alpha * (1 - gt_alpha)).mean(),
+        }
+        terms["lpips"] = torch.zeros((), device=rgb.device)
+        if self.lpips is not None and step >= cfg.perceptual_warmup_steps:
+            self.lpips.to(rgb.device)
+            flat = lambda t: t.reshape(-1, *t.shape[-3:]) * 2 - 1  # noqa: E731
+            terms["lpips"] = self.lpips(flat(rgb), flat(gt_rgb)).mean()
+        weights = {"l2": cfg.l2, "masked_l2": cfg.masked_l2, "masked_ssim": cfg.masked_ssim,
+                   "background": cfg.background, "lpips": cfg.lpips}
+        terms["loss"] = sum((w * terms[k] for k, w in weights.items() if w > 0), torch.zeros((), device=rgb.device))
+        with torch.no_grad():
+            terms["psnr_fg"] = -10 * torch.log10(terms["masked_l2"].detach().clamp(min=1e-10))
+        return terms

@@ -1,0 +1,421 @@
+"""GS-LRM training: FaceLift's recipe, exact resume, DDP under torchrun, single process otherwise.
+
+    python -m mousefacelift.gslrm.train --config cfg.json                 # one process
+    torchrun --nproc_per_node 4 -m mousefacelift.gslrm.train --config cfg.json   # DDP
+
+or in process: ``train(TrainConfig(...)) -> summary dict``. The JSON holds the fields of
+:class:`TrainConfig` (nested ``model``, ``loss``, ``data``, ``tracking``); unknown keys are errors.
+
+Recipe: AdamW (0.9, 0.95), weight decay on matrices only, cosine schedule with linear warm-up,
+grad clip; a step is skipped when the pre-clip grad norm exceeds ``skip_factor * grad_clip`` or
+is not finite (both counted; the applied-step ratio is logged and a warning is raised below 90%).
+Checkpoints ``ckpt_{step:016d}.pt`` (FaceLift's layout + our config + RNG states) are written
+atomically into ``output_dir``; the last ``keep_last`` are kept; a run resumes from the latest.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import metrics
+from ..tracking import Tracker, TrackingConfig
+from .data import DataConfig, GSLRMDataset, StepBatchSampler, collate
+from .losses import GSLRMLoss, LossConfig
+from .model import (CKPT_GLOB, GSLRM, GSLRMConfig, checkpoint_name, latest_checkpoint, load_model_state,
+                    read_checkpoint)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str                        # checkpoints, metrics.jsonl, summary.json go here
+    data_root: str                         # sample folders; split paths are relative to it
+    train_split: str                       # split file (one sample folder per line)
+    val_split: str = ""                    # "" = no validation during training
+    model: GSLRMConfig = field(default_factory=GSLRMConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(mode="disabled"))
+    init_checkpoint: str = ""              # weights to start from (e.g. FaceLift's); "" = random init
+    steps: int = 1000                      # length of the schedule (forward/backward passes)
+    stop_at_step: int = 0                  # stop early at this step (0 = run to `steps`); schedule unchanged
+    batch_size: int = 1                    # samples per process and step
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05             # on parameters with ndim >= 2 only
+    warmup_steps: int = 100                # linear warm-up, then cosine to min_lr_ratio * lr
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    skip_factor: float = 20.0              # skip the update when pre-clip grad norm > skip_factor * grad_clip
+    checkpoint_every: int = 500            # also written at the end of the run
+    keep_last: int = 3                     # checkpoints kept in output_dir (0 = all)
+    log_every: int = 10
+    val_every: int = 0                     # 0 = validate only at the end (when val_split is set)
+    val_max_samples: int = 0               # 0 = the whole validation split
+    seed: int = 0
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
+    bf16: bool = True                      # bf16 autocast on CUDA (always fp32 on CPU)
+    num_workers: int = 0                   # DataLoader workers per process
+    overfit_samples: int = 0               # > 0: train on the first N samples only, no augmentation
+    resume: bool = True                    # continue from the latest checkpoint in output_dir
+    progress_bar: bool = True              # tqdm on rank 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return _build(cls, d, "TrainConfig")
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} not found")
+        return _build(cls, json.loads(path.read_text()), str(path))
+
+
+def _build(cls, d: dict, where: str):
+    """Dataclass ``cls`` from a dict, recursing into dataclass fields; unknown keys are errors."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown} for {cls.__name__}; valid keys: {sorted(fields)}")
+    kwargs = {}
+    for k, v in d.items():
+        sub = {"model": GSLRMConfig, "loss": LossConfig, "data": DataConfig, "tracking": TrackingConfig}.get(k)
+        if cls is TrainConfig and sub is not None:
+            v = _build(sub, v, f"{where}.{k}")
+        elif k == "betas":
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed setup, optimizer, schedule, RNG
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1 or dist.is_initialized()
+
+
+def setup_distributed(device_knob: str) -> tuple[DistInfo, torch.device]:
+    """Init the process group when launched by torchrun (RANK/WORLD_SIZE set), pick the device."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+        use_cuda = torch.cuda.is_available() and device_knob != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(info.local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        device = torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
+        return info, device
+    if device_knob == "auto":
+        return DistInfo(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return DistInfo(), torch.device(device_knob)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (ndim >= 2) only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of cfg.lr at ``step`` (0-based): linear warm-up, then cosine to min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def rng_state() -> dict:
+    """torch / numpy / python (/ cuda) RNG states, in a form torch.load(weights_only=True) accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """torch.save into ``path.tmp`` then os.replace: a killed run never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def prune_checkpoints(directory: Path, keep_last: int) -> None:
+    for old in sorted(directory.glob(CKPT_GLOB))[:-keep_last] if keep_last > 0 else []:
+        old.unlink()
+        log.info("removed old checkpoint %s", old.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: GSLRM, dataset: GSLRMDataset, batch_size: int = 1, max_samples: int = 0,
+             bf16: bool = False) -> dict:
+    """Render the target views that were NOT inputs and score them against the GT.
+
+    -> {"psnr_fg", "psnr_full", "ssim_fg", "mask_iou", "n_views", "per_view": [{index, view, ...}]},
+    the metrics of :mod:`mousefacelift.metrics` (the evaluation protocol): PSNR_fg over GT
+    alpha > 0.5, SSIM_fg, mask IoU of rendered alpha > 0.5 vs GT alpha > 0.5. Means over views
+    (views where a metric is undefined, e.g. no GT foreground, are left out of its mean).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    n = len(dataset) if not max_samples else min(max_samples, len(dataset))
+    rows = []
+    for start in range(0, n, batch_size):
+        b = collate([dataset[i] for i in range(start, min(n, start + batch_size))])
+        b = {k: v.to(device) for k, v in b.items()}
+        S = b["target_images"].shape[-1]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+            g = model(b["input_images"], b["input_c2w"], b["input_K"])
+        r = g.render(b["target_w2c"], b["target_K"], S, S)
+        m = metrics.image_metrics(r.rgb.permute(0, 1, 4, 2, 3), r.alpha.permute(0, 1, 4, 2, 3),
+                                  b["target_images"], b["target_alpha"])  # each [B, Vt]
+        for bi, vi in (~b["target_is_input"]).nonzero().tolist():
+            rows.append({"index": int(b["index"][bi]), "view": int(b["target_views"][bi, vi]),
+                         **{k: float(v[bi, vi]) for k, v in m.items()}})
+    model.train(was_training)
+    if not rows:
+        raise ValueError("evaluate: no held-out target views (all targets were inputs)")
+    means = {k: metrics.summarize([r[k] for r in rows])["mean"] for k in ("psnr_fg", "psnr_full", "ssim_fg", "mask_iou")}
+    return {**means, "n_views": len(rows), "per_view": rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------
+class Trainer:
+    """Holds model, optimizer, schedule and counters; ``run()`` trains to the configured step."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.dist, self.device = setup_distributed(cfg.device)
+        self.is_main = self.dist.rank == 0
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        # 1. model (same seed on every rank; DDP also broadcasts rank 0's weights)
+        torch.manual_seed(cfg.seed)
+        self.model = GSLRM(cfg.model).to(self.device)
+        self.loss_fn = GSLRMLoss(cfg.loss).to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.step = 0              # forward/backward passes done (FaceLift's fwdbwd_pass_step)
+        self.applied = 0           # optimizer updates done (param_update_step)
+        self.skipped_norm = 0      # skipped: pre-clip grad norm > skip_factor * grad_clip
+        self.skipped_nonfinite = 0  # skipped: loss or grad norm NaN/inf
+        # 2. resume, or start from given weights
+        latest = latest_checkpoint(self.out) if cfg.resume else None
+        if latest is not None:
+            self.load(latest)
+        elif cfg.init_checkpoint:
+            load_model_state(self.model, read_checkpoint(cfg.init_checkpoint)["model"], cfg.init_checkpoint)
+            log.info("initialised from %s", cfg.init_checkpoint)
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.enabled else self.model)
+        # 3. data
+        data_cfg = dataclasses.replace(cfg.data, augment=cfg.data.augment and not cfg.overfit_samples)
+        self.dataset = GSLRMDataset(Path(cfg.data_root), Path(cfg.data_root) / cfg.train_split,
+                                    cfg.model.image_size, data_cfg, seed=cfg.seed, limit=cfg.overfit_samples)
+        self.tracker = Tracker.create(cfg.tracking, self.out, name="gslrm", params=asdict(cfg), rank=self.dist.rank)
+        self.tracker.truncate_after(self.step)
+        self.use_bf16 = cfg.bf16 and self.device.type == "cuda"
+        log.info("GS-LRM %.1f M params on %s (bf16 %s, world %d), %d training samples, from step %d",
+                 self.model.num_parameters() / 1e6, self.device, self.use_bf16, self.dist.world_size,
+                 len(self.dataset), self.step)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self) -> Path | None:
+        if not self.is_main:
+            return None
+        path = self.out / checkpoint_name(self.step)
+        atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "lr_scheduler": self.scheduler.state_dict(), "fwdbwd_pass_step": self.step,
+                     "param_update_step": self.applied, "config": asdict(self.cfg.model),
+                     "train_config": json.dumps(asdict(self.cfg)),
+                     "counters": {"skipped_norm": self.skipped_norm, "skipped_nonfinite": self.skipped_nonfinite},
+                     "rng": rng_state(), "data": {"seed": self.cfg.seed, "next_step": self.step}}, path)
+        prune_checkpoints(self.out, self.cfg.keep_last)
+        log.info("saved %s", path)
+        return path
+
+    def load(self, path: Path) -> None:
+        ckpt = read_checkpoint(path)  # on the CPU: RNG states must stay there; the rest is copied over
+        load_model_state(self.model, ckpt["model"], str(path))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["lr_scheduler"])
+        self.step, self.applied = int(ckpt["fwdbwd_pass_step"]), int(ckpt["param_update_step"])
+        counters = ckpt.get("counters", {})  # absent in FaceLift's own checkpoints
+        self.skipped_norm = int(counters.get("skipped_norm", 0))
+        self.skipped_nonfinite = int(counters.get("skipped_nonfinite", 0))
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+        log.info("resumed from %s at step %d (%d updates applied)", path, self.step, self.applied)
+
+    # -- one step ----------------------------------------------------------------------------------
+    def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Forward, render the targets, losses. batch: a collated dict on self.device."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            g = self.ddp(batch["input_images"], batch["input_c2w"], batch["input_K"])
+        S = batch["target_images"].shape[-1]
+        r = g.render(batch["target_w2c"], batch["target_K"], S, S)
+        return self.loss_fn(r.rgb.permute(0, 1, 4, 2, 3), r.alpha.permute(0, 1, 4, 2, 3),
+                            batch["target_images"], batch["target_alpha"], self.step)
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One forward/backward pass and, unless skipped, one update. -> logged scalars."""
+        cfg = self.cfg
+        self.model.train()
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        terms = self.compute_loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)  # pre-clip norm
+        ok = torch.isfinite(terms["loss"].detach()) & torch.isfinite(grad_norm)
+        if self.dist.enabled:  # every rank must take the same decision
+            ok = ok.float()
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+            ok = ok > 0
+        applied = 0.0
+        if not bool(ok):
+            self.skipped_nonfinite += 1
+            log.warning("step %d: non-finite loss (%s) or grad norm (%s): update skipped", self.step,
+                        float(terms["loss"].detach()), float(grad_norm))
+        elif float(grad_norm) > cfg.skip_factor * cfg.grad_clip:
+            self.skipped_norm += 1
+        else:
+            self.optimizer.step()
+            self.applied += 1
+            applied = 1.0
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
+        with warnings.catch_warnings():  # the schedule follows fwdbwd_pass_step, updates or not
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            self.scheduler.step()
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out.update(grad_norm=float(grad_norm), lr=lr, applied=applied,
+                   applied_step_ratio=self.applied / self.step, skipped_grad_norm=self.skipped_norm,
+                   skipped_nonfinite=self.skipped_nonfinite)
+        return out
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        end = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.steps
+        sampler = StepBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, start_step=self.step,
+                                   rank=self.dist.rank, world_size=self.dist.world_size)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
+                                             num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+        from tqdm.auto import tqdm
+        bar = tqdm(total=end, initial=self.step, disable=not (self.is_main and cfg.progress_bar), desc="gslrm")
+        losses, t0, start_step = [], time.time(), self.step
+        it = iter(loader)
+        while self.step < end:
+            scalars = self.train_step(next(it))
+            losses.append(scalars["loss"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}", psnr_fg=f"{scalars['psnr_fg']:.1f}")
+            if self.step % cfg.log_every == 0 or self.step == end:
+                self.tracker.log({k: v for k, v in scalars.items() if k != "applied"}, step=self.step)
+                if self.step >= 10 and scalars["applied_step_ratio"] < 0.9:
+                    log.warning("only %.0f%% of steps applied an update (grad-norm skips %d, non-finite %d): "
+                                "check the loss weights / learning rate", 100 * scalars["applied_step_ratio"],
+                                self.skipped_norm, self.skipped_nonfinite)
+            if self.step % cfg.checkpoint_every == 0 and self.step < end:
+                self.save()
+            if cfg.val_split and cfg.val_every and self.step % cfg.val_every == 0 and self.step < end:
+                self.validate()
+        bar.close()
+        ckpt = self.save() if self.step > start_step or latest_checkpoint(self.out) is None else latest_checkpoint(self.out)
+        summary = {"step": self.step, "param_update_step": self.applied,
+                   "applied_step_ratio": self.applied / max(1, self.step), "skipped_grad_norm": self.skipped_norm,
+                   "skipped_nonfinite": self.skipped_nonfinite, "losses": losses,
+                   "seconds": time.time() - t0, "checkpoint": str(ckpt) if ckpt else ""}
+        if cfg.val_split:
+            summary["val"] = self.validate()
+        if self.dist.enabled:
+            dist.barrier()
+        self.tracker.finish()
+        return summary
+
+    def validate(self) -> dict:
+        """evaluate() on the validation split (rank 0; no augmentation, held-out views only)."""
+        if not self.is_main:
+            return {}
+        cfg = self.cfg
+        val_cfg = dataclasses.replace(cfg.data, augment=False, targets_include_inputs=False)
+        ds = GSLRMDataset(Path(cfg.data_root), Path(cfg.data_root) / cfg.val_split, cfg.model.image_size,
+                          val_cfg, seed=cfg.seed)
+        res = evaluate(self.model, ds, cfg.batch_size, cfg.val_max_samples, self.use_bf16)
+        self.tracker.log({f"val/{k}": res[k] for k in ("psnr_fg", "ssim_fg", "mask_iou")}, step=self.step)
+        log.info("val at step %d: PSNR_fg %.2f dB, SSIM_fg %.3f, IoU %.3f over %d views", self.step,
+                 res["psnr_fg"], res["ssim_fg"], res["mask_iou"], res["n_views"])
+        return res
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train (or resume) per ``cfg``; -> summary dict (steps, applied ratio, losses, checkpoint, val)."""
+    return Trainer(cfg).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train / fine-tune GS-LRM (see mousefacelift.gslrm.train)")
+    parser.add_argument("--config", required=True, help="JSON file with the fields of TrainConfig")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
+    cfg = TrainConfig.from_json(args.config)
+    summary = train(cfg)
+    if rank == 0:
+        short = {k: v for k, v in summary.items() if k != "losses"}
+        if "val" in short:
+            short["val"] = {k: v for k, v in short["val"].items() if k != "per_view"}
+        (Path(cfg.output_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
+        log.info("done: %s", json.dumps(short))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
