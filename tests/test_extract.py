@@ -255,3 +255,21 @@ def test_procedural_recording_acceptance(request, tmp_path):
     # the mask-centroid triangulation vs the body_middle keypoint: the silhouette centroid sits
     # ~5 mm lower (legs and tail on the floor), so the bound here is 7 mm (see the report)
     assert np.mean(np.asarray(dists) < 7.0) >= 0.95, dists
+
+
+def test_rectify_field_of_view_knob_keeps_projection_exact():
+    """A narrower rectified view (larger mouse) is still a pure rotation: a 3D point projects where
+    the homography maps its source pixel."""
+    f64 = torch.float64
+    K = cameras.intrinsics(800.0, 805.0, 300.0, 250.0)
+    w2c = cameras.look_at_w2c(torch.tensor([300.0, -50.0, 120.0], dtype=f64), torch.tensor([0.0, 0.0, 30.0], dtype=f64))
+    X = torch.tensor([[10.0, -5.0, 25.0], [-20.0, 12.0, 8.0]], dtype=f64)
+    rgb = np.zeros((500, 600, 3), np.uint8)
+    mask = np.zeros((500, 600), bool)
+    for fov in (50.0, 35.0):
+        view = ex.rectify_view(rgb, mask, K, w2c, torch.tensor([0.0, 0.0, 20.0], dtype=f64), 128, fov_deg=fov)
+        assert abs(float(view.K[0, 0]) - cameras.focal_from_fov(fov, 128)) < 1e-5  # 50: the float32 constant
+        uv_src, _ = cameras.project(X, w2c, K)
+        uv_new, _ = cameras.project(X, view.w2c, view.K)
+        assert torch.allclose(cameras.apply_homography(view.H, uv_src), uv_new, atol=1e-9)
+    assert float(ex.rectify_view(rgb, mask, K, w2c, X[0], 512).K[0, 0]) == cameras.FACELIFT_FOCAL

@@ -49,6 +49,8 @@ class ExtractConfig:
     selection: FrameSelection = field(default_factory=FrameSelection)  # which frames
     view_policy: str = "rectify"  # "rectify" (look at the mouse, canonical K) | "crop" (square crop, K updated)
     image_size: int = 512  # output side in pixels; rectify uses fx = fy = 548.99 * image_size / 512
+    fov_deg: float = 50.0  # rectify: field of view of every view (50 = FaceLift's canonical intrinsics;
+    #                        less makes the mouse larger in the image, for small image sizes)
     crop_size: int = 640  # crop policy only: side of the square crop in source pixels
     antialias: bool = True  # Gaussian pre-blur before a shrinking warp (sigma = (1/scale - 1) / 2)
     scale_mode: str = "per_sample"  # "per_sample" | "recording" (one scale from the rig's focus point)
@@ -195,14 +197,16 @@ def _antialias(img: np.ndarray, scale: float) -> np.ndarray:
 
 
 def rectify_view(rgb: np.ndarray, mask: np.ndarray, K: torch.Tensor, w2c: torch.Tensor, center: torch.Tensor,
-                 image_size: int, antialias: bool = True) -> View:
+                 image_size: int, antialias: bool = True, fov_deg: float = 50.0) -> View:
     """Turn the camera about its own centre to look at ``center`` [3] (world) with zero roll about
-    world +Z, give it FaceLift's intrinsics at ``image_size`` and warp the image by the exact
-    rotation homography. rgb [H, W, 3] uint8, mask [H, W] bool; K [3, 3], w2c [4, 4] of the source.
+    world +Z, give it square intrinsics with a ``fov_deg`` field of view at ``image_size`` (50 =
+    FaceLift's canonical fx = 548.99 at 512 px) and warp the image by the exact rotation homography.
+    rgb [H, W, 3] uint8, mask [H, W] bool; K [3, 3], w2c [4, 4] of the source.
     Pixels that come from outside the source frame are transparent (alpha 0)."""
     import cv2
 
-    f = cameras.FACELIFT_FOCAL * image_size / cameras.FACELIFT_IMAGE_SIZE
+    f = (cameras.FACELIFT_FOCAL * image_size / cameras.FACELIFT_IMAGE_SIZE if fov_deg == 50.0
+         else cameras.focal_from_fov(fov_deg, image_size))  # the canonical constant, bit for bit
     K_new = cameras.intrinsics(f, f, image_size / 2, image_size / 2, dtype=K.dtype)
     C = cameras.camera_centers(w2c)
     R_new = cameras.look_at_rotation(C, center.to(C.dtype))
@@ -281,7 +285,7 @@ def process_frame(frame: Frame, rec: Recording, config: ExtractConfig, rec_scale
     for i in range(len(frame.cameras)):
         if config.view_policy == "rectify":
             views.append(rectify_view(frame.rgb[i], frame.mask[i], K_src[i], w2c_src[i], center,
-                                      config.image_size, config.antialias))
+                                      config.image_size, config.antialias, config.fov_deg))
         else:
             views.append(crop_view(frame.rgb[i], frame.mask[i], K_src[i], w2c_src[i], center,
                                    config.crop_size, config.image_size))
