@@ -17,9 +17,9 @@ from diffusers.models.attention_processor import Attention
 from mousefacelift import cameras
 from mousefacelift.data import samples
 from mousefacelift.mvdiffusion import (FaceLiftLoadConfig, MVDiffusionConfig, MVDiffusionModel, MVDiffusionPipeline,
-                                       MultiViewAttnProcessor, SamplerConfig, SyntheticConfig, foreground_psnr,
-                                       generate_synthetic, quality_vs_steps, relative_ray_map, resize_views,
-                                       validation_grid, widen_conv_in)
+                                       MultiViewAttnProcessor, SamplerConfig, SyntheticConfig, compare_synthetic,
+                                       evaluate, generate_synthetic, quality_vs_steps, relative_ray_map,
+                                       resize_views, validation_grid, widen_conv_in)
 from mousefacelift.mvdiffusion.pipeline import PixelCodec, composite
 
 
@@ -317,15 +317,66 @@ def test_facelift_clip_image_encoder(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Quality helpers and the synthetic-sample generator
 # ----------------------------------------------------------------------------------------------
-def test_foreground_psnr_and_grid():
+def slow_psnr_fg_and_iou(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
+    """Obvious per-pixel loops: PSNR_fg over GT alpha > 0.5 and IoU of alpha > 0.5, one view [4, H, W]."""
+    se, n, inter, union = 0.0, 0, 0, 0
+    for y in range(gt.shape[1]):
+        for x in range(gt.shape[2]):
+            g, p = gt[3, y, x] > 0.5, pred[3, y, x] > 0.5
+            inter += int(g and p)
+            union += int(g or p)
+            if g:
+                se += float(((pred[:3, y, x] - gt[:3, y, x]) ** 2).sum())
+                n += 3
+    return (-10 * math.log10(se / n) if n else math.nan), (inter / union if union else math.nan)
+
+
+def test_evaluate_uses_the_protocol_on_held_out_views_only(tmp_path):
+    """evaluate's PSNR_fg and mask IoU equal a per-pixel loop over the non-reference views of its
+    own generated samples; the reference view never enters."""
+    names = make_samples(tmp_path / "s", 3, size=16)
+    samples.write_split(tmp_path / "val.txt", names)
+    data = samples.SampleDataset(tmp_path / "s", tmp_path / "val.txt", [0, 1, 2, 3])
+    for ref_v in (0, 2):
+        pipe = tiny_pipeline(reference_view=ref_v)
+        res = evaluate(pipe, data, SamplerConfig(steps=2, guidance_scale=1.0), seed=5, max_objects=2, batch_size=1)
+        assert res["n_objects"] == 2 and res["n_views"] == 2 * 3 and len(res["samples"]) == 2
+        assert {r["view"] for r in res["per_view"]} == {0, 1, 2, 3} - {ref_v}
+        psnrs, ious = [], []
+        for ref, gen, gt in res["samples"]:
+            torch.testing.assert_close(ref, gt[ref_v])
+            for v in range(4):
+                if v != ref_v:
+                    p, i = slow_psnr_fg_and_iou(gen[v], gt[v])
+                    psnrs.append(p)
+                    ious.append(i)
+        ious = [i for i in ious if not math.isnan(i)]
+        assert abs(res["psnr_fg"] - sum(psnrs) / len(psnrs)) < 1e-4
+        assert abs(res["mask_iou"] - sum(ious) / len(ious)) < 1e-6
+    # a perfect generator scores infinite-like PSNR and IoU 1 on every held-out view
+    class Oracle:
+        model, image_size = pipe.model, 16
+
+        def __call__(self, reference, reference_w2c, w2c, K, config, generator):
+            return composite(torch.stack([data[i]["images"] for i in range(len(generator))]), (1.0, 1.0, 1.0))
+    res = evaluate(Oracle(), data, SamplerConfig(steps=1), seed=0, max_objects=0)
+    assert res["n_objects"] == 3 and res["psnr_fg"] > 100 and res["mask_iou"] == 1.0
+
+
+def test_validation_grid_layout():
     gt = torch.zeros(2, 4, 8, 8)
-    gt[:, 3, 2:6, 2:6] = 1
-    pred = gt.clone()
-    pred[:, :3] += 0.1 * gt[:, 3:4]          # error 0.1 inside the mask -> 20 dB
-    pred[:, :3, 0, 0] = 1.0                  # errors outside the mask do not count
-    torch.testing.assert_close(foreground_psnr(pred, gt), torch.full((2,), 20.0), atol=1e-4, rtol=0)
-    grid = validation_grid(gt[0], gt[:2], gt[:2])
+    gen = torch.ones(2, 4, 8, 8)
+    grid = validation_grid(gt[0], gen, gt)
     assert grid.shape == (16, 24, 3) and grid.dtype == np.uint8
+    assert (grid[:8, 8:] == 255).all() and (grid[8:] == 0).all() and (grid[:8, :8] == 0).all()
+
+
+def test_scaled_config():
+    cfg = MVDiffusionConfig.scaled(16, (1, 2, 4), image_size=32)
+    assert cfg.block_out_channels == (16, 32, 64) and cfg.image_size == 32
+    assert cfg.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    assert cfg.up_block_types == ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    assert cfg.unet_config()["in_channels"] == 4 + 4 + 6
 
 
 def test_resize_views_keeps_projection():
@@ -339,15 +390,19 @@ def test_resize_views_keeps_projection():
 
 
 def test_generate_synthetic_writes_conditioned_cameras_and_resumes(tmp_path):
-    names = make_samples(tmp_path / "src", 3, size=32)
-    samples.write_split(tmp_path / "train.txt", names)
+    names = ["samples/" + n for n in make_samples(tmp_path / "src" / "samples", 3, size=32)]
+    samples.write_split(tmp_path / "src" / "splits" / "train.txt", names)
     tiny_pipeline().save_pretrained(tmp_path / "ckpt")
     cfg = SyntheticConfig(batch_size=2, sampler=SamplerConfig(steps=2), seed=11)
-    res = generate_synthetic(tmp_path / "ckpt", tmp_path / "src", tmp_path / "train.txt", tmp_path / "out", cfg)
-    assert res["written"] == 3 and res["skipped"] == 0
+    run = (tmp_path / "ckpt", tmp_path / "src", tmp_path / "src" / "splits" / "train.txt", tmp_path / "out", cfg)
+    res = generate_synthetic(*run)
+    assert res["written"] == 3 and res["skipped"] == 0 and res["image_size"] == 16
+    # the synthetic data root mirrors data/: same relative sample paths, its own split file
+    assert res["split_file"] == str(tmp_path / "out" / "splits" / "train.txt")
+    assert samples.read_split(res["split_file"]) == names
     for i, name in enumerate(names):
         src, out = samples.read_sample(tmp_path / "src" / name), samples.read_sample(tmp_path / "out" / name)
-        assert out.images.shape == (6, 4, 16, 16)
+        assert out.images.shape == (6, 4, 16, 16) and out.view_ids == src.view_ids
         torch.testing.assert_close(out.w2c, src.w2c)
         torch.testing.assert_close(out.K, cameras.scale_intrinsics(src.K, 0.5, 0.5))
         p = out.provenance
@@ -355,14 +410,35 @@ def test_generate_synthetic_writes_conditioned_cameras_and_resumes(tmp_path):
         assert p["source_sample"].endswith(name) and p["checkpoint"] == str(tmp_path / "ckpt")
         ref, _ = resize_views(src.images[:1], src.K[:1], 16)  # the reference view is the real one
         assert (out.images[0] - composite(ref, (1.0, 1.0, 1.0))[0]).abs().amax() < 1.5 / 255
+    # the comparison against the sources: cameras equal, metrics over the 5 generated views only
+    cmp = compare_synthetic(tmp_path / "src", tmp_path / "out", names, n_grids=2)
+    assert cmp["w2c_max_abs_diff"] < 1e-6 and cmp["K_max_abs_diff"] < 1e-6
+    assert cmp["n_samples"] == 3 and cmp["n_views"] == 3 * 5 and len(cmp["grids"]) == 2
+    assert {r["view"] for r in cmp["per_view"]} == {1, 2, 3, 4, 5}
+    assert math.isfinite(cmp["psnr_fg"]) and 0 <= cmp["mask_iou"] <= 1
     # a second call skips complete samples; a deleted one is regenerated identically
     first = samples.read_sample(tmp_path / "out" / names[1]).images
     import shutil
     shutil.rmtree(tmp_path / "out" / names[1])
-    res = generate_synthetic(tmp_path / "ckpt", tmp_path / "src", tmp_path / "train.txt", tmp_path / "out", cfg)
+    res = generate_synthetic(*run)
     assert res["written"] == 1 and res["skipped"] == 2
     again = samples.read_sample(tmp_path / "out" / names[1]).images
     assert (again - first).abs().amax() <= 1.01 / 255  # same seed; uint8 rounding may differ by one level
+    # max_samples takes the first samples of the split
+    res = generate_synthetic(*run[:3], tmp_path / "out2", SyntheticConfig(sampler=SamplerConfig(steps=1), max_samples=2))
+    assert res["written"] == 2 and samples.read_split(res["split_file"]) == names[:2]
+
+
+def test_compare_synthetic_of_a_copy_is_perfect(tmp_path):
+    """A synthetic root that holds the real views scores IoU 1 and PSNR_fg at the uint8 floor (at the
+    source resolution: resampled alphas near 0.5 would flip in uint8 and blur the point)."""
+    names = ["samples/" + n for n in make_samples(tmp_path / "src" / "samples", 2, size=32)]
+    for name in names:
+        s = samples.read_sample(tmp_path / "src" / name)
+        rgba = (composite(s.images, (1.0, 1.0, 1.0)).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        samples.write_sample(tmp_path / "syn" / name, rgba, s.w2c, s.K, s.view_ids, {"reference_view": 0})
+    cmp = compare_synthetic(tmp_path / "src", tmp_path / "syn", names)
+    assert cmp["mask_iou"] == 1.0 and cmp["psnr_fg"] > 50 and cmp["w2c_max_abs_diff"] == 0.0
 
 
 def test_quality_vs_steps_reports_each_setting(tmp_path):
@@ -371,3 +447,7 @@ def test_quality_vs_steps_reports_each_setting(tmp_path):
     rows = quality_vs_steps(tiny_pipeline(), samples.SampleDataset(tmp_path / "s", tmp_path / "val.txt"), [1, 2],
                             SamplerConfig(sampler="dpm", guidance_scale=1.0), max_objects=1)
     assert [r["steps"] for r in rows] == [1, 2] and all(math.isfinite(r["psnr_fg"]) for r in rows)
+    rows = quality_vs_steps(tiny_pipeline(), samples.SampleDataset(tmp_path / "s", tmp_path / "val.txt"), [1],
+                            SamplerConfig(guidance_scale=1.0), max_objects=1, samplers=["ddim", "dpm"])
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 1), ("dpm", 1)]
+    assert all(0 <= r["mask_iou"] <= 1 for r in rows)

@@ -2,7 +2,9 @@
 and (slow) a tiny model overfitting two objects to PSNR_fg >= 20 dB."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import time
 
@@ -12,7 +14,8 @@ from diffusers import DDPMScheduler
 
 from mousefacelift.data import samples
 from mousefacelift.mvdiffusion import MVDiffusionConfig, MVDiffusionPipeline, SamplerConfig, evaluate
-from mousefacelift.mvdiffusion.train import TrainConfig, augment, config_from_dict, main, min_snr_weight, train
+from mousefacelift.mvdiffusion.train import (TrainConfig, augment, config_from_dict, launch, main, min_snr_weight,
+                                            train)
 from test_mvdiffusion import make_samples
 
 
@@ -100,6 +103,34 @@ def test_main_runs_from_a_json_config(data):
     assert summary["step"] == 1 and math.isfinite(summary["val"][0]["psnr_fg"])
     assert (data / "cli" / "val" / "step_00000001_obj00.png").is_file()
     assert (data / "cli" / "pipeline" / "unet" / "config.json").is_file()
+
+
+def test_launch_writes_a_config_that_round_trips_and_restarts_cleanly(data):
+    cfg = tiny_config(data, "launched", steps=2, val_split=str(data / "train.txt"), val_objects=1,
+                      val_sampler=SamplerConfig(steps=1), backgrounds=("white", "gray"))
+    summary = launch(cfg)
+    assert summary["step"] == 2 and sorted(summary["losses"]) == ["1", "2"]
+    assert math.isfinite(summary["val"][0]["psnr_fg"]) and 0 <= summary["val"][0]["mask_iou"] <= 1
+    assert config_from_dict(json.loads((data / "launched" / "train_config.json").read_text())) == cfg
+    # re-launching resumes at the end: nothing left to train, the pipeline is exported again
+    again = launch(cfg)
+    assert again["step"] == 2 and again["losses"] == {}
+    # resume=False starts over and leaves no stale checkpoint of the earlier run behind
+    fresh = launch(dataclasses.replace(cfg, steps=1, resume=False))
+    assert fresh["step"] == 1 and sorted(fresh["losses"]) == ["1"]
+    assert [p.name for p in (data / "launched" / "checkpoints").iterdir()] == ["ckpt_0000000000000001.pt"]
+    with pytest.raises(ValueError, match="launcher"):
+        launch(cfg, launcher="mpirun")
+
+
+@pytest.mark.slow
+def test_torchrun_launcher_streams_and_trains(data, caplog):
+    """The subprocess path: torchrun with 2 CPU processes (gloo DDP), about 20 s."""
+    cfg = tiny_config(data, "ddp", steps=1, batch_size=1)
+    with caplog.at_level(logging.INFO, logger="mousefacelift.mvdiffusion.train"):
+        summary = launch(cfg, launcher="torchrun", nproc_per_node=2)
+    assert summary["step"] == 1 and "[train]" in caplog.text
+    assert (data / "ddp" / "pipeline" / "model_index.json").is_file()
 
 
 @pytest.mark.slow

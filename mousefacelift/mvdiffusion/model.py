@@ -88,6 +88,18 @@ class MVDiffusionConfig:
         base.update(overrides)
         return cls(**base)
 
+    @classmethod
+    def scaled(cls, base_channels: int, channel_mults: tuple[int, ...], **overrides) -> "MVDiffusionConfig":
+        """A UNet of ``len(channel_mults)`` levels with ``base_channels * m`` channels each; the
+        first level has no attention (as the default), the others have cross-attention blocks."""
+        if not channel_mults or base_channels <= 0:
+            raise ValueError(f"need base_channels > 0 and at least one level, got {base_channels}, {channel_mults}")
+        n = len(channel_mults)
+        down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
+        up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
+        return cls(block_out_channels=tuple(base_channels * m for m in channel_mults), down_block_types=down,
+                   up_block_types=up, **overrides)
+
     def unet_config(self) -> dict:
         """The ``UNet2DConditionModel`` config this describes."""
         cam = RAY_CHANNELS if self.camera_conditioning else 0

@@ -1,5 +1,6 @@
-"""Sampling: reference image + cameras -> multi-view images, saving/loading, quality vs steps,
-and the synthetic-data generator of notebook 05.
+"""Sampling: reference image + cameras -> multi-view images; saving and loading (ours and
+FaceLift's folder). Quality measures live in :mod:`.quality`, the synthetic-data generator of
+notebook 05 in :mod:`.synthetic`.
 
 Folder layouts that :meth:`MVDiffusionPipeline.from_pretrained` reads:
 
@@ -18,8 +19,7 @@ import inspect
 import json
 import logging
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -349,126 +349,5 @@ def load_facelift(folder: Path, options: FaceLiftLoadConfig) -> MVDiffusionPipel
     return MVDiffusionPipeline(model, scheduler, VAECodec(vae), encoder, fe_config, normalizer, noising)
 
 
-# ----------------------------------------------------------------------------------------------
-# Quality
-# ----------------------------------------------------------------------------------------------
-def foreground_psnr(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """PSNR_fg (evaluation protocol): MSE of RGB over pixels with GT alpha > 0.5.
-
-    pred, gt [..., 4, H, W] RGBA in [0, 1], RGB over the same background -> PSNR in dB [...]."""
-    mask = (gt[..., 3:4, :, :] > 0.5).to(pred.dtype)
-    se = ((pred[..., :3, :, :] - gt[..., :3, :, :]) ** 2 * mask).sum((-1, -2, -3))
-    mse = se / (3 * mask.sum((-1, -2, -3))).clamp_min(1)
-    return -10 * torch.log10(mse.clamp_min(1e-10))
-
-
-def evaluate(pipe: MVDiffusionPipeline, dataset, config: SamplerConfig, seed: int, max_objects: int,
-             batch_size: int = 4) -> dict:
-    """Generate the views of the first ``max_objects`` objects of ``dataset`` (a SampleDataset)
-    from their reference view and compare with the ground truth (reference view excluded).
-    -> {"psnr_fg": mean dB, "per_object": [dB per object], "seconds", and "samples": list of
-    (reference [4,S,S], generated [V,4,S,S], ground truth [V,4,S,S]) for grids}."""
-    ref_v = pipe.model.config.reference_view
-    S = pipe.image_size
-    scores, samples, t0 = [], [], time.time()
-    n = min(max_objects, len(dataset))
-    for start in range(0, n, batch_size):
-        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
-        imgs, K = resize_views(torch.stack([it["images"] for it in items]), torch.stack([it["K"] for it in items]), S)
-        w2c = torch.stack([it["w2c"] for it in items])
-        gens = [torch.Generator().manual_seed(seed + start + j) for j in range(len(items))]
-        out = pipe(imgs[:, ref_v], w2c[:, ref_v], w2c, K, config, generator=gens).cpu()
-        gt = composite(imgs, config.background)
-        keep = [v for v in range(w2c.shape[1]) if v != ref_v]
-        scores += foreground_psnr(out[:, keep], gt[:, keep]).mean(1).tolist()
-        samples += [(gt[j, ref_v], out[j], gt[j]) for j in range(len(items))]
-    return {"psnr_fg": float(sum(scores) / max(len(scores), 1)), "per_object": scores,
-            "seconds": time.time() - t0, "samples": samples}
-
-
-def quality_vs_steps(pipe: MVDiffusionPipeline, dataset, steps: list[int], config: SamplerConfig, seed: int = 0,
-                     max_objects: int = 8) -> list[dict]:
-    """PSNR_fg (mean over objects, reference view excluded) and time for each number of steps."""
-    rows = []
-    for n in steps:
-        cfg = SamplerConfig(sampler=config.sampler, steps=n, eta=config.eta, guidance_scale=config.guidance_scale,
-                            background=config.background)
-        res = evaluate(pipe, dataset, cfg, seed, max_objects)
-        rows.append({"sampler": cfg.sampler, "steps": n, "psnr_fg": res["psnr_fg"], "seconds": res["seconds"]})
-        log.info("quality vs steps: %s %d steps -> PSNR_fg %.2f dB (%.1f s)", cfg.sampler, n, res["psnr_fg"],
-                 res["seconds"])
-    return rows
-
-
-def validation_grid(reference: torch.Tensor, generated: torch.Tensor, target: torch.Tensor) -> "np.ndarray":
-    """One object's grid as uint8 [2*S, (V+1)*S, 3]: column 0 the reference, then the V views;
-    row 0 generated, row 1 ground truth (reference [4, S, S], generated / target [V, 4, S, S],
-    RGB over a background)."""
-    import numpy as np
-
-    top = torch.cat([reference[:3]] + list(generated[:, :3]), dim=2)
-    bot = torch.cat([reference[:3]] + list(target[:, :3]), dim=2)
-    grid = torch.cat([top, bot], dim=1).clamp(0, 1)
-    return (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-
-
 __all__ = ["MVDiffusionPipeline", "SamplerConfig", "FaceLiftLoadConfig", "PixelCodec", "VAECodec", "composite",
-           "resize_views", "foreground_psnr", "evaluate", "quality_vs_steps", "validation_grid",
-           "load_unet_lenient_config", "load_facelift", "SyntheticConfig", "generate_synthetic"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Notebook 05: synthetic samples
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class SyntheticConfig:
-    batch_size: int = 4                     # objects per pipeline call
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    seed: int = 0                           # the object at line i of the split uses seed + i
-    keep_reference: bool = True             # write the real (resized) reference image for the reference view
-    device: str = "cpu"                     # where the model runs
-    overwrite: bool = False                 # regenerate samples that are already complete
-
-
-def generate_synthetic(checkpoint_dir: str | os.PathLike, samples_root: str | os.PathLike,
-                       split_file: str | os.PathLike, out_root: str | os.PathLike, config: SyntheticConfig) -> dict:
-    """For every sample of the split, generate all its views from its reference view and write them
-    with ``samples.write_sample`` at the model resolution, with exactly the cameras the model was
-    conditioned on (the sample's w2c; K scaled to the model resolution) and provenance. Resumable:
-    complete output samples are skipped. -> {"written", "skipped", "out_root", "seconds"}."""
-    from tqdm.auto import tqdm
-
-    from ..data import samples as samples_io
-
-    t0 = time.time()
-    pipe = MVDiffusionPipeline.from_pretrained(checkpoint_dir).to(torch.device(config.device))
-    pipe.model.eval()
-    S, ref_v = pipe.image_size, pipe.model.config.reference_view
-    names = samples_io.read_split(split_file)
-    out_root = Path(out_root)
-    todo = [(i, n) for i, n in enumerate(names)
-            if config.overwrite or not samples_io.is_complete(out_root / Path(n).name)]
-    cfg = config.sampler
-    for start in tqdm(range(0, len(todo), config.batch_size), desc="synthetic samples", unit="batch"):
-        batch = todo[start:start + config.batch_size]
-        src = [samples_io.read_sample(Path(samples_root) / n) for _, n in batch]
-        if len({s.images.shape for s in src}) != 1:
-            raise ValueError(f"samples {[n for _, n in batch]} differ in view count or size; use batch_size 1")
-        imgs, K = resize_views(torch.stack([s.images for s in src]), torch.stack([s.K for s in src]), S)
-        w2c = torch.stack([s.w2c for s in src])
-        gens = [torch.Generator().manual_seed(config.seed + i) for i, _ in batch]
-        views = pipe(imgs[:, ref_v], w2c[:, ref_v], w2c, K, cfg, generator=gens).cpu()
-        if config.keep_reference:
-            views[:, ref_v] = composite(imgs[:, ref_v], cfg.background)
-        for j, ((i, name), s) in enumerate(zip(batch, src)):
-            prov = {"generator": "mvdiffusion", "source_sample": str(Path(samples_root) / name),
-                    "source_provenance": s.provenance, "checkpoint": str(checkpoint_dir),
-                    "seed": config.seed + i, "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta,
-                    "guidance_scale": cfg.guidance_scale, "background": list(cfg.background),
-                    "reference_view": ref_v, "keep_reference": config.keep_reference, "image_size": S}
-            rgba = (views[j].permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype("uint8")
-            samples_io.write_sample(out_root / Path(name).name, rgba, w2c[j], K[j], s.view_ids, prov)
-    log.info("synthetic: wrote %d samples, skipped %d complete ones, into %s", len(todo), len(names) - len(todo),
-             out_root)
-    return {"written": len(todo), "skipped": len(names) - len(todo), "out_root": str(out_root),
-            "seconds": time.time() - t0}
+           "resize_views", "load_unet_lenient_config", "load_facelift"]

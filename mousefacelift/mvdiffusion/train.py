@@ -39,8 +39,8 @@ from .. import cameras
 from ..data.samples import SampleDataset
 from ..tracking import Tracker, TrackingConfig
 from .model import MVDiffusionConfig, MVDiffusionModel, relative_ray_map
-from .pipeline import (FaceLiftLoadConfig, MVDiffusionPipeline, PixelCodec, SamplerConfig, composite, evaluate,
-                       resize_views, validation_grid)
+from .pipeline import FaceLiftLoadConfig, MVDiffusionPipeline, PixelCodec, SamplerConfig, composite, resize_views
+from .quality import evaluate, validation_grid
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,16 @@ def save_checkpoint(path: Path, state: dict, keep: int) -> None:
     log.info("checkpoint %s", path)
 
 
+def clear_checkpoints(out_dir: Path) -> None:
+    """Delete the checkpoints of an earlier run in ``out_dir`` (a fresh start must not keep stale
+    higher-step checkpoints, which would outrank the new ones and be resumed from later)."""
+    old = sorted((out_dir / "checkpoints").glob("ckpt_*.pt"))
+    if old:
+        log.warning("resume=False: deleting %d checkpoints of an earlier run in %s", len(old), out_dir / "checkpoints")
+    for p in old:
+        p.unlink()
+
+
 # ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
@@ -272,8 +282,9 @@ def _validate(pipe, ema, cfg: TrainConfig, val_set, out_dir: Path, step: int) ->
         p = out_dir / "val" / f"step_{step:08d}_obj{j:02d}.png"
         cv2.imwrite(str(p), validation_grid(ref, gen, gt)[..., ::-1])
         paths.append(str(p))
-    log.info("step %d: validation PSNR_fg %.2f dB over %d objects", step, res["psnr_fg"], len(res["per_object"]))
-    return {"step": step, "psnr_fg": res["psnr_fg"], "grids": paths}
+    log.info("step %d: validation PSNR_fg %.2f dB, mask IoU %.3f over %d objects", step, res["psnr_fg"],
+             res["mask_iou"], res["n_objects"])
+    return {"step": step, "psnr_fg": res["psnr_fg"], "mask_iou": res["mask_iou"], "grids": paths}
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -295,6 +306,8 @@ def train(cfg: TrainConfig) -> dict:
     ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
     # 2. resume
     step = 0
+    if not cfg.resume and rank == 0:
+        clear_checkpoints(out_dir)
     ckpt = latest_checkpoint(out_dir) if cfg.resume else None
     if ckpt is not None:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -343,7 +356,7 @@ def train(cfg: TrainConfig) -> dict:
                 "rng": torch.get_rng_state(), "config": asdict(cfg)}, cfg.keep_checkpoints)
         if rank == 0 and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
             vals.append(_validate(pipe, ema, cfg, val_set, out_dir, step))
-            tracker.log({"val_psnr_fg": vals[-1]["psnr_fg"]}, step=step)
+            tracker.log({"val_psnr_fg": vals[-1]["psnr_fg"], "val_mask_iou": vals[-1]["mask_iou"]}, step=step)
     # 5. export with the EMA weights
     pipeline_dir = out_dir / "pipeline"
     if rank == 0 and step >= cfg.steps:
@@ -361,6 +374,48 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         (out_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items()}, indent=1))
     return summary
+
+
+LAUNCHERS = ("inprocess", "torchrun")
+CONFIG_FILE = "train_config.json"
+
+
+def launch(cfg: TrainConfig, launcher: str = "inprocess", nproc_per_node: int = 1) -> dict:
+    """Write ``<out_dir>/train_config.json`` (the resolved config, kept as provenance) and train
+    (or resume): in this process, or as the subprocess
+    ``python -m torch.distributed.run --standalone --nproc_per_node N -m mousefacelift.mvdiffusion.train
+    --config <json>`` whose output is streamed line by line to this module's logger.
+    -> the run's ``summary.json`` ({"step", "losses": {step (str): loss}, "val", "pipeline_dir", "seconds"})."""
+    import subprocess
+    import sys
+    from collections import deque
+
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher {launcher!r} is not one of {LAUNCHERS}")
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / CONFIG_FILE
+    config_path.write_text(json.dumps(asdict(cfg), indent=1))
+    summary_path = out_dir / "summary.json"
+    summary_path.unlink(missing_ok=True)  # a stale summary must not pass for this run's
+    if launcher == "inprocess":
+        train(cfg)
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
+               "-m", "mousefacelift.mvdiffusion.train", "--config", str(config_path)]
+        log.info("launching: %s", " ".join(cmd))
+        tail = deque(maxlen=40)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+            for line in proc.stdout:
+                tail.append(line.rstrip())
+                log.info("[train] %s", line.rstrip())
+        if proc.returncode != 0:
+            raise RuntimeError(f"torchrun training failed (exit {proc.returncode}) with config {config_path}; "
+                               "last lines:\n" + "\n".join(tail))
+    if not summary_path.is_file():
+        raise RuntimeError(f"training ended without writing {summary_path}; see the log above")
+    return json.loads(summary_path.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
