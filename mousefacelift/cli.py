@@ -3,6 +3,8 @@
     mfl run PARAMS.yaml [--only 01,06] [--from-run DIR] [--name NAME] [--overwrite]
     mfl list [--runs DIR]
     mfl bench [--only NAME,...] [--out DIR]
+    mfl infer IMAGE --mvdiffusion DIR --gslrm CKPT --out DIR [--camera SAMPLE_DIR:VIEW]
+    mfl infer --recording DIR --frames A:B --gslrm CKPT --out DIR
 """
 from __future__ import annotations
 
@@ -54,6 +56,31 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_infer(args) -> int:
+    from . import infer
+    from .stage import resolve_device
+
+    cfg = infer.InferConfig(device=resolve_device(args.device), seed=args.seed, sampler=args.sampler,
+                            steps=args.steps, guidance_scale=args.guidance_scale,
+                            turntable_frames=args.turntable_frames, render_size=args.render_size, fps=args.fps)
+    try:
+        if args.recording:
+            if args.image or not args.frames:
+                raise ValueError("--recording takes --frames A:B and no IMAGE")
+            res = infer.infer_recording(args.recording, infer.parse_frames(args.frames), args.gslrm, args.out, cfg)
+            print(f"mfl infer: {len(res['plys'])} frames -> {args.out} ({len(res['skipped'])} skipped; video "
+                  f"{res['video']})")
+            return 0 if res["plys"] else 1
+        if not args.image or not args.mvdiffusion:
+            raise ValueError("give IMAGE and --mvdiffusion DIR (or --recording DIR --frames A:B)")
+        res = infer.infer_image(args.image, args.mvdiffusion, args.gslrm, args.out, args.camera, cfg)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mfl infer: {e}", file=sys.stderr)
+        return 2
+    print(f"mfl infer: {res['n_gaussians']} Gaussians -> {res['ply']}, video {res['video']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mfl", description="mouse-facelift: run the notebooks, list runs, benchmark")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +104,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated benchmark names (see `mfl bench --only help`)")
     p.add_argument("--out", default="bench", help="output folder (default: bench/)")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("infer", help="one RGBA image -> multi-view -> Gaussians (like FaceLift), or a recording's "
+                                     "frame range -> one PLY per frame")
+    p.add_argument("image", nargs="?", help="RGBA PNG of the reference view (alpha = mask)")
+    p.add_argument("--mvdiffusion", help="MVDiffusion pipeline folder (notebook 04: runs/<run>/mvdiffusion/pipeline)")
+    p.add_argument("--gslrm", required=True, help="GS-LRM checkpoint file or folder (latest ckpt_*.pt)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--camera", default="", help="SAMPLE_DIR:VIEW camera of the image and the rig to generate "
+                                                "(default: FaceLift's canonical front camera and 6-view rig)")
+    p.add_argument("--recording", help="MAMMAL-format recording folder: reconstruct --frames from all real views")
+    p.add_argument("--frames", help="frame range A:B (frames A..B-1) or A:B:STEP, with --recording")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="MVDiffusion noise seed")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm"])
+    p.add_argument("--steps", type=int, default=50, help="denoising steps")
+    p.add_argument("--guidance-scale", dest="guidance_scale", type=float, default=3.0)
+    p.add_argument("--turntable-frames", dest="turntable_frames", type=int, default=120)
+    p.add_argument("--render-size", dest="render_size", type=int, default=0, help="video size (0 = GS-LRM size)")
+    p.add_argument("--fps", type=int, default=30)
+    p.set_defaults(func=_cmd_infer)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,359 @@
+"""Notebook 07's evaluation: every number follows the protocol of :mod:`mousefacelift.metrics`.
+
+Questions and how inputs and targets are chosen (a target is NEVER an input; :func:`check_plan`
+guards every forward pass):
+
+1. ``reconstruction``: N real input views -> GS-LRM -> held-out real views. Each view of a test
+   sample is held out in turn; its inputs are the first N views of a seeded permutation of the
+   other views (nested: N + 1 adds one view to the N inputs), so every N scores the same targets.
+2. ``end_to_end``: the reference view alone -> MVDiffusion (all views of the rig) -> GS-LRM ->
+   every other real view. The only real input is the reference view, which is never scored.
+   ``mvdiffusion`` rows score the generated views themselves against the same real views.
+3. ``reconstruction`` rows of a second checkpoint (label "synthetic") on the same plans, compared
+   view by view with :func:`paired_difference`.
+4. 3D error on procedural data: :func:`chamfer_to_surface` maps opacity-weighted Gaussian centres
+   back to world mm with the sample's normalization and measures the Chamfer distance to points on
+   the true surface.
+
+Images are composited on white and resized with their intrinsics to the GS-LRM's size
+(:func:`mousefacelift.gslrm.data.prepare_images`); cameras are OpenCV, normalized world.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import cameras, metrics
+from .data import samples as samples_io
+from .gaussians import Gaussians
+from .gslrm.data import prepare_images
+
+log = logging.getLogger(__name__)
+
+METRICS = ("psnr_fg", "psnr_full", "ssim_fg", "mask_iou", "lpips")
+
+
+@dataclass
+class EvalConfig:
+    seed: int = 0                 # seeds the input-view permutations (and MVDiffusion noise: seed + sample index)
+    max_samples: int = 0          # first N test samples (0 = all)
+    plans_per_batch: int = 6      # (inputs, target) plans reconstructed per GS-LRM call
+    backend: str = "auto"         # rasterizer: "auto", "gsplat" or "torch"
+    n_examples: int = 1           # samples whose images (and Gaussians) are kept for figures
+    min_opacity: float = 0.01     # Gaussians fainter than this are dropped for Chamfer and PLY
+    surface_points: int = 5000    # samples of the true surface per frame (3D error)
+
+
+@dataclass
+class EvalResult:
+    """rows: one dict per scored (sample, target view); examples: per kept sample, {"name", "title",
+    "gt" [V, 3, S, S], "pred" [V, 3, S, S], "gt_alpha" [V, 1, S, S], "views" (camera ids), and
+    optionally "pred_alpha" [V, 1, S, S], "generated" [V, 3, S, S] and "gaussians" (:class:`Gaussians`)}."""
+    rows: list[dict] = field(default_factory=list)
+    examples: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs and targets
+# ----------------------------------------------------------------------------------------------
+def _plan_generator(seed: int, sample_index: int, target: int) -> torch.Generator:
+    key = 0
+    for k in (seed, sample_index, target):
+        key = (key * 1_000_003 + int(k) + 0x9E3779B9) % (2 ** 63 - 1)
+    return torch.Generator().manual_seed(key)
+
+
+def view_plans(n_views: int, n_inputs: int, sample_index: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """One plan per view t of a sample: (inputs, [t]) with inputs the first ``n_inputs`` views
+    (sorted positions) of a permutation of the other views, seeded by (seed, sample_index, t), so
+    plans are nested in ``n_inputs`` and identical across checkpoints."""
+    if not 1 <= n_inputs < n_views:
+        raise ValueError(f"n_inputs={n_inputs}: need 1 <= n_inputs < {n_views} views so that a view is held out")
+    plans = []
+    for t in range(n_views):
+        others = [v for v in range(n_views) if v != t]
+        perm = torch.randperm(len(others), generator=_plan_generator(seed, sample_index, t)).tolist()
+        plans.append((sorted(others[p] for p in perm[:n_inputs]), [t]))
+    return plans
+
+
+def check_plan(inputs: list[int], targets: list[int]) -> None:
+    """Raise unless the targets are disjoint from the inputs (an input view is never scored)."""
+    both = sorted(set(inputs) & set(targets))
+    if both or not targets:
+        raise ValueError(f"evaluation plan inputs {inputs} / targets {targets}: views {both} would be scored "
+                         "although the model saw them (or there are no targets)")
+
+
+def load_eval_sample(sample_dir: str | os.PathLike, image_size: int) -> dict:
+    """A sample at the GS-LRM's size: rgb [V, 3, S, S] on white, alpha [V, 1, S, S], rgba
+    [V, 4, S, S] (resized, not composited), w2c / c2w [V, 4, 4], K [V, 3, 3] (float32, scaled to S),
+    view_ids, provenance, name."""
+    s = samples_io.read_sample(sample_dir)
+    rgb, alpha, K = prepare_images(s.images, s.K, image_size)
+    return {"rgb": rgb, "alpha": alpha, "w2c": s.w2c.float(), "c2w": s.c2w.float(), "K": K.float(),
+            "view_ids": s.view_ids, "provenance": s.provenance, "name": Path(sample_dir).name}
+
+
+def _names(names: list[str], cfg: EvalConfig) -> list[str]:
+    return names[:cfg.max_samples] if cfg.max_samples > 0 else list(names)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model calls and scoring
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def reconstruct_and_render(model, rgb: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, target_w2c: torch.Tensor,
+                           target_K: torch.Tensor, backend: str = "auto"):
+    """GS-LRM on input views, rendered at target views (on white).
+
+    rgb [B, Vi, 3, S, S] on white; c2w [B, Vi, 4, 4]; K [B, Vi, 3, 3]; target_w2c [B, Vt, 4, 4];
+    target_K [B, Vt, 3, 3] -> (GaussianOutput, rgb [B, Vt, 3, S, S], alpha [B, Vt, 1, S, S])."""
+    dev = next(model.parameters()).device
+    S = rgb.shape[-1]
+    out = model(rgb.to(dev), c2w.to(dev), K.to(dev))
+    r = out.render(target_w2c.to(dev), target_K.to(dev), S, S, backend=backend)
+    return out, r.rgb.permute(0, 1, 4, 2, 3).clamp(0, 1), r.alpha.permute(0, 1, 4, 2, 3)
+
+
+def score(pred_rgb: torch.Tensor, pred_alpha: torch.Tensor, gt_rgb: torch.Tensor, gt_alpha: torch.Tensor,
+          lpips=None) -> dict[str, torch.Tensor]:
+    """Protocol metrics; [..., 3|1, H, W] -> each [...] on the CPU; "lpips" is NaN without a model."""
+    m = metrics.image_metrics(pred_rgb.float(), pred_alpha.float(), gt_rgb.to(pred_rgb).float(),
+                              gt_alpha.to(pred_rgb).float())
+    lead = pred_rgb.shape[:-3]
+    m["lpips"] = lpips(pred_rgb.float(), gt_rgb.to(pred_rgb).float()) if lpips is not None else \
+        torch.full(lead, float("nan"))
+    return {k: v.detach().cpu() for k, v in m.items()}
+
+
+def _row(question: str, label: str, s: dict, n_inputs: int, inputs: list[int], target: int, m: dict, idx) -> dict:
+    return {"question": question, "model": label, "sample": s["name"],
+            "frame": s["provenance"].get("frame_index", -1), "n_inputs": n_inputs,
+            "inputs": " ".join(str(s["view_ids"][v]) for v in inputs), "target_view": s["view_ids"][target],
+            "target_is_input": target in inputs, **{k: float(v[idx]) for k, v in m.items()}}
+
+
+def reconstruction_rows(model, data_root: str | os.PathLike, names: list[str], n_inputs: list[int], cfg: EvalConfig,
+                        lpips=None, label: str = "real") -> EvalResult:
+    """Question 1 (and 3 with another checkpoint): for each sample and each N in ``n_inputs``, every
+    view held out in turn (:func:`view_plans`), reconstructed from N real views and scored."""
+    S = model.cfg.image_size
+    res = EvalResult()
+    for i, name in enumerate(_names(names, cfg)):
+        s = load_eval_sample(Path(data_root) / name, S)
+        V = s["rgb"].shape[0]
+        for n in n_inputs:
+            plans = view_plans(V, n, i, cfg.seed)
+            preds, alphas = [None] * V, [None] * V
+            for start in range(0, V, cfg.plans_per_batch):
+                chunk = plans[start:start + cfg.plans_per_batch]
+                for inputs, targets in chunk:
+                    check_plan(inputs, targets)
+                ii = torch.tensor([p[0] for p in chunk])              # [B, n]
+                tt = torch.tensor([p[1] for p in chunk])              # [B, 1]
+                _, rgb, alpha = reconstruct_and_render(model, s["rgb"][ii], s["c2w"][ii], s["K"][ii], s["w2c"][tt],
+                                                       s["K"][tt], cfg.backend)
+                m = score(rgb, alpha, s["rgb"][tt], s["alpha"][tt], lpips)  # each [B, 1]
+                for b, (inputs, targets) in enumerate(chunk):
+                    res.rows.append(_row("reconstruction", label, s, n, inputs, targets[0], m, (b, 0)))
+                    preds[targets[0]], alphas[targets[0]] = rgb[b, 0].cpu(), alpha[b, 0].cpu()
+            if i < cfg.n_examples:
+                title = f"{label}: {n} input view(s), each view held out in turn"
+                res.examples.append({"name": s["name"], "title": title,
+                                     "n_inputs": n, "gt": s["rgb"], "pred": torch.stack(preds),
+                                     "pred_alpha": torch.stack(alphas), "gt_alpha": s["alpha"],
+                                     "views": s["view_ids"]})
+    return res
+
+
+def end_to_end_rows(pipe, model, data_root: str | os.PathLike, names: list[str], sampler, cfg: EvalConfig,
+                    lpips=None, gslrm_views: list[int] | None = None, keep_reference: bool = True,
+                    label: str = "real") -> EvalResult:
+    """Question 2: reference view (position ``pipe.model.config.reference_view``) -> MVDiffusion at
+    every camera of the sample -> GS-LRM on the views at positions ``gslrm_views`` (None = all; the
+    reference slot holds the real reference when ``keep_reference``) -> every real view except the
+    reference. Also scores the generated views themselves (question "mvdiffusion")."""
+    from .mvdiffusion.pipeline import composite, resize_views
+
+    S, Sm = model.cfg.image_size, pipe.image_size
+    ref = pipe.model.config.reference_view
+    res = EvalResult()
+    for i, name in enumerate(_names(names, cfg)):
+        raw = samples_io.read_sample(Path(data_root) / name)
+        s = load_eval_sample(Path(data_root) / name, S)
+        V = len(s["view_ids"])
+        imgs, Km = resize_views(raw.images[None], raw.K[None], Sm)        # [1, V, 4, Sm, Sm]
+        gen = pipe(imgs[:, ref], raw.w2c[None, ref], raw.w2c[None], Km, sampler,
+                   generator=[torch.Generator().manual_seed(cfg.seed + i)]).cpu()[0]  # [V, 4, Sm, Sm]
+        if keep_reference:
+            gen[ref] = composite(imgs[0, ref], (1.0, 1.0, 1.0))
+        # generated RGB is already over white: resize it as opaque, and its alpha separately
+        g_rgb = prepare_images(torch.cat([gen[:, :3], torch.ones_like(gen[:, 3:])], 1), Km[0], S)[0]
+        g_alpha = prepare_images(gen, Km[0], S)[1]                       # [V, 1, S, S]
+        used = list(range(V)) if not gslrm_views else list(gslrm_views)
+        targets = [v for v in range(V) if v != ref]
+        check_plan([ref], targets)  # the reference is the only real input
+        uu, tt = torch.tensor(used), torch.tensor(targets)
+        out, rgb, alpha = reconstruct_and_render(model, g_rgb[uu][None], s["c2w"][uu][None], s["K"][uu][None],
+                                                 s["w2c"][tt][None], s["K"][tt][None], cfg.backend)
+        m = score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips)   # each [Vt]
+        mg = score(g_rgb[tt], g_alpha[tt], s["rgb"][tt], s["alpha"][tt], lpips)
+        for a, t in enumerate(targets):
+            res.rows.append(_row("end_to_end", label, s, 1, [ref], t, m, a))
+            res.rows.append(_row("mvdiffusion", label, s, 1, [ref], t, mg, a))
+        if i < cfg.n_examples:
+            res.examples.append({"name": s["name"], "title": f"end to end from view {s['view_ids'][ref]}",
+                                 "gt": s["rgb"][tt], "pred": rgb[0].cpu(), "gt_alpha": s["alpha"][tt],
+                                 "generated": g_rgb, "views": [s["view_ids"][t] for t in targets],
+                                 "gaussians": gaussians_from_output(out, 0, cfg.min_opacity).to("cpu"),
+                                 "provenance": s["provenance"]})
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# Gaussians and 3D error
+# ----------------------------------------------------------------------------------------------
+def gaussians_from_output(out, b: int = 0, min_opacity: float = 0.0) -> Gaussians:
+    """Scene ``b`` of a GS-LRM GaussianOutput as a :class:`Gaussians` (degree-0 colours), keeping
+    those with opacity >= ``min_opacity``."""
+    if out.sh_degree != 0:
+        raise ValueError(f"gaussians_from_output: sh_degree {out.sh_degree} is not supported (PLY writes degree 0)")
+    g = Gaussians(out.means[b].float(), out.quats[b].float(), out.scales[b].float(), out.opacities[b].float(),
+                  out.sh0[b].float())
+    return g.prune_opacity(min_opacity) if min_opacity > 0 else g
+
+
+def to_world_mm(g: Gaussians, normalization: dict) -> Gaussians:
+    """Gaussians in a sample's normalized space -> world mm, with the sample's provenance
+    ``normalization`` ({"scale", "center_mm"}): centres by Similarity.invert_points, scales / scale."""
+    sim = cameras.Similarity(scale=float(normalization["scale"]), center=tuple(normalization["center_mm"]))
+    return Gaussians(sim.invert_points(g.means), g.quats, g.scales / sim.scale, g.opacities, g.sh0)
+
+
+def chamfer_to_surface(means: torch.Tensor, opacities: torch.Tensor, normalization: dict, surface_mm: torch.Tensor,
+                       min_opacity: float = 0.01) -> dict:
+    """3D error of a reconstruction: means [N, 3] (normalized space) with opacities [N] -> world mm
+    (the sample's normalization) -> :func:`metrics.chamfer_mm` against surface_mm [M, 3]; Gaussians
+    with opacity < ``min_opacity`` are left out. -> {"accuracy_mm", "completeness_mm", "chamfer_mm",
+    "n_gaussians"}."""
+    keep = opacities >= min_opacity
+    if not keep.any():
+        nan = float("nan")
+        return {"accuracy_mm": nan, "completeness_mm": nan, "chamfer_mm": nan, "n_gaussians": 0}
+    sim = cameras.Similarity(scale=float(normalization["scale"]), center=tuple(normalization["center_mm"]))
+    pts = sim.invert_points(means[keep].double())
+    res = metrics.chamfer_mm(pts, surface_mm.to(pts), opacities[keep].to(pts))
+    return {**res, "n_gaussians": int(keep.sum())}
+
+
+def true_surface(provenance: dict, n_points: int, generator: torch.Generator) -> tuple[torch.Tensor | None, str]:
+    """Points on the true surface (mm) of the sample's frame, or (None, reason) when the sample does
+    not come from a procedural recording with ground truth."""
+    from .data import synthetic
+
+    rec, frame = provenance.get("recording"), provenance.get("frame_index")
+    if rec is None or frame is None:
+        return None, "the sample's provenance names no recording frame (not from notebook 01?)"
+    if not (Path(rec) / synthetic.GT_DIR / "params.json").is_file():
+        return None, f"{rec} has no {synthetic.GT_DIR}/ (not a procedural recording)"
+    return synthetic.sample_surface(rec, int(frame), n_points, generator), ""
+
+
+@torch.no_grad()
+def reconstruct_sample(model, sample_dir: str | os.PathLike, input_views: list[int] | None = None):
+    """GS-LRM on the real views at positions ``input_views`` (None = all) of one sample
+    -> (GaussianOutput with B = 1, the sample from :func:`load_eval_sample`)."""
+    s = load_eval_sample(sample_dir, model.cfg.image_size)
+    uu = torch.tensor(list(range(len(s["view_ids"]))) if not input_views else list(input_views))
+    dev = next(model.parameters()).device
+    return model(s["rgb"][uu][None].to(dev), s["c2w"][uu][None].to(dev), s["K"][uu][None].to(dev)), s
+
+
+def chamfer_rows(model, data_root: str | os.PathLike, names: list[str], cfg: EvalConfig,
+                 input_views: list[int] | None = None, label: str = "real") -> tuple[list[dict], str]:
+    """Question 4: reconstruct each sample from the real views at ``input_views`` (None = all) and
+    measure the 3D error. -> (rows {"sample", "frame", "model", "inputs", accuracy/completeness/
+    chamfer mm, "n_gaussians"}, reason why there are none or "")."""
+    rows, why = [], ""
+    for i, name in enumerate(_names(names, cfg)):
+        prov = samples_io.read_cameras(Path(data_root) / name)[0].get("provenance", {})
+        surface, why = true_surface(prov, cfg.surface_points, torch.Generator().manual_seed(cfg.seed + i))
+        if surface is None:
+            log.info("3D error skipped: %s", why)
+            return [], why
+        out, s = reconstruct_sample(model, Path(data_root) / name, input_views)
+        used = list(range(len(s["view_ids"]))) if not input_views else list(input_views)
+        c = chamfer_to_surface(out.means[0].cpu(), out.opacities[0].cpu(), s["provenance"]["normalization"], surface,
+                               cfg.min_opacity)
+        rows.append({"question": "3d_error", "model": label, "sample": name, "frame": s["provenance"]["frame_index"],
+                     "inputs": " ".join(str(s["view_ids"][v]) for v in used), **c})
+    return rows, why
+
+
+# ----------------------------------------------------------------------------------------------
+# Summaries and figures
+# ----------------------------------------------------------------------------------------------
+def summarize_rows(rows: list[dict], by: tuple[str, ...] = ("question", "model", "n_inputs"),
+                   metric_names: tuple[str, ...] = METRICS) -> list[dict]:
+    """Group rows by ``by`` -> one flat dict per group: the keys, "n_rows", and for each metric
+    ``<m>`` (mean), ``<m>_ci95``, ``<m>_n`` from :func:`metrics.summarize` (undefined views left out)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        d = {**dict(zip(by, key)), "n_rows": len(rs)}
+        for m in metric_names:
+            if m in rs[0]:
+                s = metrics.summarize([r[m] for r in rs])
+                d.update({m: s["mean"], f"{m}_ci95": s["ci95"], f"{m}_n": s["n"]})
+        out.append(d)
+    return out
+
+
+def paired_difference(rows_a: list[dict], rows_b: list[dict], metric: str = "psnr_fg") -> dict:
+    """``metric`` of a minus b on the views both scored (matched on question, sample, n_inputs,
+    inputs, target view) -> {"n_inputs": {N: summarize(differences)}, "n_pairs"}."""
+    def key(r):
+        return (r["question"], r["sample"], r["n_inputs"], r["inputs"], r["target_view"])
+
+    b = {key(r): r for r in rows_b}
+    diffs: dict[int, list[float]] = {}
+    for r in rows_a:
+        if key(r) in b:
+            diffs.setdefault(r["n_inputs"], []).append(r[metric] - b[key(r)][metric])
+    return {"metric": metric, "n_pairs": sum(len(v) for v in diffs.values()),
+            "n_inputs": {n: metrics.summarize(v) for n, v in sorted(diffs.items())}}
+
+
+def comparison_grid(gt: torch.Tensor, pred: torch.Tensor, gain: float = 4.0) -> np.ndarray:
+    """One row per view: ground truth | render | error, as uint8 [V*H, 3*W, 3]. gt, pred
+    [V, 3, H, W] in [0, 1] on white; the error |pred - gt| (mean over RGB) x ``gain`` is drawn
+    white (0) to red (>= 1)."""
+    e = ((pred - gt).abs().mean(-3, keepdim=True) * gain).clamp(0, 1)          # [V, 1, H, W]
+    err = torch.cat([torch.ones_like(e), 1 - e, 1 - e], -3)
+    rows = torch.cat([gt, pred, err], -1)                                       # [V, 3, H, 3W]
+    img = torch.cat(list(rows), -2).clamp(0, 1)                                 # [3, V*H, 3W]
+    return (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def metrics_document(summaries: list[dict], lpips_reason: str, **sections) -> dict:
+    """The content of ``eval/metrics.json``: the protocol (name, version, rules), LPIPS availability
+    (with the reason when unavailable), the summaries, and any further sections."""
+    lp = {"available": not lpips_reason}
+    if lpips_reason:
+        lp["reason"] = lpips_reason
+    return {"protocol": dict(metrics.PROTOCOL), "lpips": lp, "summaries": summaries, **sections}
+
+
+__all__ = ["EvalConfig", "EvalResult", "view_plans", "check_plan", "load_eval_sample", "reconstruct_and_render",
+           "score", "reconstruction_rows", "end_to_end_rows", "gaussians_from_output", "to_world_mm",
+           "chamfer_to_surface", "true_surface", "reconstruct_sample", "chamfer_rows", "summarize_rows",
+           "paired_difference",
+           "comparison_grid", "metrics_document"]

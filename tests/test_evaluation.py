@@ -1,0 +1,233 @@
+"""Notebook 07's evaluation logic: held-out views only, 3D error in mm, summaries, grids."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mousefacelift import cameras, evaluation, metrics
+from mousefacelift.data.samples import sample_name, write_sample, write_split
+from mousefacelift.evaluation import (EvalConfig, chamfer_to_surface, check_plan, comparison_grid, end_to_end_rows,
+                                      paired_difference, reconstruction_rows, score, summarize_rows, to_world_mm,
+                                      view_plans)
+from mousefacelift.gaussians import Gaussians
+from mousefacelift.gslrm.model import GSLRM, GSLRMConfig, GaussianOutput
+
+SIZE = 16
+
+
+def sphere_images(w2c: torch.Tensor, K: torch.Tensor, size: int, radius: float, colour) -> np.ndarray:
+    """A ray-traced sphere at the origin coloured by its normal (red ~ x, green ~ y, so every view
+    looks different) -> uint8 [V, size, size, 4]."""
+    o, d = cameras.pixel_rays(cameras.invert_rigid(w2c), K, size, size)
+    b = (o * d).sum(-1)
+    disc = b * b - ((o * o).sum(-1) - radius ** 2)
+    hit = disc > 0
+    n = ((o + (-b - disc.clamp_min(0).sqrt())[..., None] * d) / radius).clamp(-1, 1)
+    rgb = torch.stack([0.5 + 0.5 * n[..., 0], 0.5 + 0.5 * n[..., 1], torch.full_like(n[..., 0], colour[2])], -1)
+    rgb = rgb * hit[..., None]
+    return (torch.cat([rgb, hit[..., None].double()], -1).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def make_samples(root: Path, n: int, n_views: int = 6) -> list[str]:
+    w2c, K = cameras.canonical_rig(image_size=SIZE)
+    names = []
+    for i in range(n):
+        img = sphere_images(w2c[:n_views], K[:n_views], SIZE, 0.5 + 0.1 * i, (0.9, 0.4 - 0.1 * i, 0.2))
+        names.append(f"samples/{sample_name(i)}")
+        write_sample(root / names[-1], img, w2c[:n_views], K[:n_views], [10 + v for v in range(n_views)],
+                     {"frame_index": i, "normalization": {"scale": 0.01, "center_mm": [5.0, 0.0, 30.0]}})
+    write_split(root / "splits" / "test.txt", names)
+    return names
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_data")
+    return root, make_samples(root, 2)
+
+
+def tiny_gslrm(seed: int = 0) -> GSLRM:
+    torch.manual_seed(seed)
+    return GSLRM(GSLRMConfig.tiny(image_size=SIZE, layers=1, width=32, heads=2)).eval()
+
+
+class Spy:
+    """Records the camera centres given to GS-LRM (inputs) and rendered (targets), call by call."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        forward, render = GSLRM.forward, GaussianOutput.render
+
+        def spy_forward(model, images, c2w, K):
+            self.calls.append({"inputs": c2w[..., :3, 3].detach().clone()})  # [B, Vi, 3]
+            return forward(model, images, c2w, K)
+
+        def spy_render(out, w2c, K, H, W, **kw):
+            self.calls[-1]["targets"] = cameras.camera_centers(w2c.double()).float()  # [B, Vt, 3]
+            return render(out, w2c, K, H, W, **kw)
+
+        monkeypatch.setattr(GSLRM, "forward", spy_forward)
+        monkeypatch.setattr(GaussianOutput, "render", spy_render)
+
+    def assert_disjoint(self):
+        assert self.calls
+        for c in self.calls:
+            d = torch.cdist(c["inputs"], c["targets"])  # [B, Vi, Vt]
+            assert d.min() > 0.1, "a rendered (scored) camera was also an input camera"
+
+
+# ----------------------------------------------------------------------------------------------
+def test_view_plans_hold_out_each_view_once_nested_and_seeded():
+    for n in range(1, 6):
+        plans = view_plans(6, n, sample_index=3, seed=7)
+        assert [p[1] for p in plans] == [[t] for t in range(6)]
+        for inputs, (t,) in plans:
+            assert len(inputs) == n and t not in inputs and inputs == sorted(set(inputs))
+        assert plans == view_plans(6, n, 3, 7)
+    # nested: N + 1 inputs add one view to the N inputs of the same target
+    for n in range(1, 5):
+        for (a, _), (b, _) in zip(view_plans(6, n, 3, 7), view_plans(6, n + 1, 3, 7)):
+            assert set(a) < set(b)
+    assert view_plans(6, 2, 3, 7) != view_plans(6, 2, 4, 7)  # the permutation depends on the sample
+    with pytest.raises(ValueError, match="held out"):
+        view_plans(6, 6, 0, 0)
+    with pytest.raises(ValueError, match="would be scored"):
+        check_plan([0, 2], [2, 4])
+
+
+def test_reconstruction_never_scores_an_input_view(data, monkeypatch):
+    root, names = data
+    spy = Spy(monkeypatch)
+    res = reconstruction_rows(tiny_gslrm(), root, names, [1, 3, 5], EvalConfig(plans_per_batch=4, n_examples=1))
+    spy.assert_disjoint()
+    assert len(res.rows) == len(names) * 3 * 6
+    assert not any(r["target_is_input"] for r in res.rows)
+    for r in res.rows:
+        assert str(r["target_view"]) not in r["inputs"].split() and len(r["inputs"].split()) == r["n_inputs"]
+    for name in names:
+        for n in (1, 3, 5):
+            targets = sorted(r["target_view"] for r in res.rows
+                             if r["sample"] == Path(name).name and r["n_inputs"] == n)
+            assert targets == [10 + v for v in range(6)]  # every view held out exactly once per N
+    # each call renders exactly the planned targets: 6 plans in chunks of 4 -> 2 calls per (sample, N)
+    assert len(spy.calls) == len(names) * 3 * 2 and spy.calls[0]["targets"].shape[:2] == (4, 1)
+    assert all(math.isfinite(r["psnr_fg"]) and math.isnan(r["lpips"]) for r in res.rows)
+    ex = res.examples
+    assert len(ex) == 3 and ex[0]["pred"].shape == ex[0]["gt"].shape == (6, 3, SIZE, SIZE)
+
+
+def test_a_perfect_model_scores_only_targets(data, monkeypatch):
+    """A model that returns the ground truth of whatever it renders: every score must be perfect, and
+    the scored image is the target's, not an input's (the sphere differs per view after shading)."""
+    root, names = data
+    res = reconstruction_rows(tiny_gslrm(), root, names[:1], [2], EvalConfig())
+    s = evaluation.load_eval_sample(root / names[0], SIZE)
+
+    def oracle(model, rgb, c2w, K, tw2c, tK, backend="auto"):
+        idx = [int(torch.cdist(cameras.camera_centers(tw2c[b].double()), cameras.camera_centers(s["w2c"].double()))
+                   .argmin()) for b in range(tw2c.shape[0])]
+        return None, s["rgb"][idx][:, None], s["alpha"][idx][:, None]
+
+    monkeypatch.setattr(evaluation, "reconstruct_and_render", oracle)
+    perfect = reconstruction_rows(tiny_gslrm(), root, names[:1], [2], EvalConfig())
+    assert all(r["psnr_fg"] > 100 and r["mask_iou"] == 1.0 for r in perfect.rows)
+    assert [r["target_view"] for r in perfect.rows] == [r["target_view"] for r in res.rows]
+    # the views really differ, so scoring against any other view (e.g. an input) would not be perfect
+    first_rgb, first_alpha = s["rgb"][:1].expand(5, -1, -1, -1), s["alpha"][:1].expand(5, -1, -1, -1)
+    other = score(s["rgb"][1:], s["alpha"][1:], first_rgb, first_alpha)
+    assert other["psnr_fg"].max() < 40
+
+
+def test_end_to_end_scores_every_view_but_the_reference(data, monkeypatch):
+    from diffusers import DDPMScheduler
+    from mousefacelift.mvdiffusion import MVDiffusionConfig, MVDiffusionModel, MVDiffusionPipeline, SamplerConfig
+    from mousefacelift.mvdiffusion.pipeline import PixelCodec
+
+    root, names = data
+    model = MVDiffusionModel.from_dataclass(MVDiffusionConfig.tiny(image_size=8, reference_view=2), seed=0)
+    pipe = MVDiffusionPipeline(model, DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"),
+                               PixelCodec())
+    spy = Spy(monkeypatch)
+    res = end_to_end_rows(pipe, tiny_gslrm(), root, names, SamplerConfig(steps=2), EvalConfig())
+    e2e = [r for r in res.rows if r["question"] == "end_to_end"]
+    assert len(e2e) == len(names) * 5 and all(r["target_view"] != 12 and r["inputs"] == "12" for r in e2e)
+    assert len([r for r in res.rows if r["question"] == "mvdiffusion"]) == len(e2e)
+    # GS-LRM sees the generated views at all 6 cameras; only the reference was a real input
+    assert spy.calls[0]["inputs"].shape[:2] == (1, 6) and spy.calls[0]["targets"].shape[:2] == (1, 5)
+    ex = res.examples[0]
+    assert ex["generated"].shape == (6, 3, SIZE, SIZE) and ex["views"] == [10, 11, 13, 14, 15]
+    assert len(ex["gaussians"]) > 0
+
+
+def test_chamfer_maps_gaussians_back_to_mm():
+    g = torch.Generator().manual_seed(0)
+    surface = torch.randn(200, 3, generator=g, dtype=torch.float64) * 20 + torch.tensor([100.0, -50.0, 30.0])
+    norm = {"scale": 0.02, "center_mm": [100.0, -50.0, 30.0]}
+    sim = cameras.Similarity(0.02, (100.0, -50.0, 30.0))
+    means = sim.apply_points(surface).float()
+    ones = torch.ones(200)
+    assert chamfer_to_surface(means, ones, norm, surface)["chamfer_mm"] < 1e-3
+    # a faint Gaussian far away is ignored; a half-opaque one 1000 mm away counts by its opacity
+    far = sim.apply_points(torch.tensor([[1100.0, -50.0, 30.0]], dtype=torch.float64)).float()
+    r = chamfer_to_surface(torch.cat([means, far]), torch.cat([ones, torch.tensor([0.001])]), norm, surface)
+    assert r["chamfer_mm"] < 1e-3 and r["n_gaussians"] == 200
+    r = chamfer_to_surface(torch.cat([means, far]), torch.cat([ones, torch.tensor([0.5])]), norm, surface)
+    d = (torch.tensor([1100.0, -50.0, 30.0], dtype=torch.float64) - surface).norm(dim=-1).min().item()
+    assert r["accuracy_mm"] == pytest.approx(0.5 * d / 200.5, rel=1e-4)
+    assert math.isnan(chamfer_to_surface(means, torch.zeros(200), norm, surface)["chamfer_mm"])
+
+
+def test_to_world_mm_scales_centres_and_sizes():
+    gs = Gaussians(torch.tensor([[0.0, 0.0, 0.0], [0.27, 0.0, 0.0]]), torch.tensor([[1.0, 0, 0, 0]] * 2),
+                   torch.full((2, 3), 0.01), torch.ones(2), torch.zeros(2, 3))
+    w = to_world_mm(gs, {"scale": 0.01, "center_mm": [1.0, 2.0, 3.0]})
+    torch.testing.assert_close(w.means, torch.tensor([[1.0, 2.0, 3.0], [28.0, 2.0, 3.0]]))
+    torch.testing.assert_close(w.scales, torch.ones(2, 3))
+
+
+def test_score_ignores_the_background_for_fg_metrics():
+    gt = torch.full((1, 3, 8, 8), 1.0)
+    gt[..., 2:6, 2:6] = 0.25
+    alpha = torch.zeros(1, 1, 8, 8)
+    alpha[..., 2:6, 2:6] = 1.0
+    pred = gt.clone()
+    pred[..., 0, 0] = 0.0  # background pixel only
+    m = score(pred, alpha, gt, alpha)
+    assert m["psnr_fg"].item() == pytest.approx(120.0) and m["mask_iou"].item() == 1.0
+    assert m["psnr_full"].item() == pytest.approx(-10 * math.log10(3 / (3 * 64)))
+    assert math.isnan(m["lpips"].item())
+
+
+def test_summarize_rows_and_paired_difference():
+    rows = [{"question": "reconstruction", "model": "real", "n_inputs": 1, "sample": "a", "inputs": "0",
+             "target_view": t, "psnr_fg": v} for t, v in enumerate([10.0, 12.0, float("nan")])]
+    rows += [{**rows[0], "n_inputs": 2, "psnr_fg": 20.0}]
+    s = summarize_rows(rows, metric_names=("psnr_fg",))
+    one = next(d for d in s if d["n_inputs"] == 1)
+    assert one["n_rows"] == 3 and one["psnr_fg"] == 11.0 and one["psnr_fg_n"] == 2
+    assert one["psnr_fg_ci95"] == pytest.approx(1.96 * math.sqrt(2) / math.sqrt(2))
+    other = [{**r, "model": "synthetic", "psnr_fg": r["psnr_fg"] - 1.5} for r in rows]
+    p = paired_difference(rows, other)
+    assert p["n_pairs"] == 4 and p["n_inputs"][1]["mean"] == pytest.approx(1.5) and p["n_inputs"][1]["n"] == 2
+    doc = evaluation.metrics_document(s, "VGG16 weights not found")
+    assert doc["protocol"]["name"] == metrics.PROTOCOL["name"] and doc["lpips"] == {
+        "available": False, "reason": "VGG16 weights not found"}
+
+
+def test_comparison_grid_layout():
+    gt = torch.ones(2, 3, 4, 5)
+    pred = gt.clone()
+    pred[1, :, 0, 0] = 0.0
+    grid = comparison_grid(gt, pred)
+    assert grid.shape == (8, 15, 3) and grid.dtype == np.uint8
+    assert (grid[:4, 10:] == 255).all()                     # view 0: no error, white
+    assert tuple(grid[4, 10]) == (255, 0, 0)                # view 1: full error, red
+    assert tuple(grid[4, 5]) == (0, 0, 0) and tuple(grid[4, 0]) == (255, 255, 255)
+
+
+def test_3d_error_needs_a_procedural_recording(data):
+    root, names = data
+    rows, why = evaluation.chamfer_rows(tiny_gslrm(), root, names, EvalConfig())
+    assert rows == [] and "recording" in why
