@@ -99,3 +99,95 @@ def test_03_pixel_based_is_uniform_but_inconsistent_without_camera_updates(tiny_
     assert r["pixel_based_com_offset_px"] < 3 and r["pixel_based_size_cv"] < 0.02
     assert r["pixel_based_reproj_updated_px"] < 1.0 < 3.0 < r["pixel_based_reproj_unchanged_px"]
     assert r["hull_iou_consistent"] > r["hull_iou_inconsistent"] + 0.05
+
+
+def test_04_mvdiffusion_trains_exports_and_scores_held_out_views(tiny_run):
+    import math
+
+    run, _ = tiny_run
+    r = results(tiny_run, "04_mvdiffusion_finetune")
+    assert r["steps"] == r["steps_this_call"] == 100 and r["resumed_from_step"] == 0
+    assert r["loss_last"] < r["loss_first"]  # the tiny model learns something in 100 steps
+    assert (run / "mvdiffusion" / "pipeline" / "model_index.json").is_file()
+    assert (run / "mvdiffusion" / "checkpoints" / "ckpt_0000000000000100.pt").is_file()  # resume point
+    # held-out numbers: every test sample, the 5 non-reference views of each
+    assert r["test_n_objects"] == results(tiny_run, "01_data_extraction")["test"]
+    assert r["test_n_views"] == 5 * r["test_n_objects"]
+    assert math.isfinite(r["test_psnr_fg"]) and 0.0 <= r["test_mask_iou"] <= 1.0
+    assert math.isfinite(r["baseline_psnr_fg"])
+    assert [(q["sampler"], q["steps"]) for q in r["quality_vs_steps"]] == [("ddim", 2), ("ddim", 6), ("dpm", 2),
+                                                                          ("dpm", 6)]
+
+
+def test_05_synthetic_samples_keep_the_source_cameras(tiny_run):
+    import math
+
+    from mousefacelift.data import samples
+
+    run, _ = tiny_run
+    r = results(tiny_run, "05_synthetic_generation")
+    train = samples.read_split(run / "data" / "splits" / "train.txt")
+    assert r["n_samples"] == min(6, len(train)) and r["written"] + r["skipped"] == r["n_samples"]
+    names = samples.read_split(run / r["split_file"])
+    assert names == train[:r["n_samples"]]  # same relative paths, under data/synthetic/
+    for name in names:
+        syn, src = samples.read_sample(run / "data" / "synthetic" / name), samples.read_sample(run / "data" / name)
+        assert syn.images.shape[-1] == r["image_size"] == 32 and syn.view_ids == src.view_ids
+        assert bool((syn.w2c == src.w2c).all())
+        assert syn.provenance["source_sample"] == f"data/{name}"
+    assert r["w2c_max_abs_diff"] == 0.0 and r["K_max_abs_diff"] < 1e-9
+    assert r["fit_n_views"] == 5 * r["n_samples"] and r["fit_is_held_out"] is False
+    assert math.isfinite(r["fit_psnr_fg"]) and 0.0 <= r["fit_mask_iou"] <= 1.0
+
+
+
+def test_07_evaluation_scores_held_out_views_by_the_protocol(tiny_run):
+    import csv
+    import math
+
+    from mousefacelift import metrics
+
+    run, _ = tiny_run
+    r = results(tiny_run, "07_evaluation")
+    assert r["protocol"] == metrics.PROTOCOL["name"] and r["protocol_version"] == metrics.PROTOCOL["version"]
+    assert r["inputs_scored"] == 0 and r["n_samples"] == 1
+    rows = list(csv.DictReader((run / "eval" / "per_view.csv").open()))
+    assert len(rows) == r["n_views_scored"] == 3 * 6 + 2 * 5 + 6  # N = 1, 3, 5; end to end + generated; question 3
+    for row in rows:
+        assert row["target_is_input"] == "False" and row["target_view"] not in row["inputs"].split()
+    assert sorted(r["reconstruction_psnr_fg"]) == ["1", "3", "5"]
+    assert all(math.isfinite(v) for v in r["reconstruction_psnr_fg"].values())
+    assert math.isfinite(r["end_to_end_psnr_fg"]) and 0.0 <= r["end_to_end_mask_iou"] <= 1.0
+    assert r["real_minus_synthetic_psnr_fg"] == {"5": 0.0}  # tiny.yaml compares the checkpoint with itself
+    assert r["chamfer_mm"] is not None and 0 < r["chamfer_mm"] < 500  # procedural data: 3D error in mm
+    doc = json.loads((run / "eval" / "metrics.json").read_text())
+    assert doc["protocol"]["name"] == metrics.PROTOCOL["name"]
+    assert doc["lpips"]["available"] == r["lpips_available"] and (doc["lpips"]["available"] or doc["lpips"]["reason"])
+    assert r["plys"] and all((run / p).is_file() for p in r["plys"] + r["videos"])
+
+
+def test_06_gslrm_trains_resumably_and_scores_real_test_views(tiny_run):
+    import math
+
+    import torch
+
+    from mousefacelift.gslrm.model import read_checkpoint
+
+    run, _ = tiny_run
+    r = results(tiny_run, "06_gslrm_finetune")
+    assert r["steps"] == r["steps_this_call"] == 30 and r["resumed_from_step"] == 0  # tiny.yaml: 30 steps
+    assert r["applied_step_ratio"] == r["param_update_step"] / r["steps"] and 0.9 <= r["applied_step_ratio"] <= 1.0
+    assert r["train_on"] == "real" and r["n_test_views"] >= 1
+    assert all(math.isfinite(r[k]) for k in ("psnr_fg", "ssim_fg", "psnr_full", "loss_first", "loss_last"))
+    assert 0.0 <= r["mask_iou"] <= 1.0 and r["loss_last"] < r["loss_first"]
+    ckpts = sorted(p.name for p in (run / "gslrm").glob("ckpt_*.pt"))
+    assert ckpts == ["ckpt_0000000000000020.pt", "ckpt_0000000000000030.pt"]  # every 10 steps, keep_last 2
+    ckpt = read_checkpoint(run / "gslrm" / ckpts[-1])
+    assert {"model", "optimizer", "lr_scheduler", "fwdbwd_pass_step", "param_update_step", "config"} <= set(ckpt)
+    assert ckpt["fwdbwd_pass_step"] == 30 and ckpt["config"]["image_size"] == 32
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    rows = [json.loads(line) for line in (run / "gslrm" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 30 and "applied_step_ratio" in rows[0]
+    held = (run / "gslrm" / "test_per_view.csv").read_text().splitlines()
+    assert len(held) == 1 + r["n_test_views"]
+    assert (run / r["ply"]).is_file() and (run / r["turntable"]).is_file()

@@ -105,6 +105,17 @@ class GaussianOutput:
         """Centres of the pixel-aligned Gaussians as an image, [B, V, H, W, 3]."""
         return self.means[:, self.n_global:].reshape(self.means.shape[0], views, height, width, 3)
 
+    def scene(self, b: int = 0):
+        """Batch item ``b`` as a :class:`mousefacelift.gaussians.Gaussians` (for PLY export and
+        turntables), detached, fp32, on the same device. Degree-0 colour only."""
+        from ..gaussians import Gaussians
+
+        if self.sh_degree != 0:
+            raise ValueError(f"GaussianOutput.scene: sh_degree {self.sh_degree} > 0 is not supported by "
+                             "Gaussians / write_ply (use sh_degree=0)")
+        return Gaussians(*(t[b].detach().float() for t in (self.means, self.quats, self.scales, self.opacities,
+                                                            self.sh0)))
+
     def render(self, w2c: torch.Tensor, K: torch.Tensor, height: int, width: int,
                background=(1.0, 1.0, 1.0), backend: str = "auto"):
         """Render with :func:`mousefacelift.gaussians.rasterize`.

@@ -425,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         write_summary(cfg, summary)
         log.info("done: %s", json.dumps(short))
     if dist.is_initialized():
+        dist.barrier()  # tear down together: a rank leaving while rank 0 still writes can abort in gloo
         dist.destroy_process_group()
     return 0
 
