@@ -19,8 +19,10 @@ import datetime as dt
 import html
 import json
 import logging
+import os
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -89,7 +91,6 @@ def environment_info() -> dict:
             device["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except ImportError:
         device["cuda"] = False
-    import os
     device["cpu_count"] = os.cpu_count()
     return {"git_commit": _git("rev-parse", "HEAD") or None, "git_dirty": bool(_git("status", "--porcelain")),
             "packages": versions, "device": device}
@@ -145,11 +146,22 @@ def _write_manifest(plan: RunPlan) -> None:
     (plan.run_dir / "manifest.json").write_text(json.dumps(plan.manifest, indent=1, default=str))
 
 
+def _prefer_this_environment_kernels() -> None:
+    """Kernels registered inside the running environment (`make setup` installs ours with
+    --sys-prefix) come before per-user ones, so another clone's `mousefacelift` kernel never runs
+    this checkout's notebooks with the wrong interpreter."""
+    here = str(Path(sys.prefix) / "share" / "jupyter")
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([here, *paths])
+
+
 def execute(plan: RunPlan) -> dict:
     """Steps 3-4: run the planned notebooks; returns the manifest. Raises RunError on a failure
     after recording it (the executed notebook with its traceback stays in the run folder)."""
     import papermill as pm
 
+    _prefer_this_environment_kernels()
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = plan.run_dir / "manifest.json"
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
