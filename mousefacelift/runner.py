@@ -238,9 +238,14 @@ def export_html(nb_path: Path, out_path: Path) -> None:
     out_path.write_text(body)
 
 
+HEADLINE_KEYS = ("psnr_fg", "ssim_fg", "mask_iou", "n_written", "reprojection_mean_px", "centre_within_5mm")
+
+
 def _headline(results: dict, limit: int = 4) -> str:
-    nums = [(k, v) for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return ", ".join(f"{k}={v:.4g}" for k, v in nums[:limit])
+    """The protocol's primary numbers first, then whatever else the notebook recorded."""
+    nums = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    order = [k for k in HEADLINE_KEYS if k in nums] + [k for k in nums if k not in HEADLINE_KEYS]
+    return ", ".join(f"{k}={nums[k]:.4g}" for k in order[:limit])
 
 
 def write_report(run_dir: Path) -> Path:
@@ -288,6 +293,6 @@ def list_runs(runs_root: str | Path = "runs") -> list[dict]:
             continue
         heads = [f"{s[:2]}: {_headline(e.get('results', {}), 3)}" for s, e in man.get("notebooks", {}).items()
                  if e.get("results")]
-        rows.append({"name": man.get("name", m.parent.name), "status": man.get("status"),
+        rows.append({"name": m.parent.name, "status": man.get("status"),
                      "started": man.get("started"), "duration_s": man.get("duration_s"), "headline": "; ".join(heads)})
     return rows
