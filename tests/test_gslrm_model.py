@@ -262,3 +262,17 @@ def test_cuda_bf16_forward_render_backward():
     with torch.no_grad():
         ref = _tiny(seed=2).to(device)(images, c2w, K)
     assert (g.means[:, 2:] - ref.means[:, 2:]).abs().max() < 0.1
+
+
+def test_render_global_off_zeroes_only_the_global_opacities():
+    torch.manual_seed(0)
+    on = GSLRM(GSLRMConfig.tiny(image_size=16))
+    off = GSLRM(GSLRMConfig.tiny(image_size=16, render_global=False))
+    off.load_state_dict(on.state_dict())  # same weights, same keys
+    w2c, K = cameras.canonical_rig(image_size=16)
+    c2w = cameras.invert_rigid(w2c).float()[None, :3]
+    imgs = torch.rand(1, 3, 3, 16, 16)
+    a, b = on(imgs, c2w, K.float()[None, :3]), off(imgs, c2w, K.float()[None, :3])
+    assert (a.opacities[:, :2] > 0).all() and (b.opacities[:, :2] == 0).all()
+    torch.testing.assert_close(a.opacities[:, 2:], b.opacities[:, 2:])
+    torch.testing.assert_close(a.means, b.means)

@@ -56,6 +56,9 @@ class GSLRMConfig:
     scale_bias: float = -2.3          # scale = exp(min(x + scale_bias, scale_max_log))
     scale_max_log: float = -1.2
     opacity_bias: float = -2.0        # opacity = sigmoid(x + opacity_bias)
+    render_global: bool = True        # False: the global Gaussians get opacity 0 (their tokens still attend).
+    #                                   From scratch on object-centred data, two global Gaussians can
+    #                                   learn a generic blob at the origin and starve the pixel-aligned ones
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -288,8 +291,17 @@ class GSLRM(nn.Module):
             means=xyz,
             quats=F.normalize(quat, dim=-1, eps=1e-8),
             scales=torch.exp((scale + cfg.scale_bias).clamp(max=cfg.scale_max_log)),
-            opacities=torch.sigmoid(opacity[..., 0] + cfg.opacity_bias),
+            opacities=self._opacities(opacity[..., 0]),
             sh0=sh[:, :, 0], sh_rest=sh[:, :, 1:], n_global=cfg.n_global, sh_degree=cfg.sh_degree)
+
+    def _opacities(self, raw: torch.Tensor) -> torch.Tensor:
+        """raw [B, N] -> opacities [B, N]; the first n_global are zeroed when render_global is off."""
+        op = torch.sigmoid(raw + self.cfg.opacity_bias)
+        if not self.cfg.render_global:
+            keep = torch.ones(op.shape[1], dtype=op.dtype, device=op.device)
+            keep[:self.cfg.n_global] = 0.0
+            op = op * keep
+        return op
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
