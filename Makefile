@@ -25,7 +25,7 @@ demo: setup
 	$(BIN)/mfl run params/demo.yaml
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-gpu: setup
 	$(BIN)/python -m pytest -q -m gpu
