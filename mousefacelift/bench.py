@@ -274,6 +274,49 @@ def bench_gslrm(device: torch.device) -> list[dict]:
                 both = timed(lambda: infer(compiled), device, repeats=10, warmup=3)
             rows.append(row("gslrm", "inference 6 views @512: torch.compile + cuDNN attention", both, "ms",
                             f"{fl / (both / 1e3) / 1e12:.0f} TFLOP/s"))
+            try:  # a profiler problem must not cost the timings above
+                rows += profile_gslrm_inference(lambda: infer(model), cfg, 6, size)
+            except Exception as e:
+                log.warning("GS-LRM inference profile failed: %s", e)
+                rows.append(row("gslrm", f"inference 6 views @{size} profile", float("nan"), "", f"failed: {e}"))
+    return rows
+
+
+def kernel_category(name: str) -> str:
+    """Coarse class of a CUDA kernel name: attention, matmul or other (elementwise, norms, copies)."""
+    n = name.lower()
+    if any(k in n for k in ("flash", "fmha", "attention", "sdpa", "attn")):
+        return "attention"
+    if any(k in n for k in ("gemm", "cutlass", "nvjet", "cublas", "sm90_xmma", "matmul")):
+        return "matmul"
+    return "other"
+
+
+def profile_gslrm_inference(fn, cfg, n_views: int, size: int) -> list[dict]:
+    """Where the eager inference time goes: CUDA kernel time by class (torch.profiler, one call
+    after warm-up), and the TFLOP/s each class reaches on its analytic FLOPs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn(), fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    by_class: dict[str, float] = {}
+    for evt in prof.key_averages():
+        us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
+        if us and evt.device_type == torch.autograd.DeviceType.CUDA:
+            by_class[kernel_category(evt.key)] = by_class.get(kernel_category(evt.key), 0.0) + us / 1e3
+    total = sum(by_class.values())
+    L, D, n = n_views * (size // cfg.patch) ** 2 + cfg.n_global, cfg.width, cfg.layers
+    flops = {"attention": n * 4 * L * L * D, "matmul": n * 2 * L * (4 + 2 * cfg.mlp_ratio) * D * D}
+    rows = []
+    for cls in ("attention", "matmul", "other"):
+        ms = by_class.get(cls, 0.0)
+        note = f"{ms / total:.0%} of {total:.1f} ms kernel time" if total else ""
+        if cls in flops and ms:
+            note += f"; {flops[cls] / (ms / 1e3) / 1e12:.0f} TFLOP/s on its {flops[cls] / 1e12:.1f} TFLOP"
+        rows.append(row("gslrm", f"inference 6 views @{size} profile: {cls} kernels", ms, "ms", note))
     return rows
 
 

@@ -8,6 +8,7 @@ device: cpu
 01_data_extraction:          # a section: goes to notebook 01 only
   n_frames: 40
 ```
+A variant may start from another file with ``base: gpu.yaml`` and list only what differs.
 Every key is checked before anything runs. papermill only warns about unknown keys, which lets a
 typo silently run the default; here an unknown key is an error that names the YAML file, the key,
 the closest valid name and the valid list, and a value of the wrong type is an error too.
@@ -96,17 +97,34 @@ def _unknown_key(where: str, key: str, valid: list[str]) -> ParamsError:
     return ParamsError(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(sorted(valid))}")
 
 
-def load_yaml(path: str | Path) -> dict:
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """Read a params YAML. A top-level ``base: other.yaml`` (relative to this file) is read first
+    and this file's keys override it: shared keys replace, sections merge key by key."""
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"params file {path} not found")
+        where = f" (base of {_chain[-1]})" if _chain else ""
+        raise ParamsError(f"params file {path}{where} not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
-    return data
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ParamsError(f"{path}: base must be the path of another params file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in _chain or base_path == path.resolve():
+        raise ParamsError(f"{path}: base {base!r} makes a cycle ({' -> '.join(map(str, (*_chain, path)))})")
+    merged = load_yaml(base_path, (*_chain, path.resolve()))
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def resolve(params_path: str | Path, notebooks: dict[str, Path]) -> dict[str, dict]:

@@ -16,6 +16,7 @@ Steps of a run:
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import html
 import json
 import logging
@@ -92,8 +93,12 @@ def environment_info() -> dict:
     except ImportError:
         device["cuda"] = False
     device["cpu_count"] = os.cpu_count()
-    return {"git_commit": _git("rev-parse", "HEAD") or None, "git_dirty": bool(_git("status", "--porcelain")),
-            "packages": versions, "device": device}
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        source = {"git_commit": commit, "git_dirty": bool(_git("status", "--porcelain"))}
+    else:  # a copy without .git (e.g. sent to a GPU machine): the sender may name its commit
+        source = {"git_commit": os.environ.get("MFL_GIT_COMMIT") or None, "git_dirty": None}
+    return {**source, "packages": versions, "device": device}
 
 
 @dataclass
@@ -143,7 +148,34 @@ def _error_location(nb_path: Path) -> str:
 
 
 def _write_manifest(plan: RunPlan) -> None:
-    (plan.run_dir / "manifest.json").write_text(json.dumps(plan.manifest, indent=1, default=str))
+    """Merge this process's notebook entries into ``manifest.json`` under a lock, atomically.
+
+    Two ``mfl run --overwrite --only`` processes may work on one run folder at once (notebooks 04
+    and 06 only share notebook 01's samples); each keeps the other's records. The run's status
+    is derived from all entries: running while any is running or pending, else failed if any
+    failed, else ok."""
+    path = plan.run_dir / "manifest.json"
+    with open(plan.run_dir / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            on_disk = json.loads(path.read_text()) if path.is_file() else {}
+        except ValueError:
+            on_disk = {}
+        mine = {s: plan.manifest["notebooks"][s] for s in plan.stems}
+        notebooks = dict(sorted({**on_disk.get("notebooks", {}), **mine}.items()))
+        statuses = {e.get("status") for e in notebooks.values() if isinstance(e, dict)}
+        merged = {**plan.manifest, "notebooks": notebooks,
+                  "params": {**on_disk.get("params", {}), **plan.manifest.get("params", {})},
+                  "status": "running" if statuses & {"running", "pending"} else
+                            "failed" if "failed" in statuses else "ok",
+                  "duration_s": round(sum(e.get("duration_s", 0) for e in notebooks.values()
+                                          if isinstance(e, dict)), 2)}
+        if merged["status"] == "running":
+            merged.pop("ended", None)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(merged, indent=1, default=str))
+        os.replace(tmp, path)
+    plan.manifest = merged
 
 
 def _prefer_this_environment_kernels() -> None:
@@ -210,10 +242,10 @@ def execute(plan: RunPlan) -> dict:
         _write_manifest(plan)
         if failure:
             break
-    plan.manifest["status"] = "failed" if failure else "ok"
+    for stem in plan.stems:  # after a failure, the later notebooks were never started
+        if plan.manifest["notebooks"][stem].get("status") == "pending":
+            plan.manifest["notebooks"][stem]["status"] = "not run"
     plan.manifest["ended"] = dt.datetime.now().isoformat(timespec="seconds")
-    plan.manifest["duration_s"] = round(sum(e.get("duration_s", 0) for e in plan.manifest["notebooks"].values()
-                                            if isinstance(e, dict)), 2)
     _write_manifest(plan)
     write_report(plan.run_dir)
     if failure:

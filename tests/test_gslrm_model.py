@@ -276,3 +276,40 @@ def test_render_global_off_zeroes_only_the_global_opacities():
     assert (a.opacities[:, :2] > 0).all() and (b.opacities[:, :2] == 0).all()
     torch.testing.assert_close(a.opacities[:, 2:], b.opacities[:, 2:])
     torch.testing.assert_close(a.means, b.means)
+
+
+def test_qk_norm_adds_no_keys_and_matches_slow_reference():
+    cfg = GSLRMConfig.tiny(qk_norm=True)
+    torch.manual_seed(0)
+    attn = SelfAttention(cfg)
+    assert set(attn.state_dict()) == set(SelfAttention(GSLRMConfig.tiny()).state_dict())
+    x = 30 * torch.randn(2, 10, cfg.width)  # large inputs: unnormalized logits would saturate
+    W = attn.to_qkv.weight
+    D, h = cfg.width, cfg.heads
+    q, k, v = x @ W[:D].T, x @ W[D:2 * D].T, x @ W[2 * D:].T
+    outs = []
+    for i in range(h):
+        s = slice(i * D // h, (i + 1) * D // h)
+        qi = q[..., s] / q[..., s].pow(2).mean(-1, keepdim=True).sqrt()
+        ki = k[..., s] / k[..., s].pow(2).mean(-1, keepdim=True).sqrt()
+        logits = qi @ ki.transpose(1, 2) / math.sqrt(D // h)
+        assert logits.abs().max() <= math.sqrt(D // h) + 1e-4  # bounded by Cauchy-Schwarz
+        outs.append(torch.softmax(logits, -1) @ v[..., s])
+    ref = torch.cat(outs, -1) @ attn.fc.weight.T
+    assert torch.allclose(attn(x), ref, atol=1e-4)
+
+
+def test_color_from_input_starts_pixel_gaussians_at_their_input_colour():
+    from mousefacelift.gaussians import SH_C0
+
+    model = _tiny(color_from_input=True, image_size=16)
+    torch.nn.init.zeros_(model.pixel_gaussian_decoder[1].weight)  # no residual
+    imgs, c2w, K = _inputs(batch=2, views=3, size=16)
+    out = model(imgs, c2w, K)
+    colour = (0.5 + SH_C0 * out.sh0[:, model.cfg.n_global:]).reshape(2, 3, 16, 16, 3)
+    torch.testing.assert_close(colour, imgs.permute(0, 1, 3, 4, 2), atol=1e-5, rtol=0)
+    plain = _tiny(image_size=16)
+    plain.load_state_dict(model.state_dict())  # same keys and weights: only the colour differs
+    ref = plain(imgs, c2w, K)
+    torch.testing.assert_close(ref.means, out.means)
+    assert ref.sh0[:, model.cfg.n_global:].abs().max() == 0

@@ -70,3 +70,26 @@ def test_non_literal_default_rejected(tmp_path):
     nb = make_notebook(tmp_path / "01_x.ipynb", "import os\nx = 1")
     with pytest.raises(ParamsError, match="only hold"):
         notebook_parameters(nb)
+
+
+def test_base_file_is_read_first_and_overridden(tmp_path, notebooks):
+    (tmp_path / "gpu.yaml").write_text("seed: 3\ndevice: cuda\n01_extract:\n  n_frames: 8\n  scale: 2\n")
+    variant = tmp_path / "sub" / "variant.yaml"
+    variant.parent.mkdir()
+    variant.write_text("base: ../gpu.yaml\nseed: 5\n01_extract:\n  scale: 0.5\n")
+    resolved = resolve(variant, notebooks)
+    assert resolved["01_extract"] == {"seed": 5, "device": "cuda", "n_frames": 8, "scale": 0.5}
+    assert resolved["02_train"] == {"seed": 5}
+
+
+def test_base_errors_name_the_file(tmp_path, notebooks):
+    p = write(tmp_path, "base: missing.yaml\n")
+    with pytest.raises(ParamsError, match=r"missing.yaml \(base of .*p.yaml\) not found"):
+        resolve(p, notebooks)
+    (tmp_path / "a.yaml").write_text("base: p.yaml\n")
+    write(tmp_path, "base: a.yaml\n")
+    with pytest.raises(ParamsError, match="cycle"):
+        resolve(p, notebooks)
+    (tmp_path / "b.yaml").write_text("base: b.yaml\n01_extract:\n  n_frame: 3\n")
+    with pytest.raises(ParamsError, match="cycle"):
+        resolve(tmp_path / "b.yaml", notebooks)

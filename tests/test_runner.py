@@ -77,7 +77,7 @@ def test_failing_notebook_keeps_traceback_and_stops(project, capsys):
     man = json.loads((run / "manifest.json").read_text())
     assert man["status"] == "failed"
     assert man["notebooks"]["02_use"]["status"] == "failed"
-    assert man["notebooks"]["03_last"]["status"] == "pending" and not (run / "03_last.ipynb").exists()
+    assert man["notebooks"]["03_last"]["status"] == "not run" and not (run / "03_last.ipynb").exists()
     executed = nbformat.read(str(run / "02_use.ipynb"), as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors and errors[0].evalue == "boom on purpose"
@@ -96,3 +96,29 @@ def test_only_and_from_run(project):
 def test_only_rejects_unknown_notebook(project):
     with pytest.raises(runner.RunError, match="matches no notebook"):
         runner.plan_run(project / "p.yaml", only="09", notebooks_dir=project / "notebooks", runs_root=project / "runs")
+
+
+def test_two_processes_on_one_run_folder_keep_each_others_records(project):
+    """`mfl run --overwrite --only 02` and `--only 03` at once (as 04 and 06 on a GPU): the manifest
+    merges their entries whatever the order of their writes, and the status waits for both."""
+    assert run_cli(project, "--name", "par", "--only", "01") == 0
+    run = project / "runs" / "par"
+    plan_a = runner.plan_run(project / "p.yaml", only="02", name="par", overwrite=True,
+                             runs_root=project / "runs", notebooks_dir=project / "notebooks")
+    plan_b = runner.plan_run(project / "p.yaml", only="03", name="par", overwrite=True,
+                             runs_root=project / "runs", notebooks_dir=project / "notebooks")
+    for plan, stem in ((plan_a, "02_use"), (plan_b, "03_last")):  # both started, from stale copies
+        plan.manifest = {"name": "par", "notebooks": {stem: {"status": "running"}}, "params": {}}
+        runner._write_manifest(plan)
+    plan_a.manifest["notebooks"]["02_use"].update(status="ok", duration_s=1.5)
+    runner._write_manifest(plan_a)
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["notebooks"]["01_make"]["status"] == "ok"          # the earlier run's record survives
+    assert man["notebooks"]["02_use"]["status"] == "ok"
+    assert man["notebooks"]["03_last"]["status"] == "running"     # b's record survives a's later write
+    assert man["status"] == "running"
+    plan_b.manifest["notebooks"]["03_last"].update(status="failed", duration_s=0.5)
+    runner._write_manifest(plan_b)
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["notebooks"]["02_use"]["status"] == "ok" and man["status"] == "failed"
+    assert man["duration_s"] == pytest.approx(1.5 + 0.5 + man["notebooks"]["01_make"]["duration_s"])

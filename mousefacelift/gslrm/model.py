@@ -36,6 +36,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import cameras
 
+SH_C0 = 0.28209479177387814  # degree-0 real spherical harmonic: colour = 0.5 + SH_C0 * sh0
+
 log = logging.getLogger(__name__)
 
 
@@ -59,6 +61,12 @@ class GSLRMConfig:
     render_global: bool = True        # False: the global Gaussians get opacity 0 (their tokens still attend).
     #                                   From scratch on object-centred data, two global Gaussians can
     #                                   learn a generic blob at the origin and starve the pixel-aligned ones
+    color_from_input: bool = False    # True: a pixel-aligned Gaussian's colour = its input pixel's colour + the
+    #                                   predicted residual. From scratch the trunk then need not learn to copy
+    #                                   colours through 9-channel patches; False for FaceLift's weights
+    qk_norm: bool = False             # True: parameter-free RMS norm of queries and keys per head (no new
+    #                                   state-dict keys). Bounds attention logits so a from-scratch run takes a
+    #                                   higher learning rate; False reproduces FaceLift's attention
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -169,6 +177,7 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: GSLRMConfig):
         super().__init__()
         self.heads = cfg.heads
+        self.qk_norm = cfg.qk_norm
         self.to_qkv = nn.Linear(cfg.width, 3 * cfg.width, bias=False)  # rows: q | k | v
         self.fc = nn.Linear(cfg.width, cfg.width, bias=False)
 
@@ -176,6 +185,8 @@ class SelfAttention(nn.Module):
         B, L, D = x.shape
         q, k, v = self.to_qkv(x).split(D, dim=2)                  # [B, L, D] each
         q, k, v = (t.reshape(B, L, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:  # unit-RMS rows: logits q.k / sqrt(dh) stay within +-sqrt(dh)
+            q, k = F.rms_norm(q, q.shape[-1:]), F.rms_norm(k, k.shape[-1:])
         y = F.scaled_dot_product_attention(q, k, v)               # [B, h, L, dh]
         return self.fc(y.transpose(1, 2).reshape(B, L, D))
 
@@ -271,13 +282,16 @@ class GSLRM(nn.Module):
         pix_raw = pix_raw.reshape(B, V, H, W, k)                  # [B, V, H, W, k] raster order
         # 5. activations (fp32)
         with torch.autocast(device_type=images.device.type, enabled=False):
-            return self._activate(glob_raw.float(), pix_raw.float(), o, d)
+            return self._activate(glob_raw.float(), pix_raw.float(), o, d, images.float())
 
-    def _activate(self, glob_raw: torch.Tensor, pix_raw: torch.Tensor, o: torch.Tensor, d: torch.Tensor
-                  ) -> GaussianOutput:
-        """glob_raw [B, G, k]; pix_raw, o, d [B, V, H, W, k|3] -> GaussianOutput."""
+    def _activate(self, glob_raw: torch.Tensor, pix_raw: torch.Tensor, o: torch.Tensor, d: torch.Tensor,
+                  images: torch.Tensor) -> GaussianOutput:
+        """glob_raw [B, G, k]; pix_raw, o, d [B, V, H, W, k|3]; images [B, V, 3, H, W] -> GaussianOutput."""
         cfg = self.cfg
         B = pix_raw.shape[0]
+        if cfg.color_from_input:  # residual on the SH0 coefficients that reproduce the input pixel's colour
+            rgb = images.permute(0, 1, 3, 4, 2)                   # [B, V, H, W, 3]
+            pix_raw = torch.cat([pix_raw[..., :3], pix_raw[..., 3:6] + (rgb - 0.5) / SH_C0, pix_raw[..., 6:]], -1)
         # pixel-aligned centres: t = t0 + range * (2 sigmoid(mean(xyz_raw)) - 1), xyz = o + t d
         t0 = -(o * d).sum(-1, keepdim=True)                       # [B, V, H, W, 1]
         t = t0 + cfg.depth_range * (2 * torch.sigmoid(pix_raw[..., :3].mean(-1, keepdim=True)) - 1)

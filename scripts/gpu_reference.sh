@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU reference run (issue 10): params/gpu.yaml end to end on one GPU.
+#
+#   scripts/gpu_reference.sh [NAME] [PARAMS] [SYNTHETIC_PARAMS]
+#
+# 1. notebooks 01-03 (data, cameras, preprocessing);
+# 2. two chains at once on the same GPU, since they only share notebook 01's samples:
+#      a. 04 MVDiffusion -> 05 generation -> 06 GS-LRM on the generated samples (runs/NAME-synthetic)
+#      b. 06 GS-LRM on the real samples
+#    (`mfl run` merges their records in runs/NAME/manifest.json);
+# 3. notebook 07 once both GS-LRMs exist; 4. `mfl bench` into runs/NAME/bench.
+# Each step is an ordinary `mfl run`, so a step that failed can be re-run by hand with --overwrite.
+# Logs: runs/NAME/logs/. Set MFL="..." to choose the CLI (default: python3 -m mousefacelift.cli) and
+# MFL_RUN_ARGS (e.g. "--kernel python3") for options passed to every `mfl run`; BENCH=0 skips step 4.
+# In a copy without .git, MFL_GIT_COMMIT names the commit for the manifests.
+set -uo pipefail
+name=${1:-h200-reference}
+params=${2:-params/gpu.yaml}
+synthetic=${3:-params/gpu-synthetic.yaml}
+mfl=${MFL:-python3 -m mousefacelift.cli}
+args=${MFL_RUN_ARGS:-}
+run=runs/$name
+say() { echo "[$(date +%H:%M:%S)] $*"; }
+
+say "01-03 -> $run"
+$mfl run "$params" --only 01,02,03 --name "$name" $args || { say "01-03 failed"; exit 1; }
+mkdir -p "$run/logs"
+
+say "06 (real) beside 04 -> 05 -> 06 (synthetic); logs in $run/logs"
+$mfl run "$params" --only 06 --name "$name" --overwrite $args > "$run/logs/06_real.log" 2>&1 &
+real=$!
+( $mfl run "$params" --only 04,05 --name "$name" --overwrite $args > "$run/logs/04_05.log" 2>&1 &&
+  $mfl run "$synthetic" --only 06 --from-run "$run" --name "$name-synthetic" $args > "$run/logs/06_synthetic.log" 2>&1 ) &
+generated=$!
+wait $real; real_rc=$?
+say "06 (real) exit $real_rc"
+wait $generated; generated_rc=$?
+say "04 -> 05 -> 06 (synthetic) exit $generated_rc"
+
+if [ "$real_rc" -eq 0 ]; then
+  eval_params=$params
+  if [ "$generated_rc" -ne 0 ]; then  # no GS-LRM on generated samples: 07 without question 3
+    eval_params=$run/logs/07_without_question_3.yaml
+    printf 'base: %s\n07_evaluation:\n  gslrm_synthetic_dir: ""\n' "$(realpath "$params")" > "$eval_params"
+  fi
+  say "07 ($eval_params)"
+  $mfl run "$eval_params" --only 07 --name "$name" --overwrite $args > "$run/logs/07.log" 2>&1
+  say "07 exit $?"
+fi
+if [ "${BENCH:-1}" != 0 ]; then
+  say "bench"
+  $mfl bench --out "$run/bench" > "$run/logs/bench.log" 2>&1
+  say "bench exit $?"
+fi
+$mfl list
