@@ -282,6 +282,52 @@ def bench_gslrm(device: torch.device) -> list[dict]:
     return rows
 
 
+def bench_gslrm_scaling(device: torch.device, process_counts: tuple[int, ...] | None = None,
+                        steps: int = 12) -> list[dict]:
+    """GS-LRM data-parallel scaling: the same training step (batch per process fixed: weak scaling)
+    under torchrun with 1, 2, 4, ... processes, one per GPU (NCCL). Reports samples/s and the
+    efficiency against N x the one-process figure, all measured in this call. Full config at
+    256 px with batch 4 per GPU on CUDA; on a CPU only when ``process_counts`` is given (tiny
+    config, gloo: a check of the mechanics, not a speed figure)."""
+    from .gslrm.data import DataConfig
+    from .gslrm.launch import launch
+    from .gslrm.model import GSLRMConfig
+    from .gslrm.train import TrainConfig
+    from .tracking import TrackingConfig
+
+    cuda = device.type == "cuda"
+    n_gpus = torch.cuda.device_count() if cuda else 0
+    if process_counts is None:
+        if n_gpus < 2:
+            return [row("gslrm_scaling", "DDP scaling", float("nan"), "",
+                        f"skipped: needs 2 or more GPUs, this machine has {n_gpus}")]
+        process_counts = tuple(n for n in (1, 2, 4, 8, 16) if n <= n_gpus)
+        if n_gpus not in process_counts:
+            process_counts += (n_gpus,)
+    size, batch = (256, 4) if cuda else (32, 2)
+    model_cfg = GSLRMConfig.full(image_size=size) if cuda else GSLRMConfig.tiny(image_size=size)
+    rows, base = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "samples"
+        _gslrm_samples(root, batch * max(process_counts), size)
+        for n in process_counts:
+            cfg = TrainConfig(output_dir=str(Path(tmp) / f"ddp{n}"), data_root=str(root), train_split="train.txt",
+                              model=model_cfg, data=DataConfig(input_views=5, augment=False), steps=steps,
+                              batch_size=batch, device=device.type, tracking=TrackingConfig(mode="disabled"),
+                              resume=False, progress_bar=False, warmup_steps=1, checkpoint_every=10 ** 6,
+                              keep_last=1, num_workers=2, log_every=10 ** 6)
+            summary = launch(cfg, launcher="torchrun", nproc_per_node=n)
+            rate = n * batch / summary["step_seconds_median"]
+            base = base or rate / n
+            what = f"train step @{size}, batch {batch} per process, {n} process{'es' if n > 1 else ''}"
+            rows += [row("gslrm_scaling", f"{what}: time", summary["step_seconds_median"] * 1e3, "ms",
+                         f"median of {steps - 3} steps after 3 warm-up steps"),
+                     row("gslrm_scaling", f"{what}: samples/s", rate, "samples/s"),
+                     row("gslrm_scaling", f"{what}: efficiency", rate / (n * base), "",
+                         "samples/s / (N x samples/s of 1 process), same run")]
+    return rows
+
+
 def kernel_category(name: str) -> str:
     """Coarse class of a CUDA kernel name: attention, matmul or other (elementwise, norms, copies)."""
     n = name.lower()
@@ -321,7 +367,7 @@ def profile_gslrm_inference(fn, cfg, n_views: int, size: int) -> list[dict]:
 
 
 BENCHMARKS = {"synthetic": bench_synthetic, "decoding": bench_decoding, "rasterizer": bench_rasterizer,
-              "gslrm": bench_gslrm, "mvdiffusion": bench_mvdiffusion}
+              "gslrm": bench_gslrm, "gslrm_scaling": bench_gslrm_scaling, "mvdiffusion": bench_mvdiffusion}
 
 
 def machine() -> dict:

@@ -349,10 +349,12 @@ class Trainer:
                                              num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
         from tqdm.auto import tqdm
         bar = tqdm(total=end, initial=self.step, disable=not (self.is_main and cfg.progress_bar), desc="gslrm")
-        losses, t0, start_step = [], time.time(), self.step
+        losses, step_seconds, t0, start_step = [], [], time.time(), self.step
         it = iter(loader)
         while self.step < end:
-            scalars = self.train_step(next(it))
+            t_step = time.perf_counter()
+            scalars = self.train_step(next(it))  # its .item() calls wait for the GPU
+            step_seconds.append(time.perf_counter() - t_step)
             losses.append(scalars["loss"])
             bar.update(1)
             bar.set_postfix(loss=f"{scalars['loss']:.4f}", psnr_fg=f"{scalars['psnr_fg']:.1f}")
@@ -371,7 +373,9 @@ class Trainer:
         summary = {"step": self.step, "param_update_step": self.applied,
                    "applied_step_ratio": self.applied / max(1, self.step), "skipped_grad_norm": self.skipped_norm,
                    "skipped_nonfinite": self.skipped_nonfinite, "losses": losses,
-                   "seconds": time.time() - t0, "checkpoint": str(ckpt) if ckpt else ""}
+                   "seconds": time.time() - t0, "checkpoint": str(ckpt) if ckpt else "",
+                   # steady-state step time (data wait included): the median after 3 warm-up steps
+                   "step_seconds_median": float(np.median(step_seconds[3:] or step_seconds or [float("nan")]))}
         if cfg.val_split:
             summary["val"] = self.validate()
         if self.dist.enabled:

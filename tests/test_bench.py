@@ -1,0 +1,30 @@
+"""Benchmark mechanics on CPU (the figures themselves come from `mfl bench` on a GPU)."""
+import math
+
+import torch
+
+from mousefacelift import bench
+
+
+def test_gslrm_scaling_runs_torchrun_with_each_process_count():
+    """Two gloo processes on a CPU: the DDP path of the scaling benchmark end to end (about 30 s)."""
+    rows = bench.bench_gslrm_scaling(torch.device("cpu"), process_counts=(1, 2), steps=5)
+    by_case = {r["case"]: r for r in rows}
+    one = by_case["train step @32, batch 2 per process, 1 process: samples/s"]["value"]
+    two = by_case["train step @32, batch 2 per process, 2 processes: samples/s"]["value"]
+    assert one > 0 and two > 0
+    assert by_case["train step @32, batch 2 per process, 1 process: efficiency"]["value"] == 1.0
+    assert math.isclose(by_case["train step @32, batch 2 per process, 2 processes: efficiency"]["value"],
+                        two / (2 * one), rel_tol=1e-3)  # rows keep 4 significant digits
+
+
+def test_gslrm_scaling_is_skipped_with_one_device():
+    (skip,) = bench.bench_gslrm_scaling(torch.device("cpu"))
+    assert math.isnan(skip["value"]) and "needs 2 or more GPUs" in skip["note"]
+
+
+def test_kernel_categories():
+    assert bench.kernel_category("void flash_fwd_kernel<Flash_fwd_kernel_traits<64>>") == "attention"
+    assert bench.kernel_category("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert bench.kernel_category("nvjet_tst_256x128_64x4_2x1_v_bz_coopA_NTN") == "matmul"
+    assert bench.kernel_category("vectorized_elementwise_kernel<4, GeluFunctor>") == "other"
