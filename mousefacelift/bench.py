@@ -220,7 +220,8 @@ def bench_gslrm(device: torch.device) -> list[dict]:
             cfg = TrainConfig(output_dir=str(root / "out"), data_root=str(root), train_split="train.txt",
                               model=model_cfg, data=DataConfig(input_views=5, augment=False), steps=10 ** 6,
                               batch_size=batch, device=device.type, tracking=TrackingConfig(mode="disabled"),
-                              resume=False, progress_bar=False, warmup_steps=1)
+                              resume=False, progress_bar=False, warmup_steps=1,
+                              skip_factor=float("inf"))  # every step applies its update: equal work per step
             trainer = Trainer(cfg)
             t0 = time.perf_counter()
             items = [trainer.dataset[(i, 0)] for i in range(batch)]
@@ -315,7 +316,8 @@ def bench_gslrm_scaling(device: torch.device, process_counts: tuple[int, ...] | 
                               model=model_cfg, data=DataConfig(input_views=5, augment=False), steps=steps,
                               batch_size=batch, device=device.type, tracking=TrackingConfig(mode="disabled"),
                               resume=False, progress_bar=False, warmup_steps=1, checkpoint_every=10 ** 6,
-                              keep_last=1, num_workers=2, log_every=10 ** 6)
+                              keep_last=1, num_workers=2, log_every=10 ** 6,
+                              skip_factor=float("inf"))  # every step applies its update: equal work per step
             summary = launch(cfg, launcher="torchrun", nproc_per_node=n)
             rate = n * batch / summary["step_seconds_median"]
             base = base or rate / n

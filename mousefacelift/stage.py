@@ -58,8 +58,31 @@ def record_results(stage: str, results: dict) -> Path:
 
 
 def setup_notebook_logging(level: int = logging.INFO) -> None:
-    """Library logs (progress, skips, warnings) show up in the executed notebook's output."""
+    """Library logs (progress, skips, warnings) show up in the executed notebook's output, and so
+    do figures (see :func:`ensure_inline_figures`)."""
     logging.basicConfig(level=level, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s", force=True)
+    ensure_inline_figures()
+
+
+def ensure_inline_figures() -> bool:
+    """In a Jupyter kernel, put matplotlib back on the inline backend if the environment chose
+    ``Agg`` (``MPLBACKEND=Agg`` is common on headless GPU machines): with Agg an executed notebook
+    keeps no figures, and the notebook is the report. Returns True when it switched."""
+    if "ipykernel" not in sys.modules:
+        return False
+    import matplotlib
+
+    if matplotlib.get_backend().lower() != "agg":
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        return False
+    shell.run_line_magic("matplotlib", "inline")  # the backend and IPython's PNG formatter for figures
+    logging.getLogger(__name__).warning("matplotlib backend was Agg (MPLBACKEND=%s): switched to inline so "
+                                        "the executed notebook keeps its figures", os.environ.get("MPLBACKEND"))
+    return True
 
 
 def resolve_device(device: str) -> str:

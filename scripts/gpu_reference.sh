@@ -10,6 +10,10 @@
 #    (`mfl run` merges their records in runs/NAME/manifest.json);
 # 3. notebook 07 once both GS-LRMs exist; 4. `mfl bench` into runs/NAME/bench.
 # Each step is an ordinary `mfl run`, so a step that failed can be re-run by hand with --overwrite.
+# Measured on one H200 (runs/h200-reference/README.md): 01-03 5.4 min; 06 (real, 2000 steps) 17 min
+# beside 04 (13 min) and 05 (8 min); 06 (synthetic) about 10 min more; bench 1.7 min. SYNTHETIC=0 skips
+# 06 on generated samples (07 then runs without question 3) and ends about 12 min sooner.
+# Do not set MPLBACKEND=Agg for this: the notebooks switch back to inline figures, with a warning.
 # Logs: runs/NAME/logs/. Set MFL="..." to choose the CLI (default: python3 -m mousefacelift.cli) and
 # MFL_RUN_ARGS (e.g. "--kernel python3") for options passed to every `mfl run`; BENCH=0 skips step 4.
 # In a copy without .git, MFL_GIT_COMMIT names the commit for the manifests.
@@ -29,7 +33,8 @@ mkdir -p "$run/logs"
 say "06 (real) beside 04 -> 05 -> 06 (synthetic); logs in $run/logs"
 $mfl run "$params" --only 06 --name "$name" --overwrite $args > "$run/logs/06_real.log" 2>&1 &
 real=$!
-( $mfl run "$params" --only 04,05 --name "$name" --overwrite $args > "$run/logs/04_05.log" 2>&1 &&
+( $mfl run "$params" --only 04,05 --name "$name" --overwrite $args > "$run/logs/04_05.log" 2>&1 || exit 1
+  [ "${SYNTHETIC:-1}" = 0 ] && exit 2  # skipped on request: 07 without question 3
   $mfl run "$synthetic" --only 06 --from-run "$run" --name "$name-synthetic" $args > "$run/logs/06_synthetic.log" 2>&1 ) &
 generated=$!
 wait $real; real_rc=$?

@@ -122,3 +122,20 @@ def test_two_processes_on_one_run_folder_keep_each_others_records(project):
     man = json.loads((run / "manifest.json").read_text())
     assert man["notebooks"]["02_use"]["status"] == "ok" and man["status"] == "failed"
     assert man["duration_s"] == pytest.approx(1.5 + 0.5 + man["notebooks"]["01_make"]["duration_s"])
+
+
+def test_figures_are_kept_when_the_environment_says_agg(tmp_path, monkeypatch):
+    """MPLBACKEND=Agg (headless GPU machines) must not strip the figures from the executed notebooks."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nbdir = tmp_path / "notebooks"
+    make_notebook(nbdir / "01_plot.ipynb", "seed = 0",
+                  "import matplotlib.pyplot as plt\nfrom mousefacelift.stage import setup_notebook_logging\n"
+                  "setup_notebook_logging()",
+                  "plt.plot([0, 1], [1, 0])\nplt.show()")
+    (tmp_path / "p.yaml").write_text("seed: 1\n")
+    assert cli.main(["run", str(tmp_path / "p.yaml"), "--runs", str(tmp_path / "runs"),
+                     "--notebooks", str(nbdir), "--name", "agg"]) == 0
+    executed = nbformat.read(str(tmp_path / "runs" / "agg" / "01_plot.ipynb"), as_version=4)
+    images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 1
