@@ -32,6 +32,15 @@ def test_notebook_hygiene(path):
     assert "from_run" in params and "record_results" in "".join("".join(c["source"]) for c in code[-1:])
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(path):
+    """papermill parses the parameters cell itself; a line it cannot read (e.g. "=" in a comment)
+    makes it warn "Passed unknown parameter" for a valid key in every run log."""
+    import papermill
+
+    assert set(notebook_parameters(path)) <= set(papermill.inspect_notebook(str(path)))
+
+
 def test_params_files_validate():
     notebooks = runner.find_notebooks(ROOT / "notebooks")
     from mousefacelift.params import resolve
