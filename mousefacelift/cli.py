@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def _cmd_run(args) -> int:
@@ -31,6 +32,17 @@ def _cmd_run(args) -> int:
         print(f"mfl run: {e}\nReport: {plan.run_dir / 'report.html'}", file=sys.stderr)
         return 1
     print(f"mfl run: ok in {manifest['duration_s']:.1f} s. Report: {plan.run_dir / 'report.html'}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .runner import write_report
+
+    run_dir = Path(args.run)
+    if not (run_dir / "manifest.json").is_file():
+        print(f"mfl report: {run_dir} is not a run folder (no manifest.json)", file=sys.stderr)
+        return 2
+    print(f"mfl report: {write_report(run_dir)}")
     return 0
 
 
@@ -99,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("list", help="runs with their status, duration and headline results")
     p.add_argument("--runs", default="runs")
     p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("report", help="(re)write a run folder's report.html and the HTML export of each notebook")
+    p.add_argument("run", help="run folder, e.g. runs/h200-reference (committed runs keep only the notebooks)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks of every stage on this machine -> bench.json + bench.md")
     p.add_argument("--only", help="comma-separated benchmark names (see `mfl bench --only help`)")

@@ -139,3 +139,15 @@ def test_figures_are_kept_when_the_environment_says_agg(tmp_path, monkeypatch):
     images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]
     assert len(images) == 1
+
+
+def test_report_rewrites_the_html_of_a_run_folder(project, capsys):
+    assert run_cli(project, "--name", "rep", "--only", "01") == 0
+    run = project / "runs" / "rep"
+    (run / "report.html").unlink()
+    for f in (run / "html").iterdir():
+        f.unlink()
+    assert cli.main(["report", str(run)]) == 0
+    assert "01_make" in (run / "report.html").read_text() and (run / "html" / "01_make.html").is_file()
+    assert cli.main(["report", str(project / "runs")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
