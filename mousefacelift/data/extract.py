@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .. import cameras
+from ..configs import from_dict
 from . import samples
 from .recording import Frame, FrameSelection, Recording, open_recording, read_frames, select_frames
 
@@ -95,24 +96,8 @@ class ExtractConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ExtractConfig":
-        """Build from a params mapping; unknown keys are an error that names the valid ones."""
-        d = dict(d)
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - valid
-        if unknown:
-            raise ValueError(f"ExtractConfig: unknown key(s) {sorted(unknown)}; valid keys: {sorted(valid)}")
-        if isinstance(d.get("selection"), Mapping):
-            sel = dict(d["selection"])
-            sel_valid = {f.name for f in dataclasses.fields(FrameSelection)}
-            if set(sel) - sel_valid:
-                raise ValueError(f"FrameSelection: unknown key(s) {sorted(set(sel) - sel_valid)}; "
-                                 f"valid keys: {sorted(sel_valid)}")
-            if "cut_frames" in sel:
-                sel["cut_frames"] = tuple(sel["cut_frames"])
-            d["selection"] = FrameSelection(**sel)
-        if "split_fractions" in d:
-            d["split_fractions"] = tuple(d["split_fractions"])
-        return cls(**d)
+        """Build from a params mapping; an unknown key is an error naming the closest valid one."""
+        return from_dict(cls, d, "ExtractConfig")
 
 
 # ----------------------------------------------------------------------------------------------

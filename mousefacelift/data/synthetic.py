@@ -27,7 +27,6 @@ Entry points: :func:`generate_recording`, :func:`ensure_recording` (cached by co
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import io
 import json
@@ -44,6 +43,7 @@ import numpy as np
 import torch
 
 from .. import cameras
+from ..configs import from_dict
 from . import mouse_model as mm
 from .mouse_model import KEYPOINT_NAMES, BodyConfig, MotionConfig, PoseTrack
 
@@ -115,47 +115,10 @@ class SyntheticConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "SyntheticConfig":
         """Build from a (nested) dict; an unknown key is an error naming the closest valid key."""
-        return _from_dict(cls, d, "SyntheticConfig")
+        return from_dict(cls, d, "SyntheticConfig")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _from_dict(cls, d, where: str):
-    if not isinstance(d, dict):
-        raise TypeError(f"{where}: expected a mapping, got {type(d).__name__}")
-    defaults = cls()
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, val in d.items():
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"{where}: unknown key '{key}'{hint} (valid keys: {', '.join(names)})")
-        default = getattr(defaults, key)
-        if dataclasses.is_dataclass(default):
-            kwargs[key] = _from_dict(type(default), val, f"{where}.{key}")
-        elif isinstance(default, tuple):
-            if not isinstance(val, (list, tuple)):
-                raise TypeError(f"{where}.{key}: expected a list, got {val!r}")
-            kwargs[key] = _tuplify(val)
-        elif isinstance(default, bool) or isinstance(default, str):
-            if type(val) is not type(default):
-                raise TypeError(f"{where}.{key}: expected {type(default).__name__}, got {val!r}")
-            kwargs[key] = val
-        elif isinstance(default, int):
-            if isinstance(val, bool) or not isinstance(val, int):
-                raise TypeError(f"{where}.{key}: expected an integer, got {val!r}")
-            kwargs[key] = val
-        else:
-            if isinstance(val, bool) or not isinstance(val, (int, float)):
-                raise TypeError(f"{where}.{key}: expected a number, got {val!r}")
-            kwargs[key] = float(val)
-    return cls(**kwargs)
-
-
-def _tuplify(x):
-    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def config_hash(cfg: SyntheticConfig) -> str:

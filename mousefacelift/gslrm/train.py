@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from .. import metrics
+from ..configs import from_dict
 from ..tracking import Tracker, TrackingConfig
 from .data import DataConfig, GSLRMDataset, StepBatchSampler, collate
 from .losses import GSLRMLoss, LossConfig
@@ -77,31 +78,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        return _build(cls, d, "TrainConfig")
+        return from_dict(cls, d, "TrainConfig")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"training config {path} not found")
-        return _build(cls, json.loads(path.read_text()), str(path))
-
-
-def _build(cls, d: dict, where: str):
-    """Dataclass ``cls`` from a dict, recursing into dataclass fields; unknown keys are errors."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown} for {cls.__name__}; valid keys: {sorted(fields)}")
-    kwargs = {}
-    for k, v in d.items():
-        sub = {"model": GSLRMConfig, "loss": LossConfig, "data": DataConfig, "tracking": TrackingConfig}.get(k)
-        if cls is TrainConfig and sub is not None:
-            v = _build(sub, v, f"{where}.{k}")
-        elif k == "betas":
-            v = tuple(v)
-        kwargs[k] = v
-    return cls(**kwargs)
+        return from_dict(cls, json.loads(path.read_text()), str(path))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
 from .. import cameras
+from ..configs import from_dict
 from ..data.samples import SampleDataset
 from ..tracking import Tracker, TrackingConfig
 from .model import MVDiffusionConfig, MVDiffusionModel, relative_ray_map
@@ -104,19 +105,8 @@ class TrainConfig:
 
 
 def config_from_dict(d: dict, cls=TrainConfig):
-    """Nested dict (e.g. from JSON/YAML) -> dataclass; an unknown key is an error naming the valid ones."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(d) - set(names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}; valid keys: {sorted(names)}")
-    kwargs = {}
-    for k, v in d.items():
-        sub = {"model": MVDiffusionConfig, "facelift": FaceLiftLoadConfig, "val_sampler": SamplerConfig,
-               "tracking": TrackingConfig}.get(k) if cls is TrainConfig else None
-        kwargs[k] = config_from_dict(v, sub) if sub and isinstance(v, dict) else \
-            (tuple(v) if isinstance(v, list) and k in ("backgrounds", "background", "block_out_channels",
-                                                       "down_block_types", "up_block_types") else v)
-    return cls(**kwargs)
+    """Nested dict (e.g. from JSON/YAML) -> dataclass, checked (:func:`mousefacelift.configs.from_dict`)."""
+    return from_dict(cls, d)
 
 
 # ----------------------------------------------------------------------------------------------
