@@ -71,10 +71,13 @@ class BodyConfig:
     texture_seed: int = 7
 
 
+ARENA_CENTER_MM = (55.0, 55.0)  # the arena disk's centre in the MAMMAL rig's world (its origin is off-centre)
+
+
 @dataclass(frozen=True)
 class MotionConfig:
     """Random walk of the mouse (all times in seconds, lengths in mm)."""
-    arena_center: tuple[float, float] = (55.0, 55.0)
+    arena_center: tuple[float, float] = ARENA_CENTER_MM
     max_radius: float = 85.0                       # hard limit for the body origin
     wall_radius: float = 95.0                      # the arena wall: the nose never passes it
     nose_reach: float = 52.0                       # body origin to nose tip along the heading

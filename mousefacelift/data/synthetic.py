@@ -63,9 +63,9 @@ class RigConfig:
     """Cameras, all at full resolution (width x height); pixel centres at +0.5 (project convention).
     Each camera sits at ``centers[v]`` and looks at ``targets[v]`` with zero roll."""
     centers: tuple[tuple[float, float, float], ...] = _REAL_CENTERS
-    targets: tuple[tuple[float, float, float], ...] = (   # on the arena axis, 36-70 mm up: the
-        (55.0, 55.0, 64.0), (55.0, 55.0, 52.0), (55.0, 55.0, 58.0),  # mouse sits ~130-330 px below
-        (55.0, 55.0, 56.0), (55.0, 55.0, 55.0), (55.0, 55.0, 50.0))  # the image centre at full size
+    # on the arena axis, 50-64 mm up: the mouse sits ~130-330 px below the image centre at full size
+    targets: tuple[tuple[float, float, float], ...] = tuple(
+        (*mm.ARENA_CENTER_MM, z) for z in (64.0, 52.0, 58.0, 56.0, 55.0, 50.0))
     fx: tuple[float, ...] = _REAL_FX
     fy_over_fx: float = 1.00428                          # camera 0: 1639.30 / 1632.31
     cx: tuple[float, ...] = (601.85, 622.9, 589.4, 640.8, 584.1, 611.7)
@@ -78,7 +78,7 @@ class RigConfig:
 @dataclass(frozen=True)
 class SceneConfig:
     """Arena, lighting and sensor. Colours are linear RGB in [0, 1]."""
-    disk_center: tuple[float, float] = (55.0, 55.0)
+    disk_center: tuple[float, float] = mm.ARENA_CENTER_MM
     disk_radius: float = 97.0
     disk_rgb: tuple[float, float, float] = (0.86, 0.86, 0.84)
     floor_rgb: tuple[float, float, float] = (0.07, 0.07, 0.08)   # dark floor beyond the disk
