@@ -28,3 +28,10 @@ def test_kernel_categories():
     assert bench.kernel_category("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
     assert bench.kernel_category("nvjet_tst_256x128_64x4_2x1_v_bz_coopA_NTN") == "matmul"
     assert bench.kernel_category("vectorized_elementwise_kernel<4, GeluFunctor>") == "other"
+
+
+def test_video_codec_falls_back_to_mp4v_without_imageio_ffmpeg(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # `import imageio_ffmpeg` now raises ImportError
+    assert bench.video_codec() == "mp4v"
