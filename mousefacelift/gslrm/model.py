@@ -35,8 +35,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .. import cameras
-
-SH_C0 = 0.28209479177387814  # degree-0 real spherical harmonic: colour = 0.5 + SH_C0 * sh0
+from ..gaussians import SH_C0, Gaussians, rasterize  # SH_C0: colour = 0.5 + SH_C0 * sh0
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +118,6 @@ class GaussianOutput:
     def scene(self, b: int = 0):
         """Batch item ``b`` as a :class:`mousefacelift.gaussians.Gaussians` (for PLY export and
         turntables), detached, fp32, on the same device. Degree-0 colour only."""
-        from ..gaussians import Gaussians
-
         if self.sh_degree != 0:
             raise ValueError(f"GaussianOutput.scene: sh_degree {self.sh_degree} > 0 is not supported by "
                              "Gaussians / write_ply (use sh_degree=0)")
@@ -134,8 +131,6 @@ class GaussianOutput:
         w2c [B, V, 4, 4] OpenCV; K [B, V, 3, 3] (pixel centres at +0.5) -> Render with
         .rgb [B, V, H, W, 3] and .alpha [B, V, H, W, 1]. Always rendered in fp32.
         """
-        from ..gaussians import rasterize
-
         colors = self.sh0 if self.sh_degree == 0 else torch.cat([self.sh0[:, :, None], self.sh_rest], 2)
         with torch.autocast(device_type=self.means.device.type, enabled=False):
             return rasterize(self.means.float(), self.quats.float(), self.scales.float(),
