@@ -317,6 +317,7 @@ def bench_gslrm_scaling(device: torch.device, process_counts: tuple[int, ...] | 
         process_counts = tuple(n for n in (1, 2, 4, 8, 16) if n <= n_gpus)
         if n_gpus not in process_counts:
             process_counts += (n_gpus,)
+    process_counts = tuple(sorted({1, *process_counts}))  # efficiency is against the one-process rate
     size, batch = (256, 4) if cuda else (32, 2)
     model_cfg = GSLRMConfig.full(image_size=size) if cuda else GSLRMConfig.tiny(image_size=size)
     rows, base = [], None
