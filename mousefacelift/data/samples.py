@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import cameras
 
@@ -160,3 +161,16 @@ class SampleDataset(torch.utils.data.Dataset):
         s = read_sample(self.root / self.names[i], self.views)
         return {"images": s.images, "w2c": s.w2c.float(), "c2w": s.c2w.float(), "K": s.K.float(),
                 "index": i}
+
+
+def resize_views(images: torch.Tensor, K: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize square views and their intrinsics together.
+
+    images [..., C, H, W]; K [..., 3, 3] (for H x W) -> images [..., C, size, size], K for size x size."""
+    H, W = images.shape[-2:]
+    if (H, W) == (size, size):
+        return images, K
+    lead = images.shape[:-3]
+    out = F.interpolate(images.reshape(-1, *images.shape[-3:]), size=(size, size), mode="bilinear",
+                        antialias=True, align_corners=False).reshape(*lead, -1, size, size)
+    return out, cameras.scale_intrinsics(K, size / W, size / H)

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .. import cameras
-from ..data.samples import read_sample, read_split
+from ..data.samples import read_sample, read_split, resize_views
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +65,13 @@ def choose_views(n_views: int, cfg: DataConfig, gen: torch.Generator) -> tuple[l
 
 def prepare_images(images: torch.Tensor, K: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RGBA images [V, 4, H, W] in [0, 1], K [V, 3, 3] -> rgb on white [V, 3, S, S], alpha
-    [V, 1, S, S], K scaled to S x S (cameras.scale_intrinsics). Composites before resizing."""
-    rgb, alpha = images[:, :3], images[:, 3:4]
-    rgb = rgb * alpha + (1 - alpha)
-    H, W = images.shape[-2:]
-    if (H, W) != (size, size):
-        rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        alpha = F.interpolate(alpha, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        K = cameras.scale_intrinsics(K, size / W, size / H)
-    return rgb.clamp(0, 1), alpha.clamp(0, 1), K
+    [V, 1, S, S], K scaled to S x S (:func:`mousefacelift.data.samples.resize_views`). Composites
+    before resizing."""
+    alpha = images[:, 3:4]
+    on_white = torch.cat([images[:, :3] * alpha + (1 - alpha), alpha], 1)
+    rgba, K = resize_views(on_white, K, size)
+    rgba = rgba.clamp(0, 1)
+    return rgba[:, :3], rgba[:, 3:4], K
 
 
 def augment_colors(rgb: torch.Tensor, alpha: torch.Tensor, cfg: DataConfig, gen: torch.Generator) -> torch.Tensor:

@@ -29,6 +29,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import cameras
+from ..data.samples import resize_views  # re-exported: views and intrinsics resized together
 from .model import MVDiffusionModel, relative_ray_map
 
 log = logging.getLogger(__name__)
@@ -48,19 +49,6 @@ def composite(images: torch.Tensor, background: torch.Tensor | tuple[float, floa
         bg = bg.view(3, 1, 1)
     a = images[..., 3:4, :, :]
     return torch.cat([images[..., :3, :, :] * a + bg * (1 - a), a], dim=-3)
-
-
-def resize_views(images: torch.Tensor, K: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize square views and their intrinsics together.
-
-    images [..., C, H, W]; K [..., 3, 3] (for H x W) -> images [..., C, size, size], K for size x size."""
-    H, W = images.shape[-2:]
-    if (H, W) == (size, size):
-        return images, K
-    lead = images.shape[:-3]
-    out = F.interpolate(images.reshape(-1, *images.shape[-3:]), size=(size, size), mode="bilinear",
-                        antialias=True, align_corners=False).reshape(*lead, -1, size, size)
-    return out, cameras.scale_intrinsics(K, size / W, size / H)
 
 
 class PixelCodec:
