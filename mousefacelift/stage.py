@@ -57,6 +57,16 @@ def record_results(stage: str, results: dict) -> Path:
     return path
 
 
+def atomic_save(obj, path: Path) -> None:
+    """torch.save into ``path.tmp`` then os.replace: a killed run never leaves a half-written
+    checkpoint (every trainer's checkpoints go through here)."""
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def setup_notebook_logging(level: int = logging.INFO) -> None:
     """Library logs (progress, skips, warnings) show up in the executed notebook's output, and so
     do figures (see :func:`ensure_inline_figures`)."""

@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from .. import metrics
 from ..configs import from_dict
+from ..stage import atomic_save
 from ..tracking import Tracker, TrackingConfig
 from .data import DataConfig, GSLRMDataset, StepBatchSampler, collate
 from .losses import GSLRMLoss, LossConfig
@@ -153,13 +154,6 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save into ``path.tmp`` then os.replace: a killed run never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def prune_checkpoints(directory: Path, keep_last: int) -> None:

@@ -38,6 +38,7 @@ from diffusers.training_utils import EMAModel
 from .. import cameras
 from ..configs import from_dict
 from ..data.samples import SampleDataset
+from ..stage import atomic_save
 from ..tracking import Tracker, TrackingConfig
 from .model import MVDiffusionConfig, MVDiffusionModel, relative_ray_map
 from .pipeline import FaceLiftLoadConfig, MVDiffusionPipeline, PixelCodec, SamplerConfig, composite, resize_views
@@ -233,9 +234,7 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 def save_checkpoint(path: Path, state: dict, keep: int) -> None:
     """Write atomically (temp file + rename) and keep the newest ``keep`` checkpoints."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_save(state, path)
     for old in sorted(path.parent.glob("ckpt_*.pt"))[:-keep]:
         old.unlink()
     log.info("checkpoint %s", path)
