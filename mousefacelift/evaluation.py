@@ -15,6 +15,10 @@ guards every forward pass):
    back to world mm with the sample's normalization and measures the Chamfer distance to points on
    the true surface.
 
+The scale of the metrics: :func:`degradation_rows` scores the test views against shifted, blurred
+or flat-coloured copies of themselves (no model), so a reconstruction's PSNR_fg can be read as
+"about as good as the truth moved by one pixel".
+
 Images are composited on white and resized with their intrinsics to the GS-LRM's size
 (:func:`mousefacelift.gslrm.data.prepare_images`); cameras are OpenCV, normalized world.
 """
@@ -294,6 +298,23 @@ def chamfer_rows(model, data_root: str | os.PathLike, names: list[str], cfg: Eva
         rows.append({"question": "3d_error", "model": label, "sample": name, "frame": s["provenance"]["frame_index"],
                      "inputs": " ".join(str(s["view_ids"][v]) for v in used), **c})
     return rows, why
+
+
+def degradation_rows(data_root: str | os.PathLike, names: list[str], image_size: int, cfg: EvalConfig,
+                     degradations: tuple[str, ...] = metrics.DEGRADATIONS) -> list[dict]:
+    """The scale of the metrics: every view of every test sample at ``image_size`` (the GS-LRM's),
+    scored against a degraded copy of itself (:func:`metrics.degradation_metrics`). One row per
+    (sample, view, degradation) with question "degraded_gt" and the degradation as "model"; no model,
+    no inputs (n_inputs 0). LPIPS is not computed here (NaN)."""
+    rows = []
+    for name in _names(names, cfg):
+        s = load_eval_sample(Path(data_root) / name, image_size)
+        for d in degradations:
+            m = metrics.degradation_metrics(s["rgb"], s["alpha"], d)     # each [V]
+            m["lpips"] = torch.full_like(m["psnr_fg"], float("nan"))
+            for v in range(s["rgb"].shape[0]):
+                rows.append(_row("degraded_gt", d, s, 0, [], v, m, v))
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------

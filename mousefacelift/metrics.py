@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -119,6 +120,81 @@ def image_metrics(pred_rgb: torch.Tensor, pred_alpha: torch.Tensor, gt_rgb: torc
     alphas [..., 1, H, W] -> {"psnr_fg", "psnr_full", "ssim_fg", "mask_iou"}: each [...]."""
     return {"psnr_fg": psnr_fg(pred_rgb, gt_rgb, gt_alpha), "psnr_full": psnr_full(pred_rgb, gt_rgb),
             "ssim_fg": ssim_fg(pred_rgb, gt_rgb, gt_alpha), "mask_iou": mask_iou(pred_alpha, gt_alpha)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The scale of the metrics: the ground truth against itself, degraded
+# ----------------------------------------------------------------------------------------------
+# PSNR_fg of a small dark mouse on white is dominated by its outline: every misplaced boundary pixel
+# costs up to (1 - 0)^2. Scoring the GT against a copy of itself that is shifted by a pixel or blurred
+# says what a reconstruction's number means (notebook 07, section 3).
+DEGRADATIONS = ("shift_1px", "shift_2px", "blur_0.5px", "blur_1px", "blur_2px", "flat_colour")
+
+
+def shift(images: torch.Tensor, dx: int, dy: int, fill: float) -> torch.Tensor:
+    """images [..., C, H, W] moved by (dx, dy) whole pixels (+x right, +y down); uncovered pixels
+    take ``fill`` (1 for RGB on white, 0 for alpha). Same shape."""
+    h, w = images.shape[-2:]
+    out = torch.full_like(images, fill)
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[..., yd, xd] = images[..., ys, xs]
+    return out
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """images [..., C, H, W] blurred by a separable Gaussian of ``sigma`` pixels (window 2*ceil(3 sigma)+1,
+    edge-replicate padding, so the size is kept)."""
+    r = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-r, r + 1, dtype=images.dtype, device=images.device)
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    lead, (c, h, w) = images.shape[:-3], images.shape[-3:]
+    y = F.pad(images.reshape(-1, 1, h, w), (r, r, r, r), mode="replicate")
+    y = F.conv2d(F.conv2d(y, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+    return y.reshape(*lead, c, h, w)
+
+
+def degraded_ground_truth(gt_rgb: torch.Tensor, gt_alpha: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One entry of :data:`DEGRADATIONS` applied to the GT: gt_rgb [..., 3, H, W] on white, gt_alpha
+    [..., 1, H, W] -> (rgb, alpha), same shapes. ``shift_Npx`` moves image and alpha together (the
+    caller averages the four directions, see :func:`degradation_metrics`); ``blur_Spx`` blurs both;
+    ``flat_colour`` keeps the silhouette exactly and paints it with the mean GT foreground colour of
+    each image (no texture at all)."""
+    kind, amount = _parse_degradation(name)
+    if kind == "shift":
+        return shift(gt_rgb, int(amount), 0, 1.0), shift(gt_alpha, int(amount), 0, 0.0)
+    if kind == "blur":
+        return gaussian_blur(gt_rgb, amount), gaussian_blur(gt_alpha, amount)
+    fg = _fg(gt_alpha)  # flat_colour
+    mean = (gt_rgb * fg).sum((-2, -1), keepdim=True) / fg.sum((-2, -1), keepdim=True).clamp_min(1)
+    return gt_rgb * (1 - fg) + mean * fg, gt_alpha
+
+
+def _parse_degradation(name: str) -> tuple[str, float]:
+    """"shift_1px" -> ("shift", 1.0), "blur_0.5px" -> ("blur", 0.5), "flat_colour" -> ("flat_colour", 0)."""
+    m = re.fullmatch(r"(shift)_(\d+)px|(blur)_(\d+(?:\.\d+)?)px|(flat_colour)", name)
+    if m is None or (m[2] is not None and int(m[2]) == 0) or (m[4] is not None and float(m[4]) <= 0):
+        raise ValueError(f"unknown degradation {name!r}; choose from {DEGRADATIONS} (shift_Npx with whole N >= 1, "
+                         f"blur_Spx with S > 0)")
+    if m[1]:
+        return "shift", float(m[2])
+    if m[3]:
+        return "blur", float(m[4])
+    return "flat_colour", 0.0
+
+
+def degradation_metrics(gt_rgb: torch.Tensor, gt_alpha: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
+    """:func:`image_metrics` of the degraded GT against the GT; shifts are averaged over the four
+    directions (+-x, +-y), since an elongated mouse loses more to a shift across its body. [...]-shaped."""
+    kind, amount = _parse_degradation(name)
+    if kind != "shift":
+        rgb, alpha = degraded_ground_truth(gt_rgb, gt_alpha, name)
+        return image_metrics(rgb, alpha, gt_rgb, gt_alpha)
+    n = int(amount)
+    runs = [image_metrics(shift(gt_rgb, dx, dy, 1.0), shift(gt_alpha, dx, dy, 0.0), gt_rgb, gt_alpha)
+            for dx, dy in ((n, 0), (-n, 0), (0, n), (0, -n))]
+    return {k: torch.stack([r[k] for r in runs]).mean(0) for k in runs[0]}
 
 
 def summarize(values: list[float] | torch.Tensor) -> dict:

@@ -231,3 +231,18 @@ def test_3d_error_needs_a_procedural_recording(data):
     root, names = data
     rows, why = evaluation.chamfer_rows(tiny_gslrm(), root, names, EvalConfig())
     assert rows == [] and "recording" in why
+
+
+def test_degradation_rows_score_every_view_against_itself_degraded(data):
+    root, names = data
+    rows = evaluation.degradation_rows(root, names, SIZE, EvalConfig(), ("shift_1px", "blur_1px"))
+    assert len(rows) == len(names) * 6 * 2
+    assert {r["question"] for r in rows} == {"degraded_gt"} and {r["model"] for r in rows} == {"shift_1px", "blur_1px"}
+    assert not any(r["target_is_input"] for r in rows) and all(r["n_inputs"] == 0 for r in rows)
+    # the same numbers as degrading the loaded sample by hand
+    s = evaluation.load_eval_sample(root / names[0], SIZE)
+    want = metrics.degradation_metrics(s["rgb"], s["alpha"], "blur_1px")["psnr_fg"]
+    got = [r["psnr_fg"] for r in rows if r["sample"] == s["name"] and r["model"] == "blur_1px"]
+    assert got == pytest.approx(want.tolist(), abs=1e-5)
+    summary = {d["model"]: d for d in summarize_rows(rows)}
+    assert summary["shift_1px"]["n_rows"] == len(names) * 6 and math.isfinite(summary["shift_1px"]["psnr_fg"])

@@ -98,3 +98,57 @@ def test_lpips_loads_local_backbone(tmp_path):
     d_diff = model(x, x.flip(-1))
     assert d_same.shape == (2,) and torch.allclose(d_same, torch.zeros(2), atol=1e-6)
     assert (d_diff > d_same).all()
+
+
+def black_square(size: int = 32, side: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """A black side x side square centred on white: rgb [3, S, S], alpha [1, S, S]."""
+    alpha = torch.zeros(1, size, size)
+    lo = (size - side) // 2
+    alpha[:, lo:lo + side, lo:lo + side] = 1.0
+    return 1.0 - alpha.expand(3, -1, -1), alpha
+
+
+def test_shift_moves_pixels_and_fills_the_uncovered_edge():
+    x = torch.arange(12.0).reshape(1, 3, 4)
+    right = metrics.shift(x, 1, 0, fill=-1.0)
+    assert right[0, :, 0].eq(-1).all() and torch.equal(right[0, :, 1:], x[0, :, :-1])
+    up = metrics.shift(x, 0, -1, fill=-1.0)
+    assert up[0, -1].eq(-1).all() and torch.equal(up[0, :-1], x[0, 1:])
+    assert torch.equal(metrics.shift(x, 0, 0, 0.0), x)
+
+
+def test_gaussian_blur_keeps_constants_and_mass_and_spreads_an_impulse():
+    assert torch.allclose(metrics.gaussian_blur(torch.full((2, 3, 9, 9), 0.7), 1.0), torch.full((2, 3, 9, 9), 0.7))
+    impulse = torch.zeros(1, 21, 21)
+    impulse[0, 10, 10] = 1.0
+    b = metrics.gaussian_blur(impulse, 1.0)
+    assert b.sum().item() == pytest.approx(1.0, abs=1e-6)
+    # the variance of the blurred impulse along x is sigma^2 (the window of 3 sigma keeps ~99.7%)
+    xs = torch.arange(21.0) - 10
+    assert (b[0].sum(0) * xs ** 2).sum().item() == pytest.approx(1.0, abs=0.03)
+
+
+def test_shifting_a_square_by_one_pixel_costs_what_its_outline_says():
+    # side k: a 1-px shift turns one column (or row) of k fg pixels white, error 1 in every channel:
+    # MSE_fg = k / k^2 -> PSNR_fg = 10 log10(k); IoU = k(k-1) / (k(k+1)) in every direction
+    rgb, alpha = black_square(32, 16)
+    m = metrics.degradation_metrics(rgb, alpha, "shift_1px")
+    assert m["psnr_fg"].item() == pytest.approx(10 * math.log10(16), abs=1e-4)
+    assert m["mask_iou"].item() == pytest.approx(15 / 17, abs=1e-6)
+    two = metrics.degradation_metrics(rgb, alpha, "shift_2px")
+    assert two["psnr_fg"].item() == pytest.approx(10 * math.log10(8), abs=1e-4)
+
+
+def test_blur_and_flat_colour_degradations():
+    rgb, alpha = black_square(32, 16)
+    psnr = {d: metrics.degradation_metrics(rgb, alpha, d)["psnr_fg"].item() for d in ("blur_0.5px", "blur_1px", "blur_2px")}
+    assert psnr["blur_0.5px"] > psnr["blur_1px"] > psnr["blur_2px"] > 0
+    # a uniformly black square is its own flat colour; a two-tone one loses exactly its contrast
+    assert metrics.degradation_metrics(rgb, alpha, "flat_colour")["psnr_fg"].item() > 100
+    two_tone = rgb.clone()
+    two_tone[:, 8:16, 8:24] = 0.2  # the top half of the square grey 0.2, the bottom half black: mean 0.1
+    m = metrics.degradation_metrics(two_tone, alpha, "flat_colour")
+    assert m["psnr_fg"].item() == pytest.approx(20.0, abs=1e-4)  # every fg pixel off by 0.1
+    assert m["mask_iou"].item() == 1.0
+    with pytest.raises(ValueError, match="unknown degradation"):
+        metrics.degraded_ground_truth(rgb, alpha, "shift_sideways")

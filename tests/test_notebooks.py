@@ -161,13 +161,17 @@ def test_07_evaluation_scores_held_out_views_by_the_protocol(tiny_run):
     assert r["protocol"] == metrics.PROTOCOL["name"] and r["protocol_version"] == metrics.PROTOCOL["version"]
     assert r["inputs_scored"] == 0 and r["n_samples"] == 1
     rows = list(csv.DictReader((run / "eval" / "per_view.csv").open()))
-    assert len(rows) == r["n_views_scored"] == 3 * 6 + 2 * 5 + 6  # N = 1, 3, 5; end to end + generated; question 3
+    # N = 1, 3, 5; end to end + generated; question 3; the GT degraded 6 ways (section 3, no model)
+    assert len(rows) == r["n_views_scored"] == 3 * 6 + 2 * 5 + 6 + 6 * len(metrics.DEGRADATIONS)
     for row in rows:
         assert row["target_is_input"] == "False" and row["target_view"] not in row["inputs"].split()
     assert sorted(r["reconstruction_psnr_fg"]) == ["1", "3", "5"]
     assert all(math.isfinite(v) for v in r["reconstruction_psnr_fg"].values())
     assert math.isfinite(r["end_to_end_psnr_fg"]) and 0.0 <= r["end_to_end_mask_iou"] <= 1.0
     assert r["real_minus_synthetic_psnr_fg"] == {"5": 0.0}  # tiny.yaml compares the checkpoint with itself
+    scale = r["degraded_gt_psnr_fg"]
+    assert sorted(scale) == sorted(metrics.DEGRADATIONS) and all(math.isfinite(v) for v in scale.values())
+    assert scale["shift_1px"] > scale["shift_2px"] and scale["blur_0.5px"] > scale["blur_1px"] > scale["blur_2px"]
     assert r["chamfer_mm"] is not None and 0 < r["chamfer_mm"] < 500  # procedural data: 3D error in mm
     doc = json.loads((run / "eval" / "metrics.json").read_text())
     assert doc["protocol"]["name"] == metrics.PROTOCOL["name"]
