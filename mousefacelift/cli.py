@@ -31,7 +31,8 @@ def _cmd_run(args) -> int:
     except runner.RunError as e:
         print(f"mfl run: {e}\nReport: {plan.run_dir / 'report.html'}", file=sys.stderr)
         return 1
-    print(f"mfl run: ok in {manifest['duration_s']:.1f} s. Report: {plan.run_dir / 'report.html'}")
+    seconds = sum(manifest["notebooks"][s].get("duration_s", 0) for s in plan.stems)
+    print(f"mfl run: ok in {seconds:.1f} s. Report: {plan.run_dir / 'report.html'}")
     return 0
 
 

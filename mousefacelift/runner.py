@@ -93,11 +93,13 @@ def environment_info() -> dict:
     except ImportError:
         device["cuda"] = False
     device["cpu_count"] = os.cpu_count()
-    commit = _git("rev-parse", "HEAD")
+    named = os.environ.get("MFL_GIT_COMMIT")
+    commit = None if named else _git("rev-parse", "HEAD")
     if commit:
         source = {"git_commit": commit, "git_dirty": bool(_git("status", "--porcelain"))}
-    else:  # a copy without .git (e.g. sent to a GPU machine): the sender may name its commit
-        source = {"git_commit": os.environ.get("MFL_GIT_COMMIT") or None, "git_dirty": None}
+    else:  # the sender names its commit for a copy (e.g. sent to a GPU machine), whose .git - if it
+        # has one - may be stale: the name wins, and whether the copy was dirty is unknown
+        source = {"git_commit": named or None, "git_dirty": None}
     return {**source, "packages": versions, "device": device}
 
 
@@ -164,14 +166,26 @@ def _write_manifest(plan: RunPlan) -> None:
         mine = {s: plan.manifest["notebooks"][s] for s in plan.stems}
         notebooks = dict(sorted({**on_disk.get("notebooks", {}), **mine}.items()))
         statuses = {e.get("status") for e in notebooks.values() if isinstance(e, dict)}
+        entries = [e for e in notebooks.values() if isinstance(e, dict)]
         merged = {**plan.manifest, "notebooks": notebooks,
                   "params": {**on_disk.get("params", {}), **plan.manifest.get("params", {})},
                   "status": "running" if statuses & {"running", "pending"} else
                             "failed" if "failed" in statuses else "ok",
-                  "duration_s": round(sum(e.get("duration_s", 0) for e in notebooks.values()
-                                          if isinstance(e, dict)), 2)}
-        if merged["status"] == "running":
+                  # compute time: notebooks that ran side by side (two `mfl run` at once) count twice
+                  "notebook_seconds": round(sum(e.get("duration_s", 0) for e in entries), 2)}
+        # the run folder's span: from the first notebook's start to the last one's end, over every
+        # `mfl run` that wrote here (ISO timestamps of one clock sort as strings)
+        starts = [e["started"] for e in entries if e.get("started")]
+        ends = [e["ended"] for e in entries if e.get("ended")]
+        if starts:
+            merged["started"] = min(starts)
+        if merged["status"] == "running" or not ends:
             merged.pop("ended", None)
+            merged.pop("duration_s", None)
+        else:
+            merged["ended"] = max(ends)
+            merged["duration_s"] = (dt.datetime.fromisoformat(merged["ended"])
+                                    - dt.datetime.fromisoformat(merged["started"])).total_seconds()
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(merged, indent=1, default=str))
         os.replace(tmp, path)

@@ -121,7 +121,29 @@ def test_two_processes_on_one_run_folder_keep_each_others_records(project):
     runner._write_manifest(plan_b)
     man = json.loads((run / "manifest.json").read_text())
     assert man["notebooks"]["02_use"]["status"] == "ok" and man["status"] == "failed"
-    assert man["duration_s"] == pytest.approx(1.5 + 0.5 + man["notebooks"]["01_make"]["duration_s"])
+    assert man["notebook_seconds"] == pytest.approx(1.5 + 0.5 + man["notebooks"]["01_make"]["duration_s"])
+
+
+def test_the_run_span_is_wall_time_not_the_sum_of_side_by_side_notebooks(project):
+    """Two notebooks that ran at once over 10 minutes span 10 minutes, though they took 20 of compute."""
+    plan = runner.plan_run(project / "p.yaml", only="01,02,03", name="span",
+                           runs_root=project / "runs", notebooks_dir=project / "notebooks")
+    plan.run_dir.mkdir(parents=True)
+    t = "2026-11-21T12:{:02d}:00"
+    plan.manifest = {"name": "span", "params": {}, "notebooks": {
+        "01_make": {"status": "ok", "started": t.format(0), "ended": t.format(5), "duration_s": 300.0},
+        "02_use": {"status": "ok", "started": t.format(5), "ended": t.format(15), "duration_s": 600.0},
+        "03_last": {"status": "ok", "started": t.format(5), "ended": t.format(15), "duration_s": 600.0}}}
+    runner._write_manifest(plan)
+    man = json.loads((project / "runs" / "span" / "manifest.json").read_text())
+    assert man["started"] == t.format(0) and man["ended"] == t.format(15)
+    assert man["duration_s"] == 900.0 and man["notebook_seconds"] == 1500.0
+
+
+def test_a_named_commit_wins_over_a_copys_stale_git(monkeypatch):
+    monkeypatch.setenv("MFL_GIT_COMMIT", "124b7ee")
+    info = runner.environment_info()
+    assert info["git_commit"] == "124b7ee" and info["git_dirty"] is None
 
 
 def test_figures_are_kept_when_the_environment_says_agg(tmp_path, monkeypatch):
