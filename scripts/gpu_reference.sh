@@ -11,7 +11,8 @@
 # Each step is an ordinary `mfl run`, so a step that failed can be re-run by hand with --overwrite.
 # Measured on one H200 (runs/h200-reference/README.md): 01-03 5.4 min; 06 (real, 2000 steps) 17 min
 # beside 04 (13 min) and 05 (8 min); 06 (synthetic) about 10 min more; bench 1.7 min. SYNTHETIC=0 skips
-# 06 on generated samples (07 then runs without question 3) and ends about 12 min sooner.
+# 06 on generated samples (07 then runs without question 3): with BENCH=0, 31.5 min on one H200
+# (01-03 5.8 min, 06 beside 04 -> 05 17 min, 07 6.9 min).
 # Do not set MPLBACKEND=Agg for this: the notebooks switch back to inline figures, with a warning.
 # Logs: runs/NAME/logs/. Set MFL="..." to choose the CLI (default: python3 -m mousefacelift.cli) and
 # MFL_RUN_ARGS (e.g. "--kernel python3") for options passed to every `mfl run`; BENCH=0 skips step 4.
