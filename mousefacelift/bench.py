@@ -133,13 +133,41 @@ def sd21_unet_config() -> dict:
 
 def bench_mvdiffusion(device: torch.device) -> list[dict]:
     """One denoising step with guidance (cond + uncond in one batch: 2 x 6 views) and the 50-step
-    latency per object, eager vs torch.compile; SD2.1-sized UNet on CUDA, the demo UNet on CPU."""
+    latency per object, eager vs torch.compile; SD2.1-sized UNet on CUDA, the demo UNet on CPU.
+    Then the throughput of generating several objects per call (notebooks 04, 05 and 07 batch
+    objects): per-object time of one step at 1, 4 and 16 objects (SD2.1 size) and at 1, 8 and 32
+    objects for the 40.7 M pixel UNet that params/gpu.yaml trains (CPU: the demo UNet at 1 and 4)."""
     from diffusers import UNet2DConditionModel
 
     from .mvdiffusion.model import MVDiffusionConfig, MVDiffusionModel
 
-    rows = []
     V = 6
+
+    def inputs(model, objects: int, size: int, C: int, label):
+        """A guided step's inputs for ``objects`` objects: batch 2 x objects (cond + uncond)."""
+        dtype = next(model.parameters()).dtype
+        b = 2 * objects
+        rays = (torch.randn(b, V, 6, size, size, device=device, dtype=dtype) if model.config.camera_channels
+                else None)
+        lab = None if label is None else label[:1].expand(b, -1)
+        return (torch.randn(b, V, C, size, size, device=device, dtype=dtype), torch.full((b,), 500, device=device),
+                torch.randn(b, C, size, size, device=device, dtype=dtype), rays, lab)
+
+    def step_ms(model, objects: int, size: int, C: int, label, repeats: int, warmup: int = 2) -> float:
+        args = inputs(model, objects, size, C, label)
+        with torch.no_grad():
+            return timed(lambda: model(*args), device, repeats=repeats, warmup=warmup)
+
+    def batching_rows(model, what: str, counts: tuple[int, ...], size: int, C: int, label) -> list[dict]:
+        times = {n: step_ms(model, n, size, C, label, repeats=5 if device.type == "cuda" else 2) for n in counts}
+        rows = [row("mvdiffusion", f"{what}: 50 steps, {n} object(s) per call, per object", times[n] * 50 / n / 1e3,
+                    "s", "eager; step time x 50 / objects") for n in counts]
+        top = counts[-1]
+        rows.append(row("mvdiffusion", f"{what}: throughput at {top} vs 1 object per call", times[1] * top / times[top],
+                        "x", "same run, side by side"))
+        return rows
+
+    rows = []
     if device.type == "cuda":
         unet = UNet2DConditionModel(**sd21_unet_config())
         model = MVDiffusionModel.from_unet(unet, image_channels=4, camera_channels=0, num_views=V,
@@ -152,30 +180,28 @@ def bench_mvdiffusion(device: torch.device) -> list[dict]:
         model = MVDiffusionModel.from_dataclass(cfg).to(device).eval()
         size, C, label = cfg.image_size, cfg.image_channels, None
         what = f"demo pixel UNet {cfg.image_size}x{cfg.image_size}"
-    dtype = next(model.parameters()).dtype
-    noisy = torch.randn(2, V, C, size, size, device=device, dtype=dtype)
-    ref = torch.randn(2, C, size, size, device=device, dtype=dtype)
-    rays = None
-    if model.config.camera_channels:
-        rays = torch.randn(2, V, 6, size, size, device=device, dtype=dtype)
-    t = torch.full((2,), 500, device=device)
     n_params = sum(p.numel() for p in model.parameters())
-
-    @torch.no_grad()
-    def step(m):
-        return m(noisy, t, ref, rays, label)
-
-    eager = timed(lambda: step(model), device, repeats=10 if device.type == "cuda" else 3)
+    eager = step_ms(model, 1, size, C, label, repeats=10 if device.type == "cuda" else 3, warmup=3)
     rows += [row("mvdiffusion", f"{what} ({n_params / 1e6:.0f}M): 1 step, 6 views + CFG, eager", eager, "ms"),
              row("mvdiffusion", f"{what}: 50 steps per object, eager", eager * 50 / 1e3, "s",
                  "step time x 50 (scheduler cost is negligible)")]
     if device.type == "cuda":
         compiled = torch.compile(model)
-        comp = timed(lambda: step(compiled), device, repeats=10, warmup=3)
+        comp = step_ms(compiled, 1, size, C, label, repeats=10, warmup=3)
         rows += [row("mvdiffusion", f"{what}: 1 step, 6 views + CFG, torch.compile", comp, "ms"),
                  row("mvdiffusion", f"{what}: 50 steps per object, torch.compile", comp * 50 / 1e3, "s",
                      "target <= 1.5 s"),
                  row("mvdiffusion", "compile speed-up", eager / comp, "x")]
+        rows += batching_rows(model, what, (1, 4, 16), size, C, label)
+        del model, compiled
+        torch.cuda.empty_cache()
+        cfg = MVDiffusionConfig()  # the embedded default that params/gpu.yaml trains from scratch
+        pixel = MVDiffusionModel.from_dataclass(cfg).to(device, torch.bfloat16).eval()
+        n_pixel = sum(p.numel() for p in pixel.parameters())
+        rows += batching_rows(pixel, f"pixel UNet ({n_pixel / 1e6:.1f}M) {cfg.image_size}x{cfg.image_size}, bf16",
+                              (1, 8, 32), cfg.image_size, cfg.image_channels, None)
+    else:
+        rows += batching_rows(model, what, (1, 4), size, C, label)
     return rows
 
 

@@ -47,6 +47,8 @@ class EvalConfig:
     seed: int = 0                 # seeds the input-view permutations (and MVDiffusion noise: seed + sample index)
     max_samples: int = 0          # first N test samples (0 = all)
     plans_per_batch: int = 6      # (inputs, target) plans reconstructed per GS-LRM call
+    generation_batch: int = 8     # objects per MVDiffusion call in question 2 (noise is per object, so the
+    #                               views do not depend on it; a GPU wants 16-32, a CPU 1-4)
     backend: str = "auto"         # rasterizer: "auto", "gsplat" or "torch"
     n_examples: int = 1           # samples whose images (and Gaussians) are kept for figures
     min_opacity: float = 0.01     # Gaussians fainter than this are dropped for Chamfer and PLY
@@ -182,42 +184,60 @@ def end_to_end_rows(pipe, model, data_root: str | os.PathLike, names: list[str],
     """Question 2: reference view (position ``pipe.model.config.reference_view``) -> MVDiffusion at
     every camera of the sample -> GS-LRM on the views at positions ``gslrm_views`` (None = all; the
     reference slot holds the real reference when ``keep_reference``) -> every real view except the
-    reference. Also scores the generated views themselves (question "mvdiffusion")."""
-    from .mvdiffusion.pipeline import composite, resize_views
+    reference. Also scores the generated views themselves (question "mvdiffusion"). Objects are
+    generated ``cfg.generation_batch`` at a time; object i's noise comes from seed + i either way."""
+    from .mvdiffusion.pipeline import resize_views
 
     S, Sm = model.cfg.image_size, pipe.image_size
     ref = pipe.model.config.reference_view
     res = EvalResult()
-    for i, name in enumerate(_names(names, cfg)):
-        raw = samples_io.read_sample(Path(data_root) / name)
-        s = load_eval_sample(Path(data_root) / name, S)
-        V = len(s["view_ids"])
-        imgs, Km = resize_views(raw.images[None], raw.K[None], Sm)        # [1, V, 4, Sm, Sm]
-        gen = pipe(imgs[:, ref], raw.w2c[None, ref], raw.w2c[None], Km, sampler,
-                   generator=[torch.Generator().manual_seed(cfg.seed + i)]).cpu()[0]  # [V, 4, Sm, Sm]
-        if keep_reference:
-            gen[ref] = composite(imgs[0, ref], (1.0, 1.0, 1.0))
-        # generated RGB is already over white: resize it as opaque, and its alpha separately
-        g_rgb = prepare_images(torch.cat([gen[:, :3], torch.ones_like(gen[:, 3:])], 1), Km[0], S)[0]
-        g_alpha = prepare_images(gen, Km[0], S)[1]                       # [V, 1, S, S]
-        used = list(range(V)) if not gslrm_views else list(gslrm_views)
-        targets = [v for v in range(V) if v != ref]
-        check_plan([ref], targets)  # the reference is the only real input
-        uu, tt = torch.tensor(used), torch.tensor(targets)
-        out, rgb, alpha = reconstruct_and_render(model, g_rgb[uu][None], s["c2w"][uu][None], s["K"][uu][None],
-                                                 s["w2c"][tt][None], s["K"][tt][None], cfg.backend)
-        m = score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips)   # each [Vt]
-        mg = score(g_rgb[tt], g_alpha[tt], s["rgb"][tt], s["alpha"][tt], lpips)
-        for a, t in enumerate(targets):
-            res.rows.append(_row("end_to_end", label, s, 1, [ref], t, m, a))
-            res.rows.append(_row("mvdiffusion", label, s, 1, [ref], t, mg, a))
-        if i < cfg.n_examples:
-            res.examples.append({"name": s["name"], "title": f"end to end from view {s['view_ids'][ref]}",
-                                 "gt": s["rgb"][tt], "pred": rgb[0].cpu(), "gt_alpha": s["alpha"][tt],
-                                 "generated": g_rgb, "views": [s["view_ids"][t] for t in targets],
-                                 "gaussians": gaussians_from_output(out, 0, cfg.min_opacity).to("cpu"),
-                                 "provenance": s["provenance"]})
+    todo = _names(names, cfg)
+    for start in range(0, len(todo), max(1, cfg.generation_batch)):
+        chunk = todo[start:start + max(1, cfg.generation_batch)]
+        raws = [samples_io.read_sample(Path(data_root) / name) for name in chunk]
+        if len({tuple(r.images.shape) for r in raws}) > 1:
+            raise ValueError(f"{data_root}: samples {chunk} differ in views or size "
+                             f"({sorted({tuple(r.images.shape) for r in raws})}); set generation_batch to 1")
+        imgs, Km = resize_views(torch.stack([r.images for r in raws]), torch.stack([r.K for r in raws]), Sm)  # [b, V, 4, Sm, Sm]
+        w2c = torch.stack([r.w2c for r in raws])                           # [b, V, 4, 4]
+        gens = pipe(imgs[:, ref], w2c[:, ref], w2c, Km, sampler,          # object i's noise: seed + i
+                    generator=[torch.Generator().manual_seed(cfg.seed + start + j) for j in range(len(chunk))]).cpu()
+        for j, name in enumerate(chunk):
+            _end_to_end_object(res, start + j, load_eval_sample(Path(data_root) / name, S), gens[j], imgs[j], Km[j],
+                               model, ref, cfg, lpips, gslrm_views, keep_reference, label)
     return res
+
+
+def _end_to_end_object(res: EvalResult, i: int, s: dict, gen: torch.Tensor, imgs: torch.Tensor, Km: torch.Tensor,
+                       model, ref: int, cfg: EvalConfig, lpips, gslrm_views: list[int] | None, keep_reference: bool,
+                       label: str) -> None:
+    """Question 2 for object ``i`` of the split: its generated views gen [V, 4, Sm, Sm] (real views
+    imgs [V, 4, Sm, Sm] with intrinsics Km [V, 3, 3] at the generator's size) -> GS-LRM -> rows."""
+    from .mvdiffusion.pipeline import composite
+
+    S, V = model.cfg.image_size, len(s["view_ids"])
+    if keep_reference:
+        gen[ref] = composite(imgs[ref], (1.0, 1.0, 1.0))
+    # generated RGB is already over white: resize it as opaque, and its alpha separately
+    g_rgb = prepare_images(torch.cat([gen[:, :3], torch.ones_like(gen[:, 3:])], 1), Km, S)[0]
+    g_alpha = prepare_images(gen, Km, S)[1]                          # [V, 1, S, S]
+    used = list(range(V)) if not gslrm_views else list(gslrm_views)
+    targets = [v for v in range(V) if v != ref]
+    check_plan([ref], targets)  # the reference is the only real input
+    uu, tt = torch.tensor(used), torch.tensor(targets)
+    out, rgb, alpha = reconstruct_and_render(model, g_rgb[uu][None], s["c2w"][uu][None], s["K"][uu][None],
+                                             s["w2c"][tt][None], s["K"][tt][None], cfg.backend)
+    m = score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips)   # each [Vt]
+    mg = score(g_rgb[tt], g_alpha[tt], s["rgb"][tt], s["alpha"][tt], lpips)
+    for a, t in enumerate(targets):
+        res.rows.append(_row("end_to_end", label, s, 1, [ref], t, m, a))
+        res.rows.append(_row("mvdiffusion", label, s, 1, [ref], t, mg, a))
+    if i < cfg.n_examples:
+        res.examples.append({"name": s["name"], "title": f"end to end from view {s['view_ids'][ref]}",
+                             "gt": s["rgb"][tt], "pred": rgb[0].cpu(), "gt_alpha": s["alpha"][tt],
+                             "generated": g_rgb, "views": [s["view_ids"][t] for t in targets],
+                             "gaussians": gaussians_from_output(out, 0, cfg.min_opacity).to("cpu"),
+                             "provenance": s["provenance"]})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,3 +35,20 @@ def test_video_codec_falls_back_to_mp4v_without_imageio_ffmpeg(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # `import imageio_ffmpeg` now raises ImportError
     assert bench.video_codec() == "mp4v"
+
+
+def test_mvdiffusion_bench_reports_per_object_time_when_batching(monkeypatch):
+    """On CPU the demo UNet (shrunk to the tiny config here): the step, 50 steps per object, and the
+    per-object time at 1 and 4 objects per call with their ratio, all measured in this one call."""
+    import torch
+
+    from mousefacelift import bench
+    from mousefacelift.mvdiffusion import model as mv
+
+    tiny = mv.MVDiffusionConfig.tiny(image_size=8)
+    monkeypatch.setattr(mv, "MVDiffusionConfig", lambda: tiny)
+    rows = {r["case"]: r for r in bench.bench_mvdiffusion(torch.device("cpu"))}
+    per_object = [c for c in rows if "object(s) per call, per object" in c]
+    assert len(per_object) == 2 and all(rows[c]["unit"] == "s" and rows[c]["value"] > 0 for c in per_object)
+    ratio = next(r for c, r in rows.items() if "throughput at 4 vs 1" in c)
+    assert ratio["unit"] == "x" and ratio["value"] > 0

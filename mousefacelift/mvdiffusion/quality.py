@@ -81,16 +81,17 @@ def evaluate(pipe: MVDiffusionPipeline, dataset, config: SamplerConfig, seed: in
 
 
 def quality_vs_steps(pipe: MVDiffusionPipeline, dataset, steps: list[int], config: SamplerConfig, seed: int = 0,
-                     max_objects: int = 8, samplers: list[str] | None = None) -> list[dict]:
+                     max_objects: int = 8, samplers: list[str] | None = None, batch_size: int = 4) -> list[dict]:
     """PSNR_fg and mask IoU (means over held-out views) and time for each sampler (default:
-    ``config.sampler``) and number of steps; the other sampler settings come from ``config``.
+    ``config.sampler``) and number of steps; the other sampler settings come from ``config``;
+    ``batch_size`` objects per call (as in :func:`evaluate`).
     -> one dict per setting: {"sampler", "steps", "psnr_fg", "mask_iou", "seconds"}."""
     rows = []
     for sampler in samplers or [config.sampler]:
         for n in steps:
             cfg = SamplerConfig(sampler=sampler, steps=n, eta=config.eta, guidance_scale=config.guidance_scale,
                                 background=config.background)
-            res = evaluate(pipe, dataset, cfg, seed, max_objects)
+            res = evaluate(pipe, dataset, cfg, seed, max_objects, batch_size)
             rows.append({"sampler": sampler, "steps": n, "psnr_fg": res["psnr_fg"], "mask_iou": res["mask_iou"],
                          "seconds": res["seconds"]})
             log.info("quality vs steps: %s %d steps -> PSNR_fg %.2f dB, mask IoU %.3f (%.1f s)", sampler, n,
