@@ -174,15 +174,15 @@ def bench_mvdiffusion(device: torch.device) -> list[dict]:
                                            context="prompt_embeds", context_tensor=torch.zeros(V, 77, 1024))
         model = model.to(device, torch.bfloat16).eval()
         size, C, label = 64, 4, torch.zeros(2, 2048, device=device, dtype=torch.bfloat16)
-        what = "SD2.1-unCLIP UNet (870M), 64x64 latents"
+        what = "SD2.1-unCLIP UNet ({:.0f}M), 64x64 latents"
     else:
         cfg = MVDiffusionConfig()
         model = MVDiffusionModel.from_dataclass(cfg).to(device).eval()
         size, C, label = cfg.image_size, cfg.image_channels, None
-        what = f"demo pixel UNet {cfg.image_size}x{cfg.image_size}"
-    n_params = sum(p.numel() for p in model.parameters())
+        what = f"demo pixel UNet ({{:.1f}}M) {cfg.image_size}x{cfg.image_size}"
+    what = what.format(sum(p.numel() for p in model.parameters()) / 1e6)
     eager = step_ms(model, 1, size, C, label, repeats=10 if device.type == "cuda" else 3, warmup=3)
-    rows += [row("mvdiffusion", f"{what} ({n_params / 1e6:.0f}M): 1 step, 6 views + CFG, eager", eager, "ms"),
+    rows += [row("mvdiffusion", f"{what}: 1 step, 6 views + CFG, eager", eager, "ms"),
              row("mvdiffusion", f"{what}: 50 steps per object, eager", eager * 50 / 1e3, "s",
                  "step time x 50 (scheduler cost is negligible)")]
     if device.type == "cuda":
