@@ -88,6 +88,16 @@ def test_config_in_checkpoint_and_from_pretrained_folder(tmp_path):
     assert torch.equal(loaded.pixel_gaussian_decoder[1].weight, model.pixel_gaussian_decoder[1].weight)
 
 
+def test_a_stored_config_with_an_unknown_key_names_the_file_and_the_key(tmp_path):
+    from dataclasses import asdict
+    cfg = GSLRMConfig.tiny(layers=1)
+    stored = {**asdict(cfg), "qk_nrom": True}  # e.g. written by a newer or edited version
+    path = tmp_path / "ckpt_0000000000000003.pt"
+    _save_reference_layout(path, GSLRM(cfg), config=stored)
+    with pytest.raises(ValueError, match=r"ckpt_0000000000000003.pt: stored config: unknown key 'qk_nrom'; did you mean 'qk_norm'"):
+        load_gslrm_checkpoint(path)
+
+
 def test_missing_unexpected_and_wrong_path_raise(tmp_path):
     model = _tiny()
     p_extra = tmp_path / "extra.pt"

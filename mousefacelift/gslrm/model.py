@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .. import cameras
+from ..configs import from_dict
 from ..gaussians import SH_C0, Gaussians, rasterize  # SH_C0: colour = 0.5 + SH_C0 * sh0
 
 log = logging.getLogger(__name__)
@@ -386,8 +387,8 @@ def load_gslrm_checkpoint(path: str | os.PathLike, config: GSLRMConfig | None = 
         if stored is None:
             raise ValueError(f"{path} carries no model config (e.g. the released FaceLift file): pass "
                              "config=GSLRMConfig.full() or the config it was trained with")
-        config = GSLRMConfig(**stored)
-    elif stored is not None and GSLRMConfig(**stored) != config:
+        config = from_dict(GSLRMConfig, stored, f"{path}: stored config")
+    elif stored is not None and from_dict(GSLRMConfig, stored, f"{path}: stored config") != config:
         log.warning("%s: the given config %s differs from the stored one %s; using the given one",
                     path, config, stored)
     model = GSLRM(config)
