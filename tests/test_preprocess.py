@@ -113,6 +113,12 @@ def test_strategy_geometry():
         assert (uv[0] - S / 2).abs().max() < 0.51
     rect = pp.rectify(rgb, mask, K, w2c, center, CONFIG)
     assert cameras.fov_from_focal(rect.K[0, 0], S).item() == pytest.approx(50.0)
+    narrow = pp.rectify(rgb, mask, K, w2c, center, pp.PreprocessConfig(image_size=S, fov_deg=30.0))
+    assert cameras.fov_from_focal(narrow.K[0, 0], S).item() == pytest.approx(30.0)
+    uv, _ = cameras.project(center[None], narrow.w2c, narrow.K)
+    assert (uv[0] - S / 2).abs().max() < 0.51
+    with pytest.raises(ValueError, match="fov_deg"):
+        pp.PreprocessConfig(fov_deg=0.0).validate()
     # uniform: one crop size for all views, chosen from the mean area
     masks = np.stack([mask, np.roll(mask, 3, axis=1) & (np.arange(SRC_W) < 140)])
     size = pp.uniform_crop_size(masks, CONFIG)

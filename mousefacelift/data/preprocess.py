@@ -12,7 +12,7 @@ square :class:`~mousefacelift.data.extract.View` by ONE warp from the source, re
 * ``pixel_based`` (the earlier attempt): per view, the mask's centre of mass to the image centre
   and the side chosen so that sqrt(mouse pixels / all pixels) = ``target_ratio``;
 * ``rectify``: notebook 01's default: the camera turns about its centre to look at the mouse,
-  FaceLift's intrinsics (50 degree field of view), exact rotation homography.
+  FaceLift's intrinsics (50 degree field of view, or ``fov_deg``), exact rotation homography.
 
 ``update_cameras=False`` reproduces the earlier way: the image is the strategy's, the camera stays
 the reference (``crop``) camera, so the image content and the camera disagree.
@@ -52,6 +52,7 @@ class PreprocessConfig:
     crop_fraction: float = 0.9  # crop / centered (and the reference camera): square side / source height
     target_ratio: float = 0.3  # pixel_based / uniform: sqrt(mouse pixels / all pixels) to aim for
     antialias: bool = True  # rectify: Gaussian pre-blur before a shrinking warp
+    fov_deg: float = 50.0  # rectify: field of view of each view (notebook 01's fov_deg; FaceLift's 50)
     alpha_threshold: int = 127  # output alpha above this counts as mouse
     min_mask_pixels: int = ExtractConfig.min_mask_pixels  # frame skipping, as in the extraction
     border_margin: int = ExtractConfig.border_margin
@@ -59,9 +60,11 @@ class PreprocessConfig:
     hull: HullConfig = field(default_factory=HullConfig)  # visual hull check
 
     def validate(self) -> None:
-        if self.image_size < 8 or not 0 < self.crop_fraction or not 0 < self.target_ratio < 1:
-            raise ValueError(f"PreprocessConfig: image_size >= 8, crop_fraction > 0 and 0 < target_ratio < 1 "
-                             f"required, got {self.image_size}, {self.crop_fraction}, {self.target_ratio}")
+        if (self.image_size < 8 or not 0 < self.crop_fraction or not 0 < self.target_ratio < 1
+                or not 0 < self.fov_deg < 180):
+            raise ValueError(f"PreprocessConfig: image_size >= 8, crop_fraction > 0, 0 < target_ratio < 1 and "
+                             f"0 < fov_deg < 180 required, got {self.image_size}, {self.crop_fraction}, "
+                             f"{self.target_ratio}, {self.fov_deg}")
         self.hull.validate()
 
 
@@ -140,7 +143,7 @@ def pixel_based(rgb: np.ndarray, mask: np.ndarray, K: torch.Tensor, w2c: torch.T
 def rectify(rgb: np.ndarray, mask: np.ndarray, K: torch.Tensor, w2c: torch.Tensor, center: torch.Tensor,
             config: PreprocessConfig, *, update_cameras: bool = True) -> View:
     """Notebook 01's default: look at the 3D centre, FaceLift's intrinsics, rotation homography."""
-    view = rectify_view(rgb, mask, K, w2c, center, config.image_size, config.antialias)
+    view = rectify_view(rgb, mask, K, w2c, center, config.image_size, config.antialias, config.fov_deg)
     return view if update_cameras else _with_reference_camera(view, rgb, mask, K, w2c, center, config)
 
 
