@@ -16,7 +16,7 @@
 # Do not set MPLBACKEND=Agg for this: the notebooks switch back to inline figures, with a warning.
 # Logs: runs/NAME/logs/. Set MFL="..." to choose the CLI (default: python3 -m mousefacelift.cli) and
 # MFL_RUN_ARGS (e.g. "--kernel python3") for options passed to every `mfl run`; BENCH=0 skips step 4.
-# In a copy without .git, MFL_GIT_COMMIT names the commit for the manifests.
+# MFL_GIT_COMMIT names the commit for the manifests of a copy (it wins over a .git there, which may be stale).
 set -uo pipefail
 name=${1:-h200-reference}
 params=${2:-params/gpu.yaml}
