@@ -155,20 +155,21 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return y.reshape(*lead, c, h, w)
 
 
-def degraded_ground_truth(gt_rgb: torch.Tensor, gt_alpha: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def degraded_copies(gt_rgb: torch.Tensor, gt_alpha: torch.Tensor, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One entry of :data:`DEGRADATIONS` applied to the GT: gt_rgb [..., 3, H, W] on white, gt_alpha
-    [..., 1, H, W] -> (rgb, alpha), same shapes. ``shift_Npx`` moves image and alpha together (the
-    caller averages the four directions, see :func:`degradation_metrics`); ``blur_Spx`` blurs both;
-    ``flat_colour`` keeps the silhouette exactly and paints it with the mean GT foreground colour of
-    each image (no texture at all)."""
+    [..., 1, H, W] -> a list of (rgb, alpha), same shapes. ``shift_Npx`` gives four copies, image and
+    alpha moved together by N px along +x, -x, +y and -y (an elongated mouse loses more to a shift
+    across its body); ``blur_Spx`` one copy with both blurred; ``flat_colour`` one copy that keeps
+    the silhouette exactly and paints it with the mean GT foreground colour of each image."""
     kind, amount = _parse_degradation(name)
     if kind == "shift":
-        return shift(gt_rgb, int(amount), 0, 1.0), shift(gt_alpha, int(amount), 0, 0.0)
+        n = int(amount)
+        return [(shift(gt_rgb, dx, dy, 1.0), shift(gt_alpha, dx, dy, 0.0)) for dx, dy in ((n, 0), (-n, 0), (0, n), (0, -n))]
     if kind == "blur":
-        return gaussian_blur(gt_rgb, amount), gaussian_blur(gt_alpha, amount)
+        return [(gaussian_blur(gt_rgb, amount), gaussian_blur(gt_alpha, amount))]
     fg = _fg(gt_alpha)  # flat_colour
     mean = (gt_rgb * fg).sum((-2, -1), keepdim=True) / fg.sum((-2, -1), keepdim=True).clamp_min(1)
-    return gt_rgb * (1 - fg) + mean * fg, gt_alpha
+    return [(gt_rgb * (1 - fg) + mean * fg, gt_alpha)]
 
 
 def _parse_degradation(name: str) -> tuple[str, float]:
@@ -185,15 +186,9 @@ def _parse_degradation(name: str) -> tuple[str, float]:
 
 
 def degradation_metrics(gt_rgb: torch.Tensor, gt_alpha: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
-    """:func:`image_metrics` of the degraded GT against the GT; shifts are averaged over the four
-    directions (+-x, +-y), since an elongated mouse loses more to a shift across its body. [...]-shaped."""
-    kind, amount = _parse_degradation(name)
-    if kind != "shift":
-        rgb, alpha = degraded_ground_truth(gt_rgb, gt_alpha, name)
-        return image_metrics(rgb, alpha, gt_rgb, gt_alpha)
-    n = int(amount)
-    runs = [image_metrics(shift(gt_rgb, dx, dy, 1.0), shift(gt_alpha, dx, dy, 0.0), gt_rgb, gt_alpha)
-            for dx, dy in ((n, 0), (-n, 0), (0, n), (0, -n))]
+    """:func:`image_metrics` of the degraded GT against the GT, averaged over the copies of
+    :func:`degraded_copies` (the four directions of a shift). [...]-shaped."""
+    runs = [image_metrics(rgb, alpha, gt_rgb, gt_alpha) for rgb, alpha in degraded_copies(gt_rgb, gt_alpha, name)]
     return {k: torch.stack([r[k] for r in runs]).mean(0) for k in runs[0]}
 
 

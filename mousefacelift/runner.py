@@ -259,8 +259,7 @@ def execute(plan: RunPlan) -> dict:
     for stem in plan.stems:  # after a failure, the later notebooks were never started
         if plan.manifest["notebooks"][stem].get("status") == "pending":
             plan.manifest["notebooks"][stem]["status"] = "not run"
-    plan.manifest["ended"] = dt.datetime.now().isoformat(timespec="seconds")
-    _write_manifest(plan)
+    _write_manifest(plan)  # the run's started / ended / duration_s come from its notebooks' entries
     write_report(plan.run_dir)
     if failure:
         raise RunError(failure)

@@ -151,4 +151,4 @@ def test_blur_and_flat_colour_degradations():
     assert m["psnr_fg"].item() == pytest.approx(20.0, abs=1e-4)  # every fg pixel off by 0.1
     assert m["mask_iou"].item() == 1.0
     with pytest.raises(ValueError, match="unknown degradation"):
-        metrics.degraded_ground_truth(rgb, alpha, "shift_sideways")
+        metrics.degraded_copies(rgb, alpha, "shift_sideways")
