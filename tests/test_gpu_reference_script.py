@@ -9,8 +9,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_reference.sh"
 
 FAKE_MFL = """#!/usr/bin/env bash
-# records "<args>" and fails when the call's --only list names $FAIL_ONLY
-echo "$*" >> "$CALLS"
+# records "<args>"; fails when the call's --only list is $FAIL_ONLY, sleeps a second when "<--only>@<--name>" is $SLOW_ONLY
 if [ "$1" = run ]; then
   name=""; only=""; prev=""
   for a in "$@"; do
@@ -19,7 +18,11 @@ if [ "$1" = run ]; then
     prev=$a
   done
   mkdir -p "runs/$name"
+  [ -n "${SLOW_ONLY:-}" ] && [ "$only@$name" = "$SLOW_ONLY" ] && sleep 1
+  echo "$*" >> "$CALLS"
   [ -n "${FAIL_ONLY:-}" ] && [ "$only" = "$FAIL_ONLY" ] && exit 1
+else
+  echo "$*" >> "$CALLS"
 fi
 exit 0
 """
@@ -48,30 +51,52 @@ def runs_of(calls):
     return out
 
 
+def evaluations(runs):
+    return [r[2] for r in runs if r[0] == "07"]
+
+
 def test_full_order_with_question_3_and_bench(tmp_path):
-    proc, calls = run_script(tmp_path)
+    proc, calls = run_script(tmp_path, SLOW_ONLY="06@ref")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = runs_of(calls)
-    assert runs[0] == ("01,02,03", "ref", "gpu.yaml")
-    assert set(runs[1:3]) == {("06", "ref", "gpu.yaml"), ("04,05", "ref", "gpu.yaml")}  # side by side
-    assert set(runs[3:5]) == {("06", "ref-synthetic", "gpu-synthetic.yaml"),
-                              ("07", "ref", "07_without_question_3.yaml")}
-    assert runs[5] == ("07", "ref", "gpu.yaml")  # again, with question 3
+    assert runs[0] == ("01", "ref", "gpu.yaml")
+    # 04 -> 05 finished before the (slow) 06 on real samples; 06 on the generated ones followed at once
+    assert runs[1:4] == [("02,03", "ref", "gpu.yaml"), ("04,05", "ref", "gpu.yaml"),
+                         ("06", "ref-synthetic", "gpu-synthetic.yaml")]
+    assert runs[4] == ("06", "ref", "gpu.yaml")
+    assert evaluations(runs) == ["07_without_question_3.yaml", "07_with_question_3.yaml"]
     assert calls[-2].startswith("bench --out runs/ref/bench") and calls[-1] == "list"
     first_07 = (tmp_path / "runs/ref/logs/07_without_question_3.yaml").read_text()
     assert 'gslrm_synthetic_dir: ""' in first_07 and "mvdiffusion_dir" not in first_07
+    q3 = (tmp_path / "runs/ref/logs/07_with_question_3.yaml").read_text()
+    assert "gslrm_synthetic_dir: ../ref-synthetic/gslrm" in q3  # this run's own, not params/gpu.yaml's
 
 
-@pytest.mark.parametrize("env", [{"SYNTHETIC": "0", "BENCH": "0"}, {"FAIL_ONLY": "04,05", "BENCH": "0"}],
-                         ids=["SYNTHETIC=0", "04-05 failed"])
+def test_early_eval_off_evaluates_once_with_question_3(tmp_path):
+    proc, calls = run_script(tmp_path, EARLY_EVAL="0", BENCH="0")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert evaluations(runs_of(calls)) == ["07_with_question_3.yaml"]
+
+
+@pytest.mark.parametrize("env", [{"SYNTHETIC": "0", "BENCH": "0", "SLOW_ONLY": "06@ref"},
+                                 {"FAIL_ONLY": "04,05", "BENCH": "0"},
+                                 {"SYNTHETIC": "0", "BENCH": "0", "EARLY_EVAL": "0"}],
+                         ids=["SYNTHETIC=0", "04-05 failed", "SYNTHETIC=0 EARLY_EVAL=0"])
 def test_without_generated_samples_07_runs_once_without_question_3(tmp_path, env):
     proc, calls = run_script(tmp_path, **env)
     runs = runs_of(calls)
-    assert [r for r in runs if r[0] == "07"] == [("07", "ref", "07_without_question_3.yaml")]
+    assert evaluations(runs) == ["07_without_question_3.yaml"]
     assert not any(r[1] == "ref-synthetic" for r in runs)
     assert not any(c.startswith("bench") for c in calls)
     first_07 = (tmp_path / "runs/ref/logs/07_without_question_3.yaml").read_text()
     assert ('mvdiffusion_dir: ""' in first_07) == ("FAIL_ONLY" in env)  # no pipeline: no question 2 either
+
+
+def test_07_that_ran_before_mvdiffusion_was_ready_runs_again_with_question_2(tmp_path):
+    proc, calls = run_script(tmp_path, SYNTHETIC="0", BENCH="0", SLOW_ONLY="04,05@ref")
+    assert evaluations(runs_of(calls)) == ["07_without_question_3.yaml"] * 2
+    assert "mvdiffusion_dir" not in (tmp_path / "runs/ref/logs/07_without_question_3.yaml").read_text()
+    assert "07 exit" in proc.stdout
 
 
 def test_no_gs_lrm_stops_before_07(tmp_path):
