@@ -67,6 +67,23 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def warn_schedule_change(checkpoint: Path, step: int, saved: dict, current: dict, keys: tuple[str, ...],
+                         logger: logging.Logger) -> dict[str, tuple]:
+    """On resume, the schedule settings in ``keys`` whose value in the checkpoint's config (``saved``)
+    differs from ``current``, as {key: (saved, current)}, logged as one warning.
+
+    A resumed LambdaLR keeps its step and its base learning rate from the checkpoint, but takes its
+    shape (length, warm-up) from the current config: a changed ``steps`` splices two schedules at the
+    resume step, and a changed ``lr`` has no effect. Either is legitimate (e.g. cutting a run short),
+    so this warns rather than refuses; ``resume=False`` starts over with one schedule."""
+    changed = {k: (saved[k], current[k]) for k in keys if k in saved and k in current and saved[k] != current[k]}
+    if changed:
+        logger.warning("resuming %s at step %d with %s: the learning-rate schedule follows the new length and "
+                       "warm-up from step %d on, and keeps the checkpoint's peak lr (resume=False starts over)",
+                       checkpoint, step, ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), step)
+    return changed
+
+
 def setup_notebook_logging(level: int = logging.INFO) -> None:
     """Library logs (progress, skips, warnings) show up in the executed notebook's output, and so
     do figures (see :func:`ensure_inline_figures`)."""

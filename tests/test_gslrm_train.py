@@ -196,6 +196,14 @@ def test_resume_is_exact(data_root, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_with_a_changed_schedule_warns(data_root, tmp_path, caplog):
+    train(_cfg(data_root, tmp_path, stop_at_step=3))
+    with caplog.at_level(logging.WARNING, logger="mousefacelift.gslrm.train"):
+        train(_cfg(data_root, tmp_path, steps=5, lr=5e-4))
+    warned = [r.getMessage() for r in caplog.records if "schedule" in r.getMessage()]
+    assert len(warned) == 1 and "steps 6 -> 5" in warned[0] and "lr 0.001 -> 0.0005" in warned[0]
+
+
 def test_grad_norm_skip_rule_is_counted(data_root, tmp_path):
     tiny_clip = _cfg(data_root, tmp_path, steps=2, grad_clip=1e-9)  # pre-clip norm > 20 * 1e-9 always
     trainer = Trainer(tiny_clip)

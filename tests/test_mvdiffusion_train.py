@@ -90,6 +90,15 @@ def test_exact_resume_reproduces_losses(data):
     assert logged == [1, 2, 3, 4]
 
 
+def test_resume_with_a_changed_schedule_warns(data, caplog):
+    train(tiny_config(data, "cut", steps=4, stop_at_step=2))
+    with caplog.at_level(logging.WARNING, logger="mousefacelift.mvdiffusion.train"):
+        out = train(tiny_config(data, "cut", steps=3))  # cut short: the rest follows a 3-step schedule
+    assert sorted(out["losses"]) == [3]
+    warned = [r.getMessage() for r in caplog.records if "schedule" in r.getMessage()]
+    assert len(warned) == 1 and "steps 4 -> 3" in warned[0] and "ckpt_0000000000000002.pt" in warned[0]
+
+
 def test_main_runs_from_a_json_config(data):
     cfg = {"data_root": str(data / "s"), "train_split": str(data / "train.txt"), "val_split": str(data / "train.txt"),
            "out_dir": str(data / "cli"), "steps": 1, "batch_size": 1, "views": [0, 1],

@@ -1,6 +1,6 @@
-"""The committed GPU reference run (runs/h200-reference): its README quotes its own records.
+"""The committed GPU runs (runs/h200-reference, runs/h200-question3): their READMEs quote their own records.
 
-A number in the README that no longer matches the run's results/*.json, eval/metrics.json or
+A number in a README that no longer matches the run's results/*.json, eval/metrics.json or
 bench/bench.json (a re-run committed without updating the text, or a typo) fails here.
 """
 import json
@@ -8,18 +8,20 @@ from pathlib import Path
 
 import pytest
 
-RUN = Path(__file__).resolve().parents[1] / "runs" / "h200-reference"
+RUNS = Path(__file__).resolve().parents[1] / "runs"
+RUN = RUNS / "h200-reference"
+QUESTION_3 = RUNS / "h200-question3"
 pytestmark = pytest.mark.skipif(not (RUN / "README.md").is_file(), reason="no committed reference run")
 
 
-def results(stem: str) -> dict:
-    return json.loads((RUN / "results" / f"{stem}.json").read_text())
+def results(stem: str, run: Path = RUN) -> dict:
+    return json.loads((run / "results" / f"{stem}.json").read_text())
 
 
-def quoted(value: float, fmt: str) -> str:
+def quoted(value: float, fmt: str, run: Path = RUN) -> str:
     text = format(value, fmt)
-    readme = (RUN / "README.md").read_text()
-    assert text in readme, f"runs/h200-reference/README.md does not quote {text} (recorded value {value})"
+    readme = (run / "README.md").read_text()
+    assert text in readme, f"{run.relative_to(RUNS.parent)}/README.md does not quote {text} (recorded value {value})"
     return text
 
 
@@ -51,3 +53,23 @@ def test_readme_quotes_the_benchmark():
     quoted(rows["train step @512, batch 1, 5+1 views (full): fraction of bf16 peak"], ".3f")
     quoted(rows["inference 6 views @512: eager (SDPA default)"], ".1f")
     quoted(rows["inference 6 views @512: torch.compile"], ".1f")
+
+
+def test_question_3_readme_quotes_its_records():
+    run = QUESTION_3
+    r7, r6, r4 = results("07_evaluation", run), results("06_gslrm_finetune", run), results("04_mvdiffusion_finetune", run)
+    synthetic = results("06_gslrm_finetune", RUNS / "h200-question3-synthetic")
+    assert synthetic["train_on"] == "synthetic" and r6["train_on"] == "real" and synthetic["steps"] == r6["steps"]
+    doc = json.loads((run / "eval" / "metrics.json").read_text())
+    rows = {(s["model"], s["n_inputs"]): s for s in doc["summaries"] if s["question"] == "reconstruction"}
+    paired = doc["paired_real_minus_synthetic"]
+    for v, f in ((r7["reconstruction_psnr_fg"]["5"], ".2f"), (rows[("synthetic", 5)]["psnr_fg"], ".2f"),
+                 (rows[("real", 5)]["mask_iou"], ".3f"), (rows[("synthetic", 5)]["mask_iou"], ".3f"),
+                 (r7["real_minus_synthetic_psnr_fg"]["5"], "+.2f"), (paired["psnr_fg"]["n_inputs"]["5"]["ci95"], ".2f"),
+                 (paired["mask_iou"]["n_inputs"]["5"]["mean"], "+.3f"), (r7["chamfer_mm"], ".2f"),
+                 (r6["psnr_fg"], ".2f"), (synthetic["psnr_fg"], ".2f"), (r4["test_psnr_fg"], ".2f"),
+                 (r4["baseline_psnr_fg"], ".2f"), (results("05_synthetic_generation", run)["fit_psnr_fg"], ".2f"),
+                 (results("03_preprocessing_comparison", run)["hull_iou_consistent"], ".3f")):
+        quoted(v, f, run)
+    assert paired["psnr_fg"]["n_inputs"]["5"]["n"] == 6 * r7["n_samples"]  # every view of every test sample, paired
+    assert r7["n_samples"] == results("01_data_extraction", run)["test"] == results("01_data_extraction")["test"]

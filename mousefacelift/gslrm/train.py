@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from .. import metrics
 from ..configs import from_dict
-from ..stage import atomic_save
+from ..stage import atomic_save, warn_schedule_change
 from ..tracking import Tracker, TrackingConfig
 from .data import DataConfig, GSLRMDataset, StepBatchSampler, collate
 from .losses import GSLRMLoss, LossConfig
@@ -269,6 +269,8 @@ class Trainer:
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
         log.info("resumed from %s at step %d (%d updates applied)", path, self.step, self.applied)
+        saved = json.loads(ckpt["train_config"]) if "train_config" in ckpt else {}  # absent in FaceLift's
+        warn_schedule_change(path, self.step, saved, asdict(self.cfg), ("steps", "warmup_steps", "lr", "min_lr_ratio"), log)
 
     # -- one step ----------------------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:

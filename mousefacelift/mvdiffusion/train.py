@@ -38,7 +38,7 @@ from diffusers.training_utils import EMAModel
 from .. import cameras
 from ..configs import from_dict
 from ..data.samples import SampleDataset
-from ..stage import atomic_save
+from ..stage import atomic_save, warn_schedule_change
 from ..tracking import Tracker, TrackingConfig
 from .model import MVDiffusionConfig, MVDiffusionModel, relative_ray_map
 from .pipeline import FaceLiftLoadConfig, MVDiffusionPipeline, PixelCodec, SamplerConfig, composite, resize_views
@@ -309,6 +309,8 @@ def train(cfg: TrainConfig) -> dict:
         torch.set_rng_state(state["rng"])
         step = state["step"]
         log.info("resumed from %s at step %d", ckpt, step)
+        warn_schedule_change(ckpt, step, state.get("config") or {}, asdict(cfg),
+                             ("steps", "warmup_steps", "lr"), log)
     model = pipe.model
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None)
