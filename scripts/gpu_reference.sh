@@ -11,8 +11,9 @@
 #    has its evaluation even if time runs out later (it slows 06 on the generated samples);
 # 3. notebook 07 with question 3 (trained on real vs on generated samples); 4. `mfl bench` into runs/NAME/bench.
 # Each step is an ordinary `mfl run`, so a step that failed can be re-run by hand with --overwrite.
-# Measured on one H200 (runs/h200-reference/README.md): 01 5.3 min; 06 (real, 2000 steps) 17 min beside
-# 04 -> 05; 06 on the generated samples and 07 about 15 min more; bench 1.7 min.
+# Measured on one H200 (runs/h200-reference/README.md): 01 5.3-7 min; 06 (real, 2000 steps) 17 min beside
+# 04 -> 05; 06 on the generated samples (7 min alone at 1000 steps, runs/h200-question3) and 07 about 15 min
+# more; bench 1.7 min.
 # SYNTHETIC=0 skips 05's GS-LRM and question 3. Do not set MPLBACKEND=Agg: the notebooks switch back to
 # inline figures, with a warning. Logs: runs/NAME/logs/. MFL="..." chooses the CLI (default:
 # python3 -m mousefacelift.cli); MFL_RUN_ARGS (e.g. "--kernel python3") is passed to every `mfl run`;
