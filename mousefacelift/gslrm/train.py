@@ -270,7 +270,8 @@ class Trainer:
             set_rng_state(ckpt["rng"])
         log.info("resumed from %s at step %d (%d updates applied)", path, self.step, self.applied)
         saved = json.loads(ckpt["train_config"]) if "train_config" in ckpt else {}  # absent in FaceLift's
-        warn_schedule_change(path, self.step, saved, asdict(self.cfg), ("steps", "warmup_steps", "lr", "min_lr_ratio"), log)
+        warn_schedule_change(path, self.step, saved, asdict(self.cfg),
+                             ("steps", "warmup_steps", "lr", "min_lr_ratio"), log)
 
     # -- one step ----------------------------------------------------------------------------------
     def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:
