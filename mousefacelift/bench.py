@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -69,13 +70,28 @@ def video_codec() -> str:
         return "mp4v"
 
 
-def bench_synthetic(device: torch.device) -> list[dict]:
+def bench_synthetic(device: torch.device, workers: int | None = None) -> list[dict]:
     """Procedural recording: the demo size (6 cameras x 120 frames at 576x512) end to end, and
-    frames/s at full 1152x1024 (a short recording, setup included)."""
+    frames/s at full 1152x1024 (a short recording, setup included). On CUDA also params/gpu.yaml's
+    size (576x512), 600 frames, rendered in this process and by ``workers`` processes (default: half
+    the CPU cores, at most 12) side by side, setup included."""
     from .data import synthetic
 
     rows, codec = [], video_codec()
     with tempfile.TemporaryDirectory() as tmp:
+        if device.type == "cuda":
+            n, workers = 600, workers or max(2, min(12, (os.cpu_count() or 4) // 2))
+            rates = {}
+            for w in (0, workers):
+                cfg = synthetic.SyntheticConfig(n_frames=n, resolution_scale=0.5, device="cuda", video_codec=codec,
+                                                workers=w)
+                t0 = time.perf_counter()
+                synthetic.generate_recording(Path(tmp) / f"gpu{w}", cfg)
+                rates[w] = n / (time.perf_counter() - t0)
+                rows.append(row("synthetic", f"576x512, {n} frames x 6 cams, {w or 'no'} render processes",
+                                rates[w], "frames/s", f"{codec}; setup included; target >= 100"))
+            rows.append(row("synthetic", f"{workers} render processes vs this process", rates[workers] / rates[0], "x",
+                            "same run"))
         cfg = synthetic.demo_config(device=device.type, video_codec=codec)
         t0 = time.perf_counter()
         synthetic.generate_recording(Path(tmp) / "demo", cfg)
@@ -205,6 +221,63 @@ def bench_mvdiffusion(device: torch.device) -> list[dict]:
     return rows
 
 
+def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
+    """The MVDiffusion trainer itself (resident data, keyed randomness on the device, optimizer,
+    EMA; no validation) on params/gpu.yaml's 40.7 M pixel UNet at 64 px, bf16, 64 objects per step
+    per process, from 256 px samples: objects/s and the fraction of bf16 peak its UNet step reaches,
+    eager and torch.compile side by side; with several GPUs, eager under torchrun on all of them
+    (weak scaling against the eager one-process rate of this call; compiling under DDP took more than
+    4 minutes per process on an H200 machine, too long for a benchmark). On a CPU the 32 px test UNet, 2
+    objects per step, eager (the mechanics, not a speed figure)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .mvdiffusion.model import MVDiffusionConfig, MVDiffusionModel
+    from .mvdiffusion.train import TrainConfig, launch
+
+    cuda = device.type == "cuda"
+    model_cfg, batch, size, steps = (MVDiffusionConfig(), 64, 256, 60) if cuda else (MVDiffusionConfig.tiny(), 2, 32, 6)
+    V, S = model_cfg.num_views, model_cfg.image_size
+    model = MVDiffusionModel.from_dataclass(model_cfg).to(device).train()
+    args = (torch.randn(batch, V, 4, S, S, device=device), torch.randint(0, 1000, (batch,), device=device),
+            torch.randn(batch, 4, S, S, device=device), torch.randn(batch, V, 6, S, S, device=device))
+    with FlopCounterMode(display=False) as counter, \
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        model(*args).float().square().mean().backward()
+    flops = counter.get_total_flops()
+    del model, args
+    peak = peak_tflops(device)
+    n_gpus = torch.cuda.device_count() if cuda else 0
+    rows, base = [], None
+    what = f"{sum(p.numel() for p in MVDiffusionModel.from_dataclass(model_cfg).parameters()) / 1e6:.1f}M UNet @{S}"
+    cases = [("eager", False, 1)] + ([("torch.compile", True, 1)] if cuda else []) + \
+        ([("eager", False, n_gpus)] if n_gpus >= 2 else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "samples"
+        _random_samples(root, 2 * batch, size)
+        for name, compiled, n in cases:
+            cfg = TrainConfig(data_root=str(root), train_split=str(root / "train.txt"), out_dir=str(Path(tmp) / f"{name}{n}"),
+                              model=model_cfg, steps=steps, batch_size=batch, device=device.type,
+                              mixed_precision="bf16" if cuda else "no", compile=compiled, resume=False,
+                              checkpoint_every=10 ** 6, log_every=5, warmup_steps=1)
+            summary = launch(cfg, launcher="torchrun" if n > 1 else "inprocess", nproc_per_node=n)
+            sec = summary["step_seconds_median"]
+            log.info("%s x%d: %.4f s/step", name, n, sec)
+            rate = n * batch / sec
+            case = f"{what}, {batch} objects/step/process, {name}, {n} process{'es' if n > 1 else ''}"
+            rows += [row("mvdiffusion_trainer", f"{case}: objects/s", rate, "objects/s",
+                         "median s/step of 5-step spans after the first; before resident data: 95 objects/s at batch 64 (H200)")]
+            if peak:
+                rows.append(row("mvdiffusion_trainer", f"{case}: UNet step TFLOP/s", flops / sec / 1e12, "TFLOP/s",
+                                f"{flops / 1e12:.1f} TFLOP per step (FlopCounterMode); {flops / sec / 1e12 / peak:.1%} of "
+                                f"{peak:.0f} TFLOP/s bf16 peak"))
+            if n == 1 and not compiled:
+                base = rate
+            elif n > 1 and base:
+                rows.append(row("mvdiffusion_trainer", f"{case}: efficiency", rate / (n * base), "",
+                                "objects/s / (N x objects/s of 1 eager process), same run"))
+    return rows
+
+
 def gslrm_step_flops(cfg, n_views: int, batch: int, train: bool = True) -> float:
     """Model FLOPs of GS-LRM on ``n_views`` views: per layer and token 24 d^2 (qkv 3, output 1,
     MLP 8 d^2 multiply-adds) plus 4 L d for attention (QK^T and AV), plus the patch embedding and
@@ -217,7 +290,7 @@ def gslrm_step_flops(cfg, n_views: int, batch: int, train: bool = True) -> float
     return (3.0 if train else 1.0) * batch * (cfg.layers * per_layer + io)
 
 
-def _gslrm_samples(root: Path, n: int, size: int) -> None:
+def _random_samples(root: Path, n: int, size: int) -> None:
     """n random samples on FaceLift's canonical rig (enough for a step's data path)."""
     import numpy as np
 
@@ -253,7 +326,7 @@ def bench_gslrm(device: torch.device) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for size, batch in cases:
             root = Path(tmp) / f"s{size}"
-            _gslrm_samples(root, batch, size)
+            _random_samples(root, batch, size)
             model_cfg = GSLRMConfig.full(image_size=size) if cuda else GSLRMConfig.tiny(image_size=size)
             cfg = TrainConfig(output_dir=str(root / "out"), data_root=str(root), train_split="train.txt",
                               model=model_cfg, data=DataConfig(input_views=5, augment=False), steps=10 ** 6,
@@ -349,7 +422,7 @@ def bench_gslrm_scaling(device: torch.device, process_counts: tuple[int, ...] | 
     rows, base = [], None
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "samples"
-        _gslrm_samples(root, batch * max(process_counts), size)
+        _random_samples(root, batch * max(process_counts), size)
         for n in process_counts:
             cfg = TrainConfig(output_dir=str(Path(tmp) / f"ddp{n}"), data_root=str(root), train_split="train.txt",
                               model=model_cfg, data=DataConfig(input_views=5, augment=False), steps=steps,
@@ -408,7 +481,8 @@ def profile_gslrm_inference(fn, cfg, n_views: int, size: int) -> list[dict]:
 
 
 BENCHMARKS = {"synthetic": bench_synthetic, "decoding": bench_decoding, "rasterizer": bench_rasterizer,
-              "gslrm": bench_gslrm, "gslrm_scaling": bench_gslrm_scaling, "mvdiffusion": bench_mvdiffusion}
+              "gslrm": bench_gslrm, "gslrm_scaling": bench_gslrm_scaling, "mvdiffusion": bench_mvdiffusion,
+              "mvdiffusion_trainer": bench_mvdiffusion_trainer}
 
 
 def machine() -> dict:

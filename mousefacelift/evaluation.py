@@ -36,6 +36,7 @@ from . import cameras, metrics
 from .data import samples as samples_io
 from .gaussians import Gaussians
 from .gslrm.data import prepare_images
+from .training import keyed_generator
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,6 @@ class EvalResult:
 # ----------------------------------------------------------------------------------------------
 # Inputs and targets
 # ----------------------------------------------------------------------------------------------
-def _plan_generator(seed: int, sample_index: int, target: int) -> torch.Generator:
-    key = 0
-    for k in (seed, sample_index, target):
-        key = (key * 1_000_003 + int(k) + 0x9E3779B9) % (2 ** 63 - 1)
-    return torch.Generator().manual_seed(key)
-
 
 def view_plans(n_views: int, n_inputs: int, sample_index: int, seed: int) -> list[tuple[list[int], list[int]]]:
     """One plan per view t of a sample: (inputs, [t]) with inputs the first ``n_inputs`` views
@@ -83,7 +78,7 @@ def view_plans(n_views: int, n_inputs: int, sample_index: int, seed: int) -> lis
     plans = []
     for t in range(n_views):
         others = [v for v in range(n_views) if v != t]
-        perm = torch.randperm(len(others), generator=_plan_generator(seed, sample_index, t)).tolist()
+        perm = torch.randperm(len(others), generator=keyed_generator(seed, sample_index, t)).tolist()
         plans.append((sorted(others[p] for p in perm[:n_inputs]), [t]))
     return plans
 

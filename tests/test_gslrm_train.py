@@ -10,7 +10,8 @@ import torch
 from mousefacelift import cameras
 from mousefacelift.data.samples import read_sample, sample_name, write_sample, write_split
 from mousefacelift.gaussians import rasterize
-from mousefacelift.gslrm.data import DataConfig, GSLRMDataset, StepBatchSampler, choose_views, _generator
+from mousefacelift.gslrm.data import DataConfig, GSLRMDataset, StepBatchSampler, choose_views
+from mousefacelift.training import keyed_generator as _generator
 from mousefacelift.gslrm.losses import GSLRMLoss, LossConfig, masked_mean
 from mousefacelift.gslrm.model import GSLRM, GSLRMConfig, load_gslrm_checkpoint, read_checkpoint
 from mousefacelift.gslrm.train import Trainer, TrainConfig, evaluate, lr_factor, main, train

@@ -17,9 +17,12 @@ from one directional light plus ambient, a cast shadow on the floor (a shadow ma
 hit, tiles of 16 px culled by the pieces' screen boxes); the mask is "the mouse is the nearest hit".
 Same config and seed -> identical ground-truth bytes and identical decoded frames.
 
-Speed (measured on a busy 2-core CPU, one torch thread): the demo, 6 cameras x 120 frames at
-576x512, takes 17-24 s; at 1152x1024 about 0.4 s per 6-camera frame; on one H200 (device="cuda")
-12 six-camera frames/s at 1152x1024 including mp4 encoding.
+Frames are independent (sensor noise and keypoint confidences come from generators keyed by the
+frame), so ``workers`` processes render them side by side while this process writes them in order,
+one encoder thread per video. One process on one H200 renders about 14 frames/s at 576x512: the GPU
+work of a frame is about 2 ms, the rest is Python and kernel launches (about 1000 per frame), so
+processes scale it. On a busy 2-core CPU, one torch thread: the demo, 6 cameras x 120 frames at
+576x512, takes 17-24 s.
 
 Entry points: :func:`generate_recording`, :func:`ensure_recording` (cached by config hash),
 :func:`simulate_motion`, :func:`sample_surface`, :func:`contact_sheet`, :func:`demo_config`.
@@ -44,12 +47,13 @@ import torch
 
 from .. import cameras
 from ..configs import from_dict
+from ..training import keyed_generator
 from . import mouse_model as mm
 from .mouse_model import KEYPOINT_NAMES, BodyConfig, MotionConfig, PoseTrack
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sensor noise and keypoint confidences drawn per frame (keyed), so frames render in any order
 GT_DIR = "ground_truth"
 
 # The real rig (shared/reference/mammal_recording.md): camera centres (mm), fx at 1152x1024.
@@ -92,6 +96,9 @@ class SceneConfig:
     sensor_noise_std: float = 1.5                                 # in 8-bit levels; 0 = off
 
 
+RUNTIME_KEYS = ("workers",)  # SyntheticConfig knobs that change speed, not the files (left out of the hash)
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Everything that defines a procedural recording (its hash names the cache folder)."""
@@ -102,6 +109,8 @@ class SyntheticConfig:
     device: str = "cpu"                # the render device, e.g. "cpu" or "cuda"
     cpu_threads: int = 1               # torch CPU threads while generating (small ops: 1 is fastest
                                        # on a shared machine; 0 = leave torch's setting)
+    workers: int = 0                   # render processes beside the writer (0: render in this process);
+                                       # speed only: the files are identical for any value
     chunk_elements: int = 2 ** 21      # ray-piece pairs per batched intersection (memory bound)
     keypoint_confidence: tuple[float, float] = (0.9, 1.0)
     video_codec: str = "h264"          # "h264" (imageio-ffmpeg) or "mp4v" (OpenCV)
@@ -118,12 +127,14 @@ class SyntheticConfig:
         return from_dict(cls, d, "SyntheticConfig")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields that define the files (runtime knobs such as ``workers`` left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_KEYS}
 
 
 def config_hash(cfg: SyntheticConfig) -> str:
-    """12 hex digits of sha256 over the json of dataclasses.asdict(cfg) with sorted keys."""
-    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    """12 hex digits of sha256 over the format version and the json of dataclasses.asdict(cfg)
+    (without RUNTIME_KEYS) with sorted keys."""
+    text = json.dumps({"format_version": FORMAT_VERSION, **cfg.to_dict()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -417,10 +428,13 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 class _VideoSet:
     """V writers for one folder: H.264 through imageio-ffmpeg (the default, like camera recordings:
-    a keyframe every ``gop`` frames, so sequential decoding beats seeking), or OpenCV's mp4v."""
+    a keyframe every ``gop`` frames, so sequential decoding beats seeking), or OpenCV's mp4v.
+    Each writer encodes on its own thread (both encoders release the GIL), frames in order."""
 
     def __init__(self, folder: Path, n: int, size: tuple[int, int], fps: float, codec: str = "h264",
                  gop: int = 250, crf: int = 18):
+        from concurrent.futures import ThreadPoolExecutor
+
         folder.mkdir(parents=True, exist_ok=True)
         self.codec = codec
         paths = [folder / f"{v}.mp4" for v in range(n)]
@@ -447,20 +461,124 @@ class _VideoSet:
                               "(the pip wheel bundles FFmpeg)")
         else:
             raise ValueError(f"video_codec {codec!r}: use 'h264' or 'mp4v'")
+        self.threads = [ThreadPoolExecutor(max_workers=1) for _ in self.writers]
+        self.pending: list = []
 
-    def write(self, frames: np.ndarray) -> None:
-        """frames [V, H, W, 3] RGB or [V, H, W] gray, uint8."""
+    def _write_one(self, v: int, frame: np.ndarray) -> None:
+        if self.codec == "h264":
+            self.writers[v].send(np.ascontiguousarray(frame))
+        else:
+            self.writers[v].write(np.ascontiguousarray(frame[..., ::-1]))  # OpenCV wants BGR
+
+    def write(self, frames: np.ndarray, max_pending: int = 4) -> None:
+        """frames [V, H, W, 3] RGB or [V, H, W] gray, uint8 (not modified afterwards). Returns once
+        at most ``max_pending`` earlier frames are still being encoded; raises an encoder's error."""
         if frames.ndim == 3:
             frames = np.repeat(frames[..., None], 3, axis=-1)
-        for wr, f in zip(self.writers, frames):
-            if self.codec == "h264":
-                wr.send(np.ascontiguousarray(f))
-            else:
-                wr.write(np.ascontiguousarray(f[..., ::-1]))  # OpenCV wants BGR
+        self.pending.append([t.submit(self._write_one, v, f) for v, (t, f) in enumerate(zip(self.threads, frames))])
+        while len(self.pending) > max_pending:
+            for fut in self.pending.pop(0):
+                fut.result()
 
     def close(self) -> None:
-        for wr in self.writers:
-            wr.close() if self.codec == "h264" else wr.release()
+        try:
+            for futs in self.pending:
+                for fut in futs:
+                    fut.result()
+        finally:
+            for t in self.threads:
+                t.shutdown(wait=True)
+            for wr in self.writers:
+                wr.close() if self.codec == "h264" else wr.release()
+
+
+NOISE_STREAM, KEYPOINT_STREAM = 1, 2  # keyed_generator(seed, stream, frame)
+
+
+@dataclass
+class _Renderer:
+    """Everything a process needs to render any frame of the recording on its own."""
+    cfg: SyntheticConfig
+    w2c: torch.Tensor
+    K: torch.Tensor
+    pose: PoseTrack
+    scene: Scene | None  # None: cameras and motion only (a writer whose frames come from workers)
+
+    @classmethod
+    def build(cls, cfg: SyntheticConfig, with_scene: bool = True) -> "_Renderer":
+        w2c, K = rig_cameras(cfg)
+        cameras.check_rotation(w2c[:, :3, :3], what="synthetic rig")
+        pose = simulate_motion(cfg, cfg.n_frames, torch.Generator().manual_seed(cfg.seed))
+        return cls(cfg, w2c, K, pose, build_scene(cfg, w2c, K) if with_scene else None)
+
+    def frame(self, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Frame f -> rgb [V, H, W, 3] uint8 (with sensor noise), mask [V, H, W] uint8 (0 / 255),
+        keypoints2d [V, 22, 3], keypoints3d [22, 3]. Depends on (config, f) only."""
+        cfg = self.cfg
+        shapes, kp3d = mm.build_mouse(self.pose, f, cfg.body)
+        rgb, mask = render_frame(cfg, self.scene, shapes)
+        img = rgb.mul_(255.0)
+        if cfg.scene.sensor_noise_std > 0:
+            g = keyed_generator(cfg.seed, NOISE_STREAM, f, device=img.device)
+            img.add_(torch.randn(img.shape, generator=g, device=img.device).mul_(cfg.scene.sensor_noise_std))
+        kp2d = keypoints_2d(cfg, self.w2c, self.K, shapes, kp3d, keyed_generator(cfg.seed, KEYPOINT_STREAM, f))
+        return (img.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy(),
+                mask.to(torch.uint8).mul_(255).cpu().numpy(), kp2d, kp3d)
+
+
+def _render_worker(cfg: SyntheticConfig, frames: list[int], results) -> None:
+    """A render process: frames in order onto the ``results`` queue as (f, outputs), or
+    (f, error text) on failure."""
+    import traceback
+
+    f = -1
+    try:
+        torch.set_num_threads(max(1, cfg.cpu_threads))
+        renderer = _Renderer.build(cfg)
+        for f in frames:
+            results.put((f, renderer.frame(f)))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+        results.put((f, traceback.format_exc()))
+
+
+def _rendered_frames(cfg: SyntheticConfig, renderer: _Renderer):
+    """Yield (f, outputs of :meth:`_Renderer.frame`) for f = 0 .. n_frames - 1 in order: from this
+    process, or from ``cfg.workers`` spawned processes (frame f on worker f mod workers; a small
+    reorder buffer puts them back in order)."""
+    import multiprocessing as mp
+    import queue
+
+    if cfg.workers <= 0:
+        for f in range(cfg.n_frames):
+            yield f, renderer.frame(f)
+        return
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    results = ctx.Queue(maxsize=4 * cfg.workers)
+    procs = [ctx.Process(target=_render_worker, args=(cfg, list(range(w, cfg.n_frames, cfg.workers)), results),
+                         daemon=True) for w in range(cfg.workers)]
+    for p in procs:
+        p.start()
+    try:
+        ready: dict[int, tuple] = {}
+        for f in range(cfg.n_frames):
+            while f not in ready:
+                try:
+                    g, out = results.get(timeout=5.0)
+                except queue.Empty:
+                    if not all(p.is_alive() or p.exitcode == 0 for p in procs):
+                        codes = [p.exitcode for p in procs]
+                        raise RuntimeError(f"a render process died (exit codes {codes}) while frame {f} was due; "
+                                           "set workers: 0 to render in this process and see the error") from None
+                    continue
+                if isinstance(out, str):
+                    raise RuntimeError(f"render process failed at frame {g}:\n{out}")
+                ready[g] = out
+            yield f, ready.pop(f)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
 
 
 def generate_recording(out_dir: str | os.PathLike, config: SyntheticConfig) -> Path:
@@ -468,7 +586,8 @@ def generate_recording(out_dir: str | os.PathLike, config: SyntheticConfig) -> P
 
     It is written into a sibling temp folder and renamed when complete, so a killed run never
     leaves a folder that looks complete.
-    1. cameras and motion; 2. per frame: body, render, noise, keypoints, write;
+    1. cameras and motion; 2. per frame (here or in ``config.workers`` processes): body, render,
+    noise, keypoints; written in order, each video encoding on its own thread;
     3. cameras, keypoints and ground truth files; 4. rename."""
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -492,14 +611,11 @@ def _generate(out_dir: Path, config: SyntheticConfig) -> Path:
     cfg = config
     w, h = image_size(cfg)
     # 1. cameras and motion
-    w2c, K = rig_cameras(cfg)
-    cameras.check_rotation(w2c[:, :3, :3], what="synthetic rig")
+    renderer = _Renderer.build(cfg, with_scene=cfg.workers <= 0)
+    w2c, K, pose = renderer.w2c, renderer.K, renderer.pose
     V = len(w2c)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    pose = simulate_motion(cfg, cfg.n_frames, gen)
-    sc = build_scene(cfg, w2c, K)
-    noise_gen = torch.Generator(device=sc.dirs.device).manual_seed(cfg.seed + 1)
-    log.info("rendering %d frames x %d cameras at %dx%d on %s into %s", cfg.n_frames, V, w, h, sc.dirs.device, tmp)
+    log.info("rendering %d frames x %d cameras at %dx%d on %s (%s) into %s", cfg.n_frames, V, w, h, cfg.device,
+             f"{cfg.workers} processes" if cfg.workers > 0 else "this process", tmp)
     videos = _VideoSet(tmp / "videos_undist", V, (w, h), cfg.rig.fps, cfg.video_codec, cfg.video_gop, cfg.video_crf)
     masks = _VideoSet(tmp / "simpleclick_undist", V, (w, h), cfg.rig.fps, cfg.video_codec, cfg.video_gop,
                       cfg.video_crf)
@@ -507,16 +623,11 @@ def _generate(out_dir: Path, config: SyntheticConfig) -> Path:
     kp2d = np.zeros((V, cfg.n_frames, len(KEYPOINT_NAMES), 3))
     try:
         # 2. frames
-        for f in tqdm(range(cfg.n_frames), desc="synthetic recording", leave=False):
-            shapes, kp3d[f] = mm.build_mouse(pose, f, cfg.body)
-            rgb, mask = render_frame(cfg, sc, shapes)
-            img = rgb.mul_(255.0)
-            if cfg.scene.sensor_noise_std > 0:
-                noise = torch.randn(img.shape, generator=noise_gen, device=img.device)
-                img.add_(noise.mul_(cfg.scene.sensor_noise_std))
-            videos.write(img.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy())
-            masks.write(mask.to(torch.uint8).mul_(255).cpu().numpy())
-            kp2d[:, f] = keypoints_2d(cfg, w2c, K, shapes, kp3d[f], gen)
+        for f, (rgb, mask, kp2d_f, kp3d_f) in tqdm(_rendered_frames(cfg, renderer), total=cfg.n_frames,
+                                                   desc="synthetic recording", leave=False):
+            videos.write(rgb)
+            masks.write(mask)
+            kp2d[:, f], kp3d[f] = kp2d_f, kp3d_f
     finally:
         videos.close()
         masks.close()

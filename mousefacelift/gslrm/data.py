@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..data.samples import read_sample, read_split, resize_views
+from ..training import keyed_generator
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,6 @@ class DataConfig:
     augment: bool = True                   # brightness/contrast jitter, same for all views of a sample
     brightness: float = 0.1                # additive offset drawn from [-b, b]
     contrast: float = 0.1                  # gain drawn from [1 - c, 1 + c] about 0.5
-
-
-def _generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from integer keys (mixed so that nearby keys differ)."""
-    seed = 0
-    for k in keys:
-        seed = (seed * 1_000_003 + int(k) + 0x9E3779B9) % (2 ** 63 - 1)
-    return torch.Generator().manual_seed(seed)
 
 
 def choose_views(n_views: int, cfg: DataConfig, gen: torch.Generator) -> tuple[list[int], list[int]]:
@@ -110,7 +103,7 @@ class GSLRMDataset(torch.utils.data.Dataset):
     def __getitem__(self, key) -> dict:
         i, step = key if isinstance(key, tuple) else (key, 0)
         s = read_sample(self.root / self.names[i])
-        gen = _generator(self.seed, step, i)
+        gen = keyed_generator(self.seed, step, i)
         inputs, targets = choose_views(s.images.shape[0], self.cfg, gen)
         rgb, alpha, K = prepare_images(s.images, s.K, self.image_size)
         if self.cfg.augment:
@@ -136,7 +129,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
     def _order(self, epoch: int) -> list[int]:
         if not self.shuffle:
             return list(range(self.n))
-        return torch.randperm(self.n, generator=_generator(self.seed, epoch, 7)).tolist()
+        return torch.randperm(self.n, generator=keyed_generator(self.seed, epoch, 7)).tolist()
 
     def indices(self, step: int) -> list[int]:
         """Sample indices of this rank at ``step`` (global batch = batch_size * world_size)."""
