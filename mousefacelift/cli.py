@@ -22,6 +22,7 @@ def _cmd_run(args) -> int:
         plan = runner.plan_run(args.params, only=args.only, from_run=args.from_run, name=args.name,
                                overwrite=args.overwrite, runs_root=args.runs, notebooks_dir=args.notebooks,
                                kernel=args.kernel)
+        runner.claim(plan)  # the run folder and its notebooks' locks, held until the run ends
     except (ParamsError, runner.RunError) as e:
         print(f"mfl run: {e}\nNothing was executed.", file=sys.stderr)
         return 2
@@ -55,10 +56,10 @@ def _cmd_list(args) -> int:
         print(f"no runs under {args.runs}/")
         return 0
     w = max(len(r["name"]) for r in rows)
-    print(f"{'run':<{w}}  {'status':<8} {'seconds':>8}  headline")
+    print(f"{'run':<{w}}  {'status':<11} {'seconds':>8}  headline")
     for r in rows:
         dur = f"{r['duration_s']:.0f}" if isinstance(r.get("duration_s"), (int, float)) else "-"
-        print(f"{r['name']:<{w}}  {str(r['status']):<8} {dur:>8}  {r['headline']}")
+        print(f"{r['name']:<{w}}  {str(r['status']):<11} {dur:>8}  {r['headline']}")
     return 0
 
 

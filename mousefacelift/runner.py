@@ -8,15 +8,24 @@ commit, package versions, device, per-notebook status and timing, recorded resul
 Steps of a run:
  1. find the notebooks, select them (--only), validate every params key against their
     ``parameters`` cells: nothing executes when validation fails;
- 2. create the run folder (refuse an existing one unless --overwrite);
+ 2. claim the run folder: create it, take the lock of every selected notebook (refused while
+    another process holds one, --overwrite or not), refuse an existing folder unless --overwrite,
+    and record the notebooks as pending in the manifest;
  3. execute the notebooks in order; stop at the first failure, keeping its executed copy with
     the traceback, and mark it failed in the manifest;
- 4. export HTML and write report.html, also after a failure.
+ 4. export HTML and write report.html, also after a failure; release the locks.
+
+Locks (``<run>/.locks/``, flock: the kernel drops them when their process dies, see
+:mod:`mousefacelift.locks`): ``NN_name.lock`` is held by the `mfl run` process that executes that
+notebook, from its claim to its end, so two runs of one notebook into one folder cannot happen,
+while runs of different notebooks may share a folder (e.g. 04 beside 06 on a GPU machine).
+``manifest.lock`` serialises claims and manifest updates. A notebook recorded as running or
+pending whose lock nobody holds was left by a process that died: it is marked ``interrupted``
+whenever the manifest is next written or listed.
 """
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import html
 import json
 import logging
@@ -29,6 +38,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from . import locks
 from . import params as params_mod
 from .stage import RESULTS_DIR
 
@@ -41,6 +51,10 @@ PACKAGES = ("mousefacelift", "torch", "torchvision", "numpy", "diffusers", "gspl
 
 class RunError(RuntimeError):
     """A run that could not start or did not finish; the message names what to do."""
+
+
+LOCKS_DIR = ".locks"
+LIVE = ("running", "pending")  # statuses of a notebook whose process should hold its lock
 
 
 def repo_root() -> Path:
@@ -112,28 +126,97 @@ class RunPlan:
     parameters: dict[str, dict]
     from_run: Path | None = None
     kernel: str | None = None
+    overwrite: bool = False
     manifest: dict = field(default_factory=dict)
+    held: list = field(default_factory=list)  # open lock files of the claimed notebooks (see claim)
 
 
 def plan_run(params_file: str | Path, *, only: str | None = None, from_run: str | Path | None = None,
              name: str | None = None, overwrite: bool = False, runs_root: str | Path = "runs",
              notebooks_dir: str | Path | None = None, kernel: str | None = None) -> RunPlan:
-    """Steps 1-2 without executing anything: validate params, decide and check the run folder."""
+    """Step 1, without touching anything: validate params, decide the run folder (checked by
+    :func:`claim`)."""
     params_file = Path(params_file)
     notebooks = find_notebooks(notebooks_dir or (Path("notebooks") if Path("notebooks").is_dir()
                                                  else repo_root() / "notebooks"))
     stems = select(notebooks, only)
     parameters = params_mod.resolve(params_file, notebooks)
-    run_dir = Path(runs_root) / (name or params_file.stem)
+    run_dir = run_folder(runs_root, name or params_file.stem)
     if from_run is not None:
         from_run = Path(from_run).resolve()
         if not (from_run / "manifest.json").is_file():
             raise RunError(f"--from-run {from_run}: not a run folder (no manifest.json)")
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise RunError(f"run folder {run_dir} exists; refusing to overwrite it. Pick another --name, or pass "
-                       "--overwrite to re-execute the selected notebooks in it (their artifacts are replaced, "
-                       "other stages' artifacts stay)")
-    return RunPlan(params_file, run_dir, stems, notebooks, parameters, from_run, kernel)
+    return RunPlan(params_file, run_dir, stems, notebooks, parameters, from_run, kernel, overwrite)
+
+
+def run_folder(runs_root: str | Path, name: str) -> Path:
+    """``<runs_root>/<name>``, for a name that is one plain folder name. A name with a path
+    separator, ``.``/``..``, an absolute path, or one that resolves outside ``runs_root`` (a
+    symbolic link) raises RunError."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or (os.altsep and os.altsep in name) or Path(name).is_absolute()):
+        raise RunError(f"run name {name!r} is not a plain folder name: no path separators, no '.' or '..', "
+                       f"not absolute. The run folder is always <runs>/<name> (--runs picks the folder holding "
+                       f"the runs, here {runs_root})")
+    root = Path(runs_root).resolve()
+    target = (Path(runs_root) / name).resolve()
+    if target.parent != root:
+        raise RunError(f"run name {name!r} resolves to {target}, outside the runs folder {root} (a symbolic "
+                       "link?); pick another --name")
+    return Path(runs_root) / name
+
+
+def _lock_path(run_dir: Path, stem: str) -> Path:
+    return run_dir / LOCKS_DIR / f"{stem}.lock"
+
+
+def claim(plan: RunPlan) -> None:
+    """Step 2, atomically (under the folder's manifest lock): create the run folder, take the lock of
+    every planned notebook and keep it (``plan.held``) until :func:`release`, refuse a folder with
+    content (besides lock files) unless ``overwrite``, and record the notebooks as pending. A
+    notebook that another live process runs here raises RunError naming that process, whatever
+    ``overwrite`` says. Nothing is done when the plan is already claimed."""
+    if plan.held:
+        return
+    environment = environment_info()  # outside the lock: it runs git and imports torch
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    with locks.exclusive(plan.run_dir / LOCKS_DIR / "manifest.lock"):
+        try:
+            for stem in plan.stems:
+                plan.held.append(locks.acquire(_lock_path(plan.run_dir, stem), notebooks=plan.stems,
+                                               params_file=str(plan.params_file)))
+            if not plan.overwrite and any(p.name != LOCKS_DIR for p in plan.run_dir.iterdir()):
+                raise RunError(f"run folder {plan.run_dir} exists; refusing to overwrite it. Pick another --name, "
+                               "or pass --overwrite to re-execute the selected notebooks in it (their artifacts "
+                               "are replaced, other stages' artifacts stay)")
+            plan.manifest = {
+                "name": plan.run_dir.name,
+                "params_file": str(plan.params_file),
+                "params_yaml": plan.params_file.read_text(),
+                "params": {s: plan.parameters[s] for s in plan.stems},
+                "from_run": str(plan.from_run) if plan.from_run else None,
+                **environment,
+                "status": "running",
+                "started": dt.datetime.now().isoformat(timespec="seconds"),
+                "notebooks": {s: {"status": "pending"} for s in plan.stems},
+            }
+            _merge_manifest(plan)
+        except locks.LockHeld as e:
+            release(plan)
+            raise RunError(f"run folder {plan.run_dir} is in use: notebook {e.path.stem} is being run by "
+                           f"{locks.describe(e.holder)} (notebooks {', '.join(e.holder.get('notebooks', []))}). "
+                           "Wait for that run to end, or stop it, then run again (--overwrite does not take "
+                           "over a live run)") from None
+        except BaseException:
+            release(plan)
+            raise
+
+
+def release(plan: RunPlan) -> None:
+    """Give up the notebook locks taken by :func:`claim` (process exit does it too)."""
+    for f in plan.held:
+        f.close()
+    plan.held = []
 
 
 def _error_location(nb_path: Path) -> str:
@@ -150,46 +233,78 @@ def _error_location(nb_path: Path) -> str:
 
 
 def _write_manifest(plan: RunPlan) -> None:
-    """Merge this process's notebook entries into ``manifest.json`` under a lock, atomically.
+    """Merge this process's notebook entries into ``manifest.json`` under the folder's manifest
+    lock, atomically (see :func:`_merge_manifest`)."""
+    with locks.exclusive(plan.run_dir / LOCKS_DIR / "manifest.lock"):
+        _merge_manifest(plan)
+
+
+def _merge_manifest(plan: RunPlan) -> None:
+    """The body of :func:`_write_manifest`, for a caller that holds the manifest lock.
 
     Two ``mfl run --overwrite --only`` processes may work on one run folder at once (notebooks 04
-    and 06 only share notebook 01's samples); each keeps the other's records. The run's status
-    is derived from all entries: running while any is running or pending, else failed if any
-    failed, else ok."""
+    and 06 only share notebook 01's samples); each keeps the other's records. Entries of other
+    processes that are running or pending while nobody holds their notebook's lock become
+    ``interrupted``. The run's status and span are derived from all entries (:func:`_derive`)."""
     path = plan.run_dir / "manifest.json"
-    with open(plan.run_dir / ".manifest.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        try:
-            on_disk = json.loads(path.read_text()) if path.is_file() else {}
-        except ValueError:
-            on_disk = {}
-        mine = {s: plan.manifest["notebooks"][s] for s in plan.stems}
-        notebooks = dict(sorted({**on_disk.get("notebooks", {}), **mine}.items()))
-        statuses = {e.get("status") for e in notebooks.values() if isinstance(e, dict)}
-        entries = [e for e in notebooks.values() if isinstance(e, dict)]
-        merged = {**plan.manifest, "notebooks": notebooks,
-                  "params": {**on_disk.get("params", {}), **plan.manifest.get("params", {})},
-                  "status": "running" if statuses & {"running", "pending"} else
-                            "failed" if "failed" in statuses else "ok",
-                  # compute time: notebooks that ran side by side (two `mfl run` at once) count twice
-                  "notebook_seconds": round(sum(e.get("duration_s", 0) for e in entries), 2)}
-        # the run folder's span: from the first notebook's start to the last one's end, over every
-        # `mfl run` that wrote here (ISO timestamps of one clock sort as strings)
-        starts = [e["started"] for e in entries if e.get("started")]
-        ends = [e["ended"] for e in entries if e.get("ended")]
-        if starts:
-            merged["started"] = min(starts)
-        if merged["status"] == "running" or not ends:
-            merged.pop("ended", None)
-            merged.pop("duration_s", None)
-        else:
-            merged["ended"] = max(ends)
-            merged["duration_s"] = (dt.datetime.fromisoformat(merged["ended"])
-                                    - dt.datetime.fromisoformat(merged["started"])).total_seconds()
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(merged, indent=1, default=str))
-        os.replace(tmp, path)
+    try:
+        on_disk = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        on_disk = {}
+    mine = {s: plan.manifest["notebooks"][s] for s in plan.stems}
+    notebooks = dict(sorted({**on_disk.get("notebooks", {}), **mine}.items()))
+    _mark_interrupted(plan.run_dir, notebooks, skip=set(plan.stems))
+    merged = _derive({**plan.manifest, "notebooks": notebooks,
+                      "params": {**on_disk.get("params", {}), **plan.manifest.get("params", {})}})
+    _write_json(path, merged)
     plan.manifest = merged
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _mark_interrupted(run_dir: Path, notebooks: dict, skip: frozenset | set = frozenset()) -> bool:
+    """Mark entries that are running or pending while no process holds their notebook's lock as
+    ``interrupted`` (in place). -> whether any changed. Call it holding the manifest lock, so
+    that it cannot race a claim."""
+    changed = False
+    for stem, entry in notebooks.items():
+        if (isinstance(entry, dict) and entry.get("status") in LIVE and stem not in skip
+                and not locks.is_held(_lock_path(run_dir, stem))):
+            entry.update(status="interrupted", error="its `mfl run` process ended before recording an outcome "
+                                                     "(killed, crashed or the machine stopped)")
+            changed = True
+    return changed
+
+
+def _derive(manifest: dict) -> dict:
+    """The run-level fields from the notebook entries: status (running while any is running or
+    pending, else failed if any failed, else interrupted if any was, else ok), compute seconds, and
+    the span from the first start to the last end."""
+    entries = [e for e in manifest["notebooks"].values() if isinstance(e, dict)]
+    statuses = {e.get("status") for e in entries}
+    merged = {**manifest,
+              "status": "running" if statuses & set(LIVE) else "failed" if "failed" in statuses else
+                        "interrupted" if "interrupted" in statuses else "ok",
+              # compute time: notebooks that ran side by side (two `mfl run` at once) count twice
+              "notebook_seconds": round(sum(e.get("duration_s", 0) for e in entries), 2)}
+    # the run folder's span: from the first notebook's start to the last one's end, over every
+    # `mfl run` that wrote here (ISO timestamps of one clock sort as strings)
+    starts = [e["started"] for e in entries if e.get("started")]
+    ends = [e["ended"] for e in entries if e.get("ended")]
+    if starts:
+        merged["started"] = min(starts)
+    if merged["status"] == "running" or not ends:
+        merged.pop("ended", None)
+        merged.pop("duration_s", None)
+    else:
+        merged["ended"] = max(ends)
+        merged["duration_s"] = (dt.datetime.fromisoformat(merged["ended"])
+                                - dt.datetime.fromisoformat(merged["started"])).total_seconds()
+    return merged
 
 
 def _prefer_this_environment_kernels() -> None:
@@ -203,27 +318,24 @@ def _prefer_this_environment_kernels() -> None:
 
 
 def execute(plan: RunPlan) -> dict:
-    """Steps 3-4: run the planned notebooks; returns the manifest. Raises RunError on a failure
-    after recording it (the executed notebook with its traceback stays in the run folder)."""
+    """Steps 2-4: claim the run folder (unless the caller did), run the planned notebooks, release
+    it; returns the manifest. Raises RunError on a failure after recording it (the executed
+    notebook with its traceback stays in the run folder)."""
+    _prefer_this_environment_kernels()
+    claim(plan)
+    try:
+        failure = _run_notebooks(plan)
+    finally:
+        release(plan)
+    if failure:
+        raise RunError(failure)
+    return plan.manifest
+
+
+def _run_notebooks(plan: RunPlan) -> str | None:
+    """Steps 3-4 for a claimed plan. -> the failure message, or None."""
     import papermill as pm
 
-    _prefer_this_environment_kernels()
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = plan.run_dir / "manifest.json"
-    previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    plan.manifest = {
-        "name": plan.run_dir.name,
-        "params_file": str(plan.params_file),
-        "params_yaml": plan.params_file.read_text(),
-        "params": {s: plan.parameters[s] for s in plan.stems},
-        "from_run": str(plan.from_run) if plan.from_run else None,
-        **environment_info(),
-        "status": "running",
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
-        "notebooks": {**previous.get("notebooks", {}),
-                      **{s: {"status": "pending"} for s in plan.stems}},
-    }
-    _write_manifest(plan)
     failure = None
     for stem in plan.stems:
         out = plan.run_dir / f"{stem}.ipynb"
@@ -261,9 +373,7 @@ def execute(plan: RunPlan) -> dict:
             plan.manifest["notebooks"][stem]["status"] = "not run"
     _write_manifest(plan)  # the run's started / ended / duration_s come from its notebooks' entries
     write_report(plan.run_dir)
-    if failure:
-        raise RunError(failure)
-    return plan.manifest
+    return failure
 
 
 def run(params_file: str | Path, **kwargs) -> dict:
@@ -314,7 +424,7 @@ def write_report(run_dir: Path) -> Path:
                     f"<td>{html.escape(_headline(entry.get('results', {})))}</td></tr>")
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>run {html.escape(manifest['name'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
-.ok{{color:#070}} .failed{{color:#b00}}</style></head><body>
+.ok{{color:#070}} .failed{{color:#b00}} .interrupted{{color:#b60}}</style></head><body>
 <h1>mouse-facelift run: {html.escape(manifest['name'])}</h1>
 <p>params: <code>{html.escape(manifest['params_file'])}</code> &middot; commit <code>{html.escape(str(manifest.get('git_commit')))}</code>
 {'(dirty)' if manifest.get('git_dirty') else ''} &middot; status <b>{html.escape(manifest['status'])}</b>
@@ -333,6 +443,8 @@ def list_runs(runs_root: str | Path = "runs") -> list[dict]:
     for m in sorted(Path(runs_root).glob("*/manifest.json")):
         try:
             man = json.loads(m.read_text())
+            if any(isinstance(e, dict) and e.get("status") in LIVE for e in man.get("notebooks", {}).values()):
+                man = _reconcile(m.parent)
         except ValueError:
             rows.append({"name": m.parent.name, "status": "unreadable manifest", "duration_s": None, "headline": ""})
             continue
@@ -341,3 +453,19 @@ def list_runs(runs_root: str | Path = "runs") -> list[dict]:
         rows.append({"name": m.parent.name, "status": man.get("status"),
                      "started": man.get("started"), "duration_s": man.get("duration_s"), "headline": "; ".join(heads)})
     return rows
+
+
+def _reconcile(run_dir: Path) -> dict:
+    """The manifest of ``run_dir`` with notebooks whose process died marked ``interrupted``, and
+    written back when anything changed (a read-only folder is only reported)."""
+    path = run_dir / "manifest.json"
+    try:
+        with locks.exclusive(run_dir / LOCKS_DIR / "manifest.lock"):
+            man = json.loads(path.read_text())
+            if _mark_interrupted(run_dir, man.get("notebooks", {})):
+                man = _derive(man)
+                _write_json(path, man)
+            return man
+    except OSError:  # no write access: nothing can take its locks either
+        man = json.loads(path.read_text())
+        return _derive(man) if _mark_interrupted(run_dir, man.get("notebooks", {})) else man

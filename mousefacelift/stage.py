@@ -57,16 +57,6 @@ def record_results(stage: str, results: dict) -> Path:
     return path
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save into ``path.tmp`` then os.replace: a killed run never leaves a half-written
-    checkpoint (every trainer's checkpoints go through here)."""
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def warn_schedule_change(checkpoint: Path, step: int, saved: dict, current: dict, keys: tuple[str, ...],
                          logger: logging.Logger) -> dict[str, tuple]:
     """On resume, the schedule settings in ``keys`` whose value in the checkpoint's config (``saved``)

@@ -1,10 +1,16 @@
 """The papermill runner on small notebooks made here (the real ones are run by test_notebooks.py)."""
 import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import nbformat
 import pytest
 
-from mousefacelift import cli, runner
+from mousefacelift import cli, locks, runner
 from nbtools import make_notebook
 
 
@@ -107,6 +113,8 @@ def test_two_processes_on_one_run_folder_keep_each_others_records(project):
                              runs_root=project / "runs", notebooks_dir=project / "notebooks")
     plan_b = runner.plan_run(project / "p.yaml", only="03", name="par", overwrite=True,
                              runs_root=project / "runs", notebooks_dir=project / "notebooks")
+    runner.claim(plan_a)  # different notebooks: both may run in the folder at once
+    runner.claim(plan_b)
     for plan, stem in ((plan_a, "02_use"), (plan_b, "03_last")):  # both started, from stale copies
         plan.manifest = {"name": "par", "notebooks": {stem: {"status": "running"}}, "params": {}}
         runner._write_manifest(plan)
@@ -122,6 +130,8 @@ def test_two_processes_on_one_run_folder_keep_each_others_records(project):
     man = json.loads((run / "manifest.json").read_text())
     assert man["notebooks"]["02_use"]["status"] == "ok" and man["status"] == "failed"
     assert man["notebook_seconds"] == pytest.approx(1.5 + 0.5 + man["notebooks"]["01_make"]["duration_s"])
+    runner.release(plan_a)
+    runner.release(plan_b)
 
 
 def test_the_run_span_is_wall_time_not_the_sum_of_side_by_side_notebooks(project):
@@ -173,3 +183,103 @@ def test_report_rewrites_the_html_of_a_run_folder(project, capsys):
     assert "01_make" in (run / "report.html").read_text() and (run / "html" / "01_make.html").is_file()
     assert cli.main(["report", str(project / "runs")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+# -- one run per notebook and folder, safe names, dead runs ---------------------------------------------
+HOLDER = textwrap.dedent("""
+    import sys
+    from mousefacelift import runner
+    params, only, name, runs, notebooks = sys.argv[1:]
+    plan = runner.plan_run(params, only=only, name=name, overwrite=True, runs_root=runs, notebooks_dir=notebooks)
+    runner.claim(plan)
+    plan.manifest["notebooks"][plan.stems[0]]["status"] = "running"
+    runner._write_manifest(plan)
+    print("claimed", flush=True)
+    sys.stdin.read()  # hold the run until the test closes stdin or kills this process
+""")
+
+
+@pytest.fixture
+def holder(project):
+    """Another process that claimed notebooks 01 and 02 of runs/busy and runs 01, as `mfl run` does."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(project / "p.yaml"), "01,02", "busy",
+                             str(project / "runs"), str(project / "notebooks")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(runner.__file__).parents[1])})
+    assert proc.stdout.readline().strip() == "claimed"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_second_run_of_a_live_runs_notebooks_is_refused_naming_the_holder(project, holder, capsys):
+    for extra in ([], ["--overwrite"], ["--only", "02", "--overwrite"]):
+        assert run_cli(project, "--name", "busy", *extra) == 2
+        err = capsys.readouterr().err
+        assert f"run folder {project / 'runs' / 'busy'} is in use" in err, err
+        assert f"PID {holder.pid} on host {socket.gethostname()} since 20" in err and "Nothing was executed" in err
+    man = json.loads((project / "runs" / "busy" / "manifest.json").read_text())
+    assert man["notebooks"]["01_make"]["status"] == "running" and man["status"] == "running"
+    assert not (project / "runs" / "busy" / "01_make.ipynb").exists()
+    # a notebook the holder does not run may still run beside it (as 04 beside 06)
+    other = runner.plan_run(project / "p.yaml", only="03", name="busy", overwrite=True,
+                            runs_root=project / "runs", notebooks_dir=project / "notebooks")
+    runner.claim(other)
+    runner.release(other)
+    assert [r["status"] for r in runner.list_runs(project / "runs")] == ["running"]
+
+
+def test_a_killed_run_is_listed_as_interrupted_and_can_be_run_again(project, holder, capsys):
+    holder.kill()
+    holder.wait()
+    assert cli.main(["list", "--runs", str(project / "runs")]) == 0
+    assert "busy  interrupted" in capsys.readouterr().out
+    man = json.loads((project / "runs" / "busy" / "manifest.json").read_text())  # written back
+    assert man["status"] == "interrupted"
+    assert man["notebooks"]["01_make"]["status"] == man["notebooks"]["02_use"]["status"] == "interrupted"
+    assert run_cli(project, "--name", "busy", "--only", "01", "--overwrite") == 0
+    man = json.loads((project / "runs" / "busy" / "manifest.json").read_text())
+    assert man["notebooks"]["01_make"]["status"] == "ok" and man["status"] == "interrupted"  # 02 never finished
+
+
+def test_flock_conflicts_within_one_process_too(tmp_path):
+    """What the design relies on: the lock belongs to an open file, not to a process."""
+    first = locks.acquire(tmp_path / "x.lock", notebooks=["01"])
+    with pytest.raises(locks.LockHeld) as err:
+        locks.acquire(tmp_path / "x.lock")
+    assert err.value.holder["pid"] == os.getpid() and err.value.holder["notebooks"] == ["01"]
+    assert locks.is_held(tmp_path / "x.lock")
+    first.close()
+    assert not locks.is_held(tmp_path / "x.lock") and not locks.is_held(tmp_path / "never.lock")
+    locks.acquire(tmp_path / "x.lock").close()
+
+
+def test_creating_a_run_folder_is_atomic(project):
+    """Two first runs (no --overwrite) that both found no folder: the second to claim it is refused,
+    even for other notebooks."""
+    plans = [runner.plan_run(project / "p.yaml", only=only, name="new", runs_root=project / "runs",
+                             notebooks_dir=project / "notebooks") for only in ("01", "02")]
+    runner.claim(plans[0])
+    with pytest.raises(runner.RunError, match="exists; refusing to overwrite"):
+        runner.claim(plans[1])
+    assert plans[1].held == [] and not locks.is_held(project / "runs" / "new" / ".locks" / "02_use.lock")
+    runner.release(plans[0])
+
+
+@pytest.mark.parametrize("name", ["../../x", "..", ".", "a/b", "/tmp/abs", "a\\b"])
+def test_run_names_that_leave_the_runs_folder_are_refused(project, capsys, name):
+    before = sorted(p.name for p in project.iterdir())
+    assert run_cli(project, "--name", name, "--overwrite") == 2
+    assert f"run name {name!r} is not a plain folder name" in capsys.readouterr().err
+    with pytest.raises(runner.RunError, match="not a plain folder name"):
+        runner.run_folder(project / "runs", name)
+    assert sorted(p.name for p in project.iterdir()) == before  # nothing written beside runs/
+    assert not (project / "manifest.json").exists() and not Path("/tmp/abs/manifest.json").exists()
+
+
+def test_a_run_name_resolving_outside_the_runs_folder_is_refused(project, tmp_path_factory, capsys):
+    outside = tmp_path_factory.mktemp("elsewhere")
+    (project / "runs").mkdir()
+    (project / "runs" / "link").symlink_to(outside, target_is_directory=True)
+    assert run_cli(project, "--name", "link", "--overwrite") == 2
+    assert f"resolves to {outside}" in capsys.readouterr().err and list(outside.iterdir()) == []

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from .. import cameras
 from ..configs import from_dict
 from ..gaussians import SH_C0, Gaussians, rasterize  # SH_C0: colour = 0.5 + SH_C0 * sh0
+from ..training import CKPT_GLOB, checkpoint_name, latest_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -321,37 +321,20 @@ class GSLRM(nn.Module):
 # Checkpoints: FaceLift's layout, ckpt_{step:016d}.pt = {model, optimizer, lr_scheduler,
 # fwdbwd_pass_step, param_update_step}, plus our "config" (asdict(GSLRMConfig)) when we wrote it.
 # ----------------------------------------------------------------------------------------------
-CKPT_GLOB = "ckpt_*.pt"
 IGNORED_PREFIXES = ("loss_calculator.",)  # frozen VGG of the original loss, not part of the model
+# CKPT_GLOB, checkpoint_name and latest_checkpoint come from mousefacelift.training (both trainers' layout)
 
 
-def checkpoint_name(step: int) -> str:
-    return f"ckpt_{step:016d}.pt"
-
-
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The checkpoint with the highest step in ``directory`` (None if there is none)."""
-    files = sorted(Path(directory).glob(CKPT_GLOB))
-    return files[-1] if files else None
-
-
-def read_checkpoint(path: str | os.PathLike, map_location="cpu", allow_pickle: bool = False) -> dict:
-    """torch.load a checkpoint dict with weights_only=True. A wrong path -> FileNotFoundError.
-    ``allow_pickle=True`` falls back to full unpickling for a file that needs it (only for files
-    you trust: unpickling can run code)."""
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """torch.load a GS-LRM checkpoint dict with weights_only=True (a file that needs full unpickling,
+    which can run code, is refused: :func:`mousefacelift.training.load_checkpoint`).
+    A wrong path -> FileNotFoundError; a dict without "model" -> ValueError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GS-LRM checkpoint {path} does not exist; check the path in the params "
                                 "(no fallback model is used)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if not allow_pickle:
-            raise ValueError(f"{path} holds objects that weights_only loading refuses ({e}); if you trust "
-                             "the file, load it with allow_pickle=True") from e
-        log.warning("%s: loading with full unpickling (allow_pickle=True)", path)
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
+    ckpt = load_checkpoint(path, map_location)
+    if "model" not in ckpt:
         raise ValueError(f"{path}: not a GS-LRM checkpoint (expected a dict with a 'model' state dict)")
     return ckpt
 
@@ -375,13 +358,13 @@ def load_model_state(model: GSLRM, state: dict, source: str = "state dict") -> N
 
 
 def load_gslrm_checkpoint(path: str | os.PathLike, config: GSLRMConfig | None = None,
-                          map_location="cpu", allow_pickle: bool = False) -> GSLRM:
+                          map_location="cpu") -> GSLRM:
     """Build a GSLRM and load ``ckpt['model']`` from ``path`` strictly.
 
     The config comes from ``config`` when given (needed for the released file, which carries
     none); otherwise from the checkpoint's ``"config"`` entry, written by our trainer.
     """
-    ckpt = read_checkpoint(path, map_location, allow_pickle)
+    ckpt = read_checkpoint(path, map_location)
     stored = ckpt.get("config")  # optional key: absent in the released FaceLift file
     if config is None:
         if stored is None:
@@ -397,8 +380,7 @@ def load_gslrm_checkpoint(path: str | os.PathLike, config: GSLRMConfig | None = 
     return model
 
 
-def from_pretrained(path: str | os.PathLike, config: GSLRMConfig | None = None, map_location="cpu",
-                    allow_pickle: bool = False) -> GSLRM:
+def from_pretrained(path: str | os.PathLike, config: GSLRMConfig | None = None, map_location="cpu") -> GSLRM:
     """Like :func:`load_gslrm_checkpoint`, but ``path`` may also be a folder: its latest
     ``ckpt_*.pt`` is loaded. Returns the model in eval mode."""
     path = Path(path)
@@ -407,7 +389,7 @@ def from_pretrained(path: str | os.PathLike, config: GSLRMConfig | None = None, 
         if found is None:
             raise FileNotFoundError(f"no {CKPT_GLOB} in {path}; train first (notebook 06) or fix the path")
         path = found
-    return load_gslrm_checkpoint(path, config, map_location, allow_pickle).eval()
+    return load_gslrm_checkpoint(path, config, map_location).eval()
 
 
 __all__ = ["GSLRMConfig", "GSLRM", "GaussianOutput", "ray_features", "Patchify", "load_gslrm_checkpoint", "from_pretrained",

@@ -10,7 +10,8 @@ Recipe: AdamW (0.9, 0.95), weight decay on matrices only, cosine schedule with l
 grad clip; a step is skipped when the pre-clip grad norm exceeds ``skip_factor * grad_clip`` or
 is not finite (both counted; the applied-step ratio is logged and a warning is raised below 90%).
 Checkpoints ``ckpt_{step:016d}.pt`` (FaceLift's layout + our config + RNG states) are written
-atomically into ``output_dir``; the last ``keep_last`` are kept; a run resumes from the latest.
+atomically into ``output_dir``; the last ``keep_last`` are kept; a run resumes from the latest
+readable one, loaded with weights_only (:mod:`mousefacelift.training`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -32,12 +32,13 @@ import torch.distributed as dist
 
 from .. import metrics
 from ..configs import from_dict
-from ..stage import atomic_save, warn_schedule_change
+from ..stage import warn_schedule_change
 from ..tracking import Tracker, TrackingConfig
+from ..training import (atomic_save, checkpoint_name, latest_checkpoint, load_latest_checkpoint, prune_checkpoints,
+                        rng_state, set_rng_state)
 from .data import DataConfig, GSLRMDataset, StepBatchSampler, collate
 from .losses import GSLRMLoss, LossConfig
-from .model import (CKPT_GLOB, GSLRM, GSLRMConfig, checkpoint_name, latest_checkpoint, load_model_state,
-                    read_checkpoint)
+from .model import GSLRM, GSLRMConfig, load_model_state, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# Distributed setup, optimizer, schedule, RNG
+# Distributed setup, optimizer, schedule
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class DistInfo:
@@ -134,32 +135,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def rng_state() -> dict:
-    """torch / numpy / python (/ cuda) RNG states, in a form torch.load(weights_only=True) accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached": float(cached)}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def prune_checkpoints(directory: Path, keep_last: int) -> None:
-    for old in sorted(directory.glob(CKPT_GLOB))[:-keep_last] if keep_last > 0 else []:
-        old.unlink()
-        log.info("removed old checkpoint %s", old.name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,9 +197,9 @@ class Trainer:
         self.skipped_norm = 0      # skipped: pre-clip grad norm > skip_factor * grad_clip
         self.skipped_nonfinite = 0  # skipped: loss or grad norm NaN/inf
         # 2. resume, or start from given weights
-        latest = latest_checkpoint(self.out) if cfg.resume else None
-        if latest is not None:
-            self.load(latest)
+        found = load_latest_checkpoint(self.out) if cfg.resume else None  # weights_only; skips corrupt ones
+        if found is not None:
+            self.restore(*found)
         elif cfg.init_checkpoint:
             load_model_state(self.model, read_checkpoint(cfg.init_checkpoint)["model"], cfg.init_checkpoint)
             log.info("initialised from %s", cfg.init_checkpoint)
@@ -257,8 +232,9 @@ class Trainer:
         log.info("saved %s", path)
         return path
 
-    def load(self, path: Path) -> None:
-        ckpt = read_checkpoint(path)  # on the CPU: RNG states must stay there; the rest is copied over
+    def restore(self, path: Path, ckpt: dict) -> None:
+        """Continue from ``ckpt``, read from ``path`` on the CPU (RNG states must stay there; the
+        rest is copied over)."""
         load_model_state(self.model, ckpt["model"], str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["lr_scheduler"])

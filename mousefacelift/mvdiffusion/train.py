@@ -38,13 +38,14 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
-from .. import cameras
+from .. import cameras, training
 from ..configs import from_dict
 from ..data.resident import ResidentSplit
 from ..data.samples import SampleDataset
-from ..stage import atomic_save, warn_schedule_change
+from ..stage import warn_schedule_change
 from ..tracking import Tracker, TrackingConfig
-from ..training import keyed_generator
+from ..training import (atomic_save, checkpoint_name, keyed_generator, list_checkpoints, load_latest_checkpoint,
+                        prune_checkpoints)
 from .model import MVDiffusionConfig, MVDiffusionModel, relative_ray_map
 from .pipeline import FaceLiftLoadConfig, MVDiffusionPipeline, PixelCodec, SamplerConfig, composite, resize_views
 from .quality import evaluate, validation_grid
@@ -222,28 +223,27 @@ def build_pipeline(cfg: TrainConfig) -> MVDiffusionPipeline:
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------
+# <out_dir>/checkpoints/ckpt_{step:016d}.pt, named, written and read by mousefacelift.training
 def checkpoint_path(out_dir: Path, step: int) -> Path:
-    return out_dir / "checkpoints" / f"ckpt_{step:016d}.pt"
+    return out_dir / "checkpoints" / checkpoint_name(step)
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = sorted((out_dir / "checkpoints").glob("ckpt_*.pt"))
-    return found[-1] if found else None
+    return training.latest_checkpoint(Path(out_dir) / "checkpoints")
 
 
 def save_checkpoint(path: Path, state: dict, keep: int) -> None:
     """Write atomically (temp file + rename) and keep the newest ``keep`` checkpoints."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(state, path)
-    for old in sorted(path.parent.glob("ckpt_*.pt"))[:-keep]:
-        old.unlink()
+    prune_checkpoints(path.parent, keep)
     log.info("checkpoint %s", path)
 
 
 def clear_checkpoints(out_dir: Path) -> None:
     """Delete the checkpoints of an earlier run in ``out_dir`` (a fresh start must not keep stale
     higher-step checkpoints, which would outrank the new ones and be resumed from later)."""
-    old = sorted((out_dir / "checkpoints").glob("ckpt_*.pt"))
+    old = list_checkpoints(out_dir / "checkpoints")
     if old:
         log.warning("resume=False: deleting %d checkpoints of an earlier run in %s", len(old), out_dir / "checkpoints")
     for p in old:
@@ -298,9 +298,9 @@ def train(cfg: TrainConfig) -> dict:
     step = 0
     if not cfg.resume and rank == 0:
         clear_checkpoints(out_dir)
-    ckpt = latest_checkpoint(out_dir) if cfg.resume else None
-    if ckpt is not None:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    found = load_latest_checkpoint(out_dir / "checkpoints") if cfg.resume else None  # weights_only
+    if found is not None:
+        ckpt, state = found
         pipe.model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["lr_scheduler"])
