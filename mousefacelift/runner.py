@@ -7,7 +7,9 @@ commit, package versions, device, per-notebook status and timing, recorded resul
 
 Steps of a run:
  1. find the notebooks, select them (--only), validate every params key against their
-    ``parameters`` cells: nothing executes when validation fails;
+    ``parameters`` cells, the selected notebooks' values against the ranges of the library config
+    fields they set, and make their input paths absolute (relative to the directory `mfl run` is
+    started from): nothing executes when validation fails;
  2. create the run folder (refuse an existing one unless --overwrite);
  3. execute the notebooks in order; stop at the first failure, keeping its executed copy with
     the traceback, and mark it failed in the manifest;
@@ -113,6 +115,7 @@ class RunPlan:
     from_run: Path | None = None
     kernel: str | None = None
     manifest: dict = field(default_factory=dict)
+    paths_as_given: dict[str, dict] = field(default_factory=dict)  # {stem: {key: relative path as written}}
 
 
 def plan_run(params_file: str | Path, *, only: str | None = None, from_run: str | Path | None = None,
@@ -124,6 +127,10 @@ def plan_run(params_file: str | Path, *, only: str | None = None, from_run: str 
                                                  else repo_root() / "notebooks"))
     stems = select(notebooks, only)
     parameters = params_mod.resolve(params_file, notebooks)
+    selected = {s: parameters[s] for s in stems}
+    params_mod.check_ranges(params_file, selected)
+    selected, paths_as_given = params_mod.resolve_paths(selected, params_path=params_file)
+    parameters.update(selected)
     run_dir = Path(runs_root) / (name or params_file.stem)
     if from_run is not None:
         from_run = Path(from_run).resolve()
@@ -133,7 +140,8 @@ def plan_run(params_file: str | Path, *, only: str | None = None, from_run: str 
         raise RunError(f"run folder {run_dir} exists; refusing to overwrite it. Pick another --name, or pass "
                        "--overwrite to re-execute the selected notebooks in it (their artifacts are replaced, "
                        "other stages' artifacts stay)")
-    return RunPlan(params_file, run_dir, stems, notebooks, parameters, from_run, kernel)
+    return RunPlan(params_file, run_dir, stems, notebooks, parameters, from_run, kernel,
+                   paths_as_given=paths_as_given)
 
 
 def _error_location(nb_path: Path) -> str:
@@ -169,6 +177,8 @@ def _write_manifest(plan: RunPlan) -> None:
         entries = [e for e in notebooks.values() if isinstance(e, dict)]
         merged = {**plan.manifest, "notebooks": notebooks,
                   "params": {**on_disk.get("params", {}), **plan.manifest.get("params", {})},
+                  "params_paths_as_given": {**on_disk.get("params_paths_as_given", {}),
+                                            **plan.manifest.get("params_paths_as_given", {})},
                   "status": "running" if statuses & {"running", "pending"} else
                             "failed" if "failed" in statuses else "ok",
                   # compute time: notebooks that ran side by side (two `mfl run` at once) count twice
@@ -216,6 +226,7 @@ def execute(plan: RunPlan) -> dict:
         "params_file": str(plan.params_file),
         "params_yaml": plan.params_file.read_text(),
         "params": {s: plan.parameters[s] for s in plan.stems},
+        "params_paths_as_given": plan.paths_as_given,  # relative input paths, made absolute in params
         "from_run": str(plan.from_run) if plan.from_run else None,
         **environment_info(),
         "status": "running",
