@@ -182,6 +182,12 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             if not ok or last is None:
                 raise RecordingError(f"{path}: the container says {n} frames but frame {n - 1} cannot be "
                                      "decoded (truncated file?); re-copy or re-encode it")
+            # a truncated file whose index (moov atom) sits at the start ("faststart") still reports
+            # every frame, and the seek may land on the last frame that survived: check where it landed
+            landed = int(round(cap.get(cv2.CAP_PROP_POS_FRAMES))) - 1
+            if landed != n - 1:
+                raise RecordingError(f"{path}: the container says {n} frames but seeking to frame {n - 1} "
+                                     f"decoded frame {landed}: the file is truncated; re-copy or re-encode it")
     finally:
         cap.release()
     return VideoInfo(path=path, n_frames=n, width=w, height=h, fps=fps)
@@ -245,6 +251,10 @@ def open_recording(path: str | os.PathLike) -> Recording:
     for v in range(V):
         for sub in (VIDEO_DIR, MASK_DIR):
             infos.append(probe_video(root / sub / f"{v}.mp4"))
+    if len({round(i.fps, 3) for i in infos}) > 1:
+        detail = ", ".join(f"{i.path.relative_to(root)}: {i.fps:g} fps" for i in infos)
+        log.warning("%s: the videos have different frame rates (%s); frames are matched by index, so the "
+                    "cameras drift apart in time unless the files' rates are wrong", root, detail)
     sizes = {(i.width, i.height) for i in infos}
     if len(sizes) != 1:
         detail = ", ".join(f"{i.path.relative_to(root)}: {i.width}x{i.height}" for i in infos)
