@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,8 @@ import torch
 from .. import cameras
 from ..configs import bounded, check_ranges, from_dict
 from . import samples
-from .recording import Frame, FrameSelection, Recording, open_recording, read_frames, select_frames
+from .recording import (MASK_THRESHOLD, Frame, FrameSelection, Recording, RecordingError, open_recording,
+                        read_frames, select_frames)
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +359,56 @@ def _stats(values: list[float]) -> dict:
             "p95": float(np.percentile(a, 95)), "max": float(a.max())}
 
 
+_MISSING_RE = re.compile(r"^mouse missing in view (\d+) \((\d+) mask pixels")
+_BORDER_RE = re.compile(r"^mouse touches the image border in view (\d+) .*sqrt\((\d+)\)\)$")
+
+
+def _why_no_samples(rec: Recording, frames: list[int], status: dict[int, dict], config: ExtractConfig) -> str:
+    """Why an extraction wrote no sample, from the skip reasons of :func:`frame_skip_reason`: the
+    view(s) at fault and the likely cause, worst first."""
+    if not frames:
+        sel = config.selection
+        return (f"{rec.path}: no frame selected from its {rec.n_frames} frames (skip_edges {sel.skip_edges} at "
+                f"each end, cut_frames {list(sel.cut_frames)} +- {sel.cut_margin}); lower skip_edges or fix cut_frames")
+    missing: dict[int, list[int]] = {}
+    border: dict[int, list[int]] = {}
+    gap = other = 0
+    for s in status.values():
+        reason = s.get("reason") or ""
+        if m := _MISSING_RE.match(reason):
+            missing.setdefault(int(m[1]), []).append(int(m[2]))
+        elif m := _BORDER_RE.match(reason):
+            border.setdefault(int(m[1]), []).append(int(m[2]))
+        elif reason == "temporal split gap":
+            gap += 1
+        else:
+            other += 1
+    causes = []
+    for v, counts in sorted(missing.items(), key=lambda kv: -len(kv[1])):
+        what = f"mouse missing in view {v} in {len(counts)} of {len(frames)} frames"
+        if max(counts) == 0:
+            causes.append(f"{what}: {rec.mask_path(v)} is empty: no pixel brighter than {MASK_THRESHOLD} (the mask "
+                          "must show the mouse in white on black)")
+        else:
+            causes.append(f"{what} (at most {max(counts)} mask pixels, fewer than min_mask_pixels "
+                          f"{config.min_mask_pixels}): lower min_mask_pixels or check {rec.mask_path(v)}")
+    for v, areas in sorted(border.items(), key=lambda kv: -len(kv[1])):
+        what = f"mouse touching the image border in view {v} in {len(areas)} of {len(frames)} frames"
+        cover = float(np.median(areas)) / (rec.width * rec.height)
+        if cover > 0.5:
+            causes.append(f"{what}: the mask covers {cover:.0%} of the frame, so {rec.mask_path(v)} looks inverted "
+                          "(the mouse must be white on black)")
+        else:
+            causes.append(f"{what}: the mouse is cut off by the frame there; raise border_contact_max "
+                          f"({config.border_contact_max}) or leave that camera out")
+    if gap:
+        causes.append(f"{gap} of {len(frames)} frames fall in temporal split gaps (split_gap {config.split_gap}): "
+                      "select more frames or lower split_gap")
+    if other:
+        causes.append(f"{other} frames skipped for other reasons")
+    return f"{rec.path}: no sample extracted: " + "; ".join(causes)
+
+
 def extract(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, config: ExtractConfig) -> dict:
     """Extract samples from a recording into ``<out_dir>/data`` (see the module docstring).
 
@@ -436,6 +488,9 @@ def extract(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, config
     (data_dir / "extraction.json").write_text(json.dumps(report, indent=1))
     log.info("extraction: %d written (%d reused), %d skipped, residual rms median %.2f mm",
              summary["n_written"], n_reused, summary["n_skipped"], summary["residual_rms_mm"].get("median", float("nan")))
+    if not written:
+        raise RecordingError(f"{_why_no_samples(rec, frames, status, config)}. Each frame's reason is in "
+                             f"{data_dir / 'extraction.json'}")
     return summary
 
 
