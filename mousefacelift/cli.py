@@ -74,10 +74,10 @@ def _cmd_infer(args) -> int:
     from . import infer
     from .stage import resolve_device
 
-    cfg = infer.InferConfig(device=resolve_device(args.device), seed=args.seed, sampler=args.sampler,
-                            steps=args.steps, guidance_scale=args.guidance_scale,
-                            turntable_frames=args.turntable_frames, render_size=args.render_size, fps=args.fps)
     try:
+        cfg = infer.InferConfig(device=resolve_device(args.device), seed=args.seed, sampler=args.sampler,
+                                steps=args.steps, guidance_scale=args.guidance_scale,
+                                turntable_frames=args.turntable_frames, render_size=args.render_size, fps=args.fps)
         if args.recording:
             if args.image or not args.frames:
                 raise ValueError("--recording takes --frames A:B and no IMAGE")

@@ -10,6 +10,10 @@ One image (``infer_image``), like FaceLift's inference script:
 writes ``input.png``, ``multiview.png`` (generated views tiled), ``gaussians.ply``,
 ``turntable.mp4`` (``.gif`` without ffmpeg) into the output folder.
 
+Both check their inputs before any model is loaded (:func:`check_paths`, :func:`read_rgba`): a
+missing file or folder, an image that is not RGBA or has an empty alpha, an output path that is a
+file, each is an error naming the path and the fix.
+
 A recording (``infer_recording``): each frame of a range is extracted from all real views with the
 ``rectify`` policy at the GS-LRM's size (as notebook 01) and reconstructed; one PLY per frame in
 world millimetres (the recording's frame, so the sequence is 4D), ``frames.json`` with each frame's
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 
 from . import cameras
+from .configs import bounded, check_ranges
 from .evaluation import gaussians_from_output, to_world_mm
 from .gaussians import render_turntable, turntable_cameras
 from .gslrm.data import prepare_images
@@ -41,15 +46,18 @@ class InferConfig:
     device: str = "cpu"                     # where the models run ("cpu", "cuda", ...)
     seed: int = 0                           # MVDiffusion noise
     sampler: str = "ddim"                   # "ddim" or "dpm"
-    steps: int = 50                         # denoising steps
-    guidance_scale: float = 3.0             # classifier-free guidance (1.0 = none)
+    steps: int = bounded(50, min=1)         # denoising steps
+    guidance_scale: float = bounded(3.0, min=0)  # classifier-free guidance (1.0 = none)
     keep_reference: bool = True             # the real reference replaces its regenerated view
-    min_opacity: float = 0.005              # Gaussians fainter than this are not written
-    turntable_frames: int = 120             # frames of the turntable video
-    render_size: int = 0                    # side of rendered video frames (0 = the GS-LRM's size)
+    min_opacity: float = bounded(0.005, min=0, max=1)  # Gaussians fainter than this are not written
+    turntable_frames: int = bounded(120, min=1)  # frames of the turntable video
+    render_size: int = bounded(0, min=0)    # side of rendered video frames (0 = the GS-LRM's size)
     elevation_deg: float = 0.0              # turntable camera elevation
-    fps: int = 30                           # video frame rate
+    fps: int = bounded(30, min=1)           # video frame rate
     backend: str = "auto"                   # rasterizer backend
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def parse_frames(spec: str) -> range:
@@ -64,15 +72,44 @@ def parse_frames(spec: str) -> range:
 
 
 def read_rgba(path: str | os.PathLike) -> torch.Tensor:
-    """An RGBA PNG -> [4, H, W] float in [0, 1] (alpha = mask). Square images only."""
+    """An RGBA PNG, 8 or 16 bits per channel -> [4, H, W] float in [0, 1] (alpha = mask). Square
+    images with some foreground (alpha > 0.5) only."""
     import cv2
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: image not found; give the RGBA PNG of the mouse (alpha = its mask)")
     im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if im is None or im.ndim != 3 or im.shape[2] != 4:
-        raise ValueError(f"{path}: not an RGBA PNG; give the mouse image with its mask as alpha channel")
+    if im is None or im.ndim != 3 or im.shape[2] != 4 or im.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{path}: not an 8- or 16-bit RGBA PNG; give the mouse image with its mask as alpha channel")
     if im.shape[0] != im.shape[1]:
         raise ValueError(f"{path}: {im.shape[1]}x{im.shape[0]} is not square; crop it (and its camera) first")
-    return torch.from_numpy(im[..., [2, 1, 0, 3]].copy()).permute(2, 0, 1).float() / 255.0
+    rgba = torch.from_numpy(im[..., [2, 1, 0, 3]].astype(np.float32) / np.iinfo(im.dtype).max).permute(2, 0, 1)
+    if not (rgba[3] > 0.5).any():
+        raise ValueError(f"{path}: the alpha channel is empty (no pixel above 0.5): alpha must be the mouse's mask, "
+                         "opaque on the mouse")
+    return rgba.contiguous()
+
+
+def check_paths(out_dir: str | os.PathLike, gslrm: str | os.PathLike,
+                mvdiffusion: str | os.PathLike | None = None) -> None:
+    """Before any model is loaded: ``out_dir`` is not a file, the GS-LRM checkpoint (a file, or a
+    folder holding ``ckpt_*.pt``) and the MVDiffusion pipeline folder exist. Errors name the path."""
+    from .gslrm.model import CKPT_GLOB, latest_checkpoint
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; give a folder (it is created if missing)")
+    g = Path(gslrm)
+    if g.is_dir() and latest_checkpoint(g) is None:
+        raise FileNotFoundError(f"--gslrm {g}: no {CKPT_GLOB} in this folder; give notebook 06's gslrm/ folder "
+                                "(runs/<run>/gslrm) or a checkpoint file")
+    if not g.exists():
+        raise FileNotFoundError(f"--gslrm {g} not found; give notebook 06's gslrm/ folder (runs/<run>/gslrm) or a "
+                                "checkpoint file")
+    if mvdiffusion is not None and not (Path(mvdiffusion) / "model_index.json").is_file():
+        raise FileNotFoundError(f"--mvdiffusion {mvdiffusion}: no model_index.json there; give the pipeline folder "
+                                "written by notebook 04 (runs/<run>/mvdiffusion/pipeline) or FaceLift's mvdiffusion "
+                                "folder")
 
 
 def reference_cameras(camera: str, image_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -131,13 +168,14 @@ def infer_image(image: str | os.PathLike, mvdiffusion: str | os.PathLike, gslrm:
     cfg = config or InferConfig()
     dev = torch.device(cfg.device)
     out = Path(out_dir)
+    # 1. inputs checked, then the models loaded; image and cameras at the MVDiffusion resolution
+    check_paths(out, gslrm, mvdiffusion)
+    rgba = read_rgba(image)
+    w2c, K, ref = reference_cameras(camera, rgba.shape[-1])
     out.mkdir(parents=True, exist_ok=True)
     pipe = MVDiffusionPipeline.from_pretrained(mvdiffusion).to(dev)
     pipe.model.eval()
     model = from_pretrained(gslrm).to(dev)
-    # 1. image and cameras, at the MVDiffusion resolution
-    rgba = read_rgba(image)
-    w2c, K, ref = reference_cameras(camera, rgba.shape[-1])
     w2c, K, order = arrange(w2c, K, ref, pipe.model.config.reference_view)
     rv, Sm = pipe.model.config.reference_view, pipe.image_size
     ref_img, _ = resize_views(rgba[None], K[rv:rv + 1], Sm)                    # [1, 4, Sm, Sm]
@@ -176,13 +214,14 @@ def infer_recording(recording: str | os.PathLike, frames: range, gslrm: str | os
     cfg = config or InferConfig()
     dev = torch.device(cfg.device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = from_pretrained(gslrm).to(dev)
-    S = model.cfg.image_size
+    check_paths(out, gslrm)
     rec = open_recording(recording)
     wanted = [f for f in frames if f < rec.n_frames]
     if not wanted:
         raise ValueError(f"--frames {frames.start}:{frames.stop}: {recording} has frames 0..{rec.n_frames - 1}")
+    out.mkdir(parents=True, exist_ok=True)
+    model = from_pretrained(gslrm).to(dev)
+    S = model.cfg.image_size
     ext = ExtractConfig(view_policy="rectify", image_size=S, progress=False)
     size = cfg.render_size or S
     orbit_w2c, orbit_K = turntable_cameras(len(wanted), cameras.FACELIFT_DISTANCE, cfg.elevation_deg, image_size=size)
@@ -215,5 +254,5 @@ def infer_recording(recording: str | os.PathLike, frames: range, gslrm: str | os
     return {"plys": plys, "skipped": skipped, "video": video, "frames_json": frames_json}
 
 
-__all__ = ["InferConfig", "parse_frames", "read_rgba", "reference_cameras", "arrange", "infer_image",
+__all__ = ["InferConfig", "parse_frames", "read_rgba", "check_paths", "reference_cameras", "arrange", "infer_image",
            "infer_recording"]

@@ -7,7 +7,9 @@ commit, package versions, device, per-notebook status and timing, recorded resul
 
 Steps of a run:
  1. find the notebooks, select them (--only), validate every params key against their
-    ``parameters`` cells: nothing executes when validation fails;
+    ``parameters`` cells, the selected notebooks' values against the ranges of the library config
+    fields they set, and make their input paths absolute (relative to the directory `mfl run` is
+    started from): nothing executes when validation fails;
  2. claim the run folder: create it, take the lock of every selected notebook (refused while
     another process holds one, --overwrite or not), refuse an existing folder unless --overwrite,
     and record the notebooks as pending in the manifest;
@@ -129,6 +131,7 @@ class RunPlan:
     overwrite: bool = False
     manifest: dict = field(default_factory=dict)
     held: list = field(default_factory=list)  # open lock files of the claimed notebooks (see claim)
+    paths_as_given: dict[str, dict] = field(default_factory=dict)  # {stem: {key: relative path as written}}
 
 
 def plan_run(params_file: str | Path, *, only: str | None = None, from_run: str | Path | None = None,
@@ -141,12 +144,17 @@ def plan_run(params_file: str | Path, *, only: str | None = None, from_run: str 
                                                  else repo_root() / "notebooks"))
     stems = select(notebooks, only)
     parameters = params_mod.resolve(params_file, notebooks)
+    selected = {s: parameters[s] for s in stems}
+    params_mod.check_ranges(params_file, selected)
+    selected, paths_as_given = params_mod.resolve_paths(selected, params_path=params_file)
+    parameters.update(selected)
     run_dir = run_folder(runs_root, name or params_file.stem)
     if from_run is not None:
         from_run = Path(from_run).resolve()
         if not (from_run / "manifest.json").is_file():
             raise RunError(f"--from-run {from_run}: not a run folder (no manifest.json)")
-    return RunPlan(params_file, run_dir, stems, notebooks, parameters, from_run, kernel, overwrite)
+    return RunPlan(params_file, run_dir, stems, notebooks, parameters, from_run, kernel, overwrite,
+                   paths_as_given=paths_as_given)
 
 
 def run_folder(runs_root: str | Path, name: str) -> Path:
@@ -194,6 +202,7 @@ def claim(plan: RunPlan) -> None:
                 "params_file": str(plan.params_file),
                 "params_yaml": plan.params_file.read_text(),
                 "params": {s: plan.parameters[s] for s in plan.stems},
+                "params_paths_as_given": plan.paths_as_given,  # relative input paths, made absolute in params
                 "from_run": str(plan.from_run) if plan.from_run else None,
                 **environment,
                 "status": "running",
@@ -255,7 +264,9 @@ def _merge_manifest(plan: RunPlan) -> None:
     notebooks = dict(sorted({**on_disk.get("notebooks", {}), **mine}.items()))
     _mark_interrupted(plan.run_dir, notebooks, skip=set(plan.stems))
     merged = _derive({**plan.manifest, "notebooks": notebooks,
-                      "params": {**on_disk.get("params", {}), **plan.manifest.get("params", {})}})
+                      "params": {**on_disk.get("params", {}), **plan.manifest.get("params", {})},
+                      "params_paths_as_given": {**on_disk.get("params_paths_as_given", {}),
+                                                **plan.manifest.get("params_paths_as_given", {})}})
     _write_json(path, merged)
     plan.manifest = merged
 

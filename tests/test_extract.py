@@ -273,3 +273,64 @@ def test_rectify_field_of_view_knob_keeps_projection_exact():
         uv_new, _ = cameras.project(X, view.w2c, view.K)
         assert torch.allclose(cameras.apply_homography(view.H, uv_src), uv_new, atol=1e-9)
     assert float(ex.rectify_view(rgb, mask, K, w2c, X[0], 512).K[0, 0]) == cameras.FACELIFT_FOCAL
+
+
+# ----------------------------------------------------------------------------------------------
+# No sample extracted: a clear error from the skip reasons (broken copies of a procedural recording)
+# ----------------------------------------------------------------------------------------------
+def _all_frames_config(**kw):
+    base = dict(selection=FrameSelection(count=None, stride=1, skip_edges=0.0, cut_frames=()), split_gap=0,
+                min_mask_pixels=50, image_size=64, progress=False)
+    return ex.ExtractConfig(**{**base, **kw})
+
+
+def test_empty_mask_video_names_the_view_and_the_cause(broken_copy, tmp_path):
+    from conftest import rewrite_video
+
+    from mousefacelift.data.recording import MASK_DIR, RecordingError
+
+    root = broken_copy(lambda r: rewrite_video(r / MASK_DIR / "0.mp4", lambda f: np.zeros_like(f)))
+    with pytest.raises(RecordingError, match=rf"{root}: no sample extracted: mouse missing in view 0 in 12 of 12 "
+                                             rf"frames: {root / MASK_DIR / '0.mp4'} is empty: no pixel brighter than "
+                                             r"127 \(the mask must show the mouse in white on black\)\. Each frame's "
+                                             r"reason is in .*extraction.json"):
+        ex.extract(root, tmp_path / "run", _all_frames_config())
+    report = json.loads((tmp_path / "run" / "data" / "extraction.json").read_text())
+    assert report["summary"]["n_written"] == 0 and len(report["frames"]) == 12  # the report is still written
+
+
+def test_inverted_masks_are_named_as_such(broken_copy, tmp_path):
+    from conftest import rewrite_video
+
+    from mousefacelift.data.recording import MASK_DIR, RecordingError
+
+    def invert(root):
+        for v in range(6):
+            rewrite_video(root / MASK_DIR / f"{v}.mp4", lambda f: 255 - f)
+
+    root = broken_copy(invert)
+    with pytest.raises(RecordingError, match=r"mouse touching the image border in view 0 in 12 of 12 frames: the mask "
+                                             r"covers 9\d% of the frame, so .*0.mp4 looks inverted \(the mouse must "
+                                             r"be white on black\)"):
+        ex.extract(root, tmp_path / "run", _all_frames_config())
+
+
+def test_too_high_min_mask_pixels_and_split_gaps_are_named(procedural_recording, tmp_path):
+    from mousefacelift.data.recording import RecordingError
+
+    with pytest.raises(RecordingError, match=r"mouse missing in view 0 in 12 of 12 frames \(at most \d+ mask pixels, "
+                                             r"fewer than min_mask_pixels 1000000\): lower min_mask_pixels"):
+        ex.extract(procedural_recording, tmp_path / "a", _all_frames_config(min_mask_pixels=1_000_000))
+    cfg = ex.ExtractConfig(selection=FrameSelection(count=3, skip_edges=0.0, cut_frames=()), split_gap=100,
+                           split_fractions=(0.0, 0.5, 0.5), image_size=64, progress=False)
+    with pytest.raises(RecordingError, match=r"3 of 3 frames fall in temporal split gaps \(split_gap 100\)"):
+        ex.extract(procedural_recording, tmp_path / "b", cfg)
+
+
+def test_extract_config_ranges():
+    with pytest.raises(ValueError, match=r"ExtractConfig.image_size = 4 is out of range: must be >= 8"):
+        ex.ExtractConfig(image_size=4)
+    with pytest.raises(ValueError, match=r"ExtractConfig.split_fractions\[0\] = 1.2 is out of range"):
+        ex.ExtractConfig.from_dict({"split_fractions": [1.2, -0.1, -0.1]})
+    with pytest.raises(ValueError, match=r"ExtractConfig.selection.skip_edges = -0.1 is out of range"):
+        ex.ExtractConfig.from_dict({"selection": {"skip_edges": -0.1}})

@@ -1,5 +1,6 @@
 """`mfl infer` on tiny checkpoints: one image (FaceLift-style outputs) and a recording's frame range."""
 import json
+import re
 from dataclasses import asdict
 
 import cv2
@@ -113,3 +114,89 @@ def test_infer_recording_writes_one_ply_per_frame(models, tmp_path):
     back = cameras.Similarity(n["scale"], tuple(n["center_mm"])).apply_points(g.means.double()).float()
     torch.testing.assert_close(back, o.means[0][keep], atol=1e-3, rtol=0)
     torch.testing.assert_close(g.scales * n["scale"], o.scales[0][keep], atol=1e-5, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs are checked before any model is loaded
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Loading either model fails the test: the input checks must come first."""
+    from mousefacelift.gslrm import model as gslrm_model
+    from mousefacelift.mvdiffusion.pipeline import MVDiffusionPipeline
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(gslrm_model, "from_pretrained", refuse)
+    monkeypatch.setattr(MVDiffusionPipeline, "from_pretrained", classmethod(refuse))
+
+
+def test_16_bit_png_is_scaled_by_65535(tmp_path):
+    eight = cv2.imread(str(write_rgba(tmp_path / "8.png")), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(tmp_path / "16.png"), eight.astype(np.uint16) * 257)  # the same image at 16 bits
+    assert cv2.imread(str(tmp_path / "16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    a, b = infer.read_rgba(tmp_path / "8.png"), infer.read_rgba(tmp_path / "16.png")
+    assert b.max() <= 1.0 and b[3].max() == 1.0
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+BAD_INPUTS = [
+    ("missing image", r"nothere.png: image not found; give the RGBA PNG"),
+    ("empty alpha", r"empty.png: the alpha channel is empty \(no pixel above 0.5\)"),
+    ("rgb only", r"rgb.png: not an 8- or 16-bit RGBA PNG"),
+    ("out is a file", r"--out .*taken is an existing file; give a folder"),
+    ("missing gslrm", r"--gslrm .*nope not found; give notebook 06's gslrm/ folder"),
+    ("gslrm folder without checkpoints", r"--gslrm .*empty_dir: no ckpt_\*.pt in this folder"),
+    ("missing mvdiffusion", r"--mvdiffusion .*nope: no model_index.json there; give the pipeline folder"),
+    ("zero steps", r"InferConfig.steps = 0 is out of range: must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("case, match", BAD_INPUTS, ids=[case for case, _ in BAD_INPUTS])
+def test_bad_inputs_are_named_before_any_model_loads(models, tmp_path, no_model_loading, capsys, case, match):
+    image = write_rgba(tmp_path / "mouse.png")
+    args = {"image": str(image), "--mvdiffusion": str(models / "mvd"), "--gslrm": str(models / "gslrm"),
+            "--out": str(tmp_path / "out")}
+    if case == "missing image":
+        args["image"] = str(tmp_path / "nothere.png")
+    elif case == "empty alpha":
+        rgba = cv2.imread(str(image), cv2.IMREAD_UNCHANGED)
+        rgba[..., 3] = 0
+        cv2.imwrite(str(tmp_path / "empty.png"), rgba)
+        args["image"] = str(tmp_path / "empty.png")
+    elif case == "rgb only":
+        cv2.imwrite(str(tmp_path / "rgb.png"), cv2.imread(str(image)))
+        args["image"] = str(tmp_path / "rgb.png")
+    elif case == "out is a file":
+        (tmp_path / "taken").write_text("x")
+        args["--out"] = str(tmp_path / "taken")
+    elif case == "missing gslrm":
+        args["--gslrm"] = str(tmp_path / "nope")
+    elif case == "gslrm folder without checkpoints":
+        (tmp_path / "empty_dir").mkdir()
+        args["--gslrm"] = str(tmp_path / "empty_dir")
+    elif case == "missing mvdiffusion":
+        args["--mvdiffusion"] = str(tmp_path / "nope")
+    elif case == "zero steps":
+        args["--steps"] = "0"
+    argv = ["infer", args.pop("image")] + [x for kv in args.items() for x in kv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mfl infer: ") and re.search(match, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_recording_inputs_are_checked_before_the_model_loads(broken_copy, models, tmp_path, no_model_loading,
+                                                             capsys):
+    from mousefacelift.data.recording import CAMERA_FILE
+
+    rec = broken_copy(lambda r: (r / CAMERA_FILE).unlink())
+    argv = ["infer", "--recording", str(rec), "--frames", "0:2", "--gslrm", str(models / "gslrm"), "--out",
+            str(tmp_path / "seq")]
+    assert cli.main(argv) == 2
+    assert "new_cam.pkl: camera file not found" in capsys.readouterr().err
+    argv[2] = str(rec.parent / "missing")
+    assert cli.main(argv) == 2
+    assert "recording folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "seq").exists()

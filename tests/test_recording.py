@@ -287,3 +287,67 @@ def test_keyframe_jumps_read_the_same_frames(tmp_path):
         assert a.index == b.index
         np.testing.assert_array_equal(a.rgb, b.rgb)
         np.testing.assert_array_equal(a.mask, b.mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Broken copies of a procedural recording (fixtures in conftest.py)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kept", [0.97, 0.9, 0.75])
+def test_truncated_faststart_video_is_caught(broken_copy, kept):
+    """With the index (moov atom) at the start, a truncated file still reports every frame and
+    decodes its first one, and a seek to the last frame 'succeeds' by landing on an earlier one."""
+    import cv2
+    from conftest import rewrite_video
+
+    def truncate(root):
+        p = root / rd.VIDEO_DIR / "2.mp4"
+        rewrite_video(p, faststart=True)
+        data = p.read_bytes()
+        assert data.find(b"moov") < data.find(b"mdat")  # faststart: the index comes first
+        p.write_bytes(data[:int(len(data) * kept)])
+
+    root = broken_copy(truncate)
+    cap = cv2.VideoCapture(str(root / rd.VIDEO_DIR / "2.mp4"))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    assert n == 12 and cap.read()[0]  # the trap: full frame count, first frame fine
+    cap.set(cv2.CAP_PROP_POS_FRAMES, n - 1)
+    ok, _ = cap.read()
+    landed = int(cap.get(cv2.CAP_PROP_POS_FRAMES)) - 1
+    cap.release()
+    assert ok and landed < n - 1  # the seek "succeeded" somewhere else
+    with pytest.raises(rd.RecordingError, match=rf"videos_undist/2\.mp4: the container says 12 frames but seeking "
+                                                rf"to frame 11 decoded frame {landed}: the file is truncated"):
+        rd.open_recording(root)
+
+
+def test_intact_faststart_video_passes(broken_copy):
+    from conftest import rewrite_video
+
+    root = broken_copy(lambda r: rewrite_video(r / rd.VIDEO_DIR / "2.mp4", faststart=True))
+    assert rd.open_recording(root).n_frames == 12
+
+
+def test_cameras_with_different_frame_rates_warn(broken_copy, caplog):
+    from conftest import rewrite_video
+
+    root = broken_copy(lambda r: rewrite_video(r / rd.VIDEO_DIR / "4.mp4", fps=50))
+    with caplog.at_level(logging.WARNING, logger=rd.__name__):
+        rec = rd.open_recording(root)
+    assert rec.n_frames == 12
+    assert "different frame rates" in caplog.text
+    assert "videos_undist/4.mp4: 50 fps" in caplog.text and "videos_undist/3.mp4: 100 fps" in caplog.text
+
+
+def test_same_frame_rates_do_not_warn(procedural_recording, caplog):
+    with caplog.at_level(logging.WARNING, logger=rd.__name__):
+        rd.open_recording(procedural_recording)
+    assert "frame rates" not in caplog.text
+
+
+def test_frame_selection_ranges():
+    with pytest.raises(ValueError, match=r"FrameSelection.skip_edges = 0.5 is out of range: must be in \[0, 0.5\)"):
+        rd.FrameSelection(skip_edges=0.5)
+    with pytest.raises(ValueError, match=r"FrameSelection.stride = 0 is out of range: must be >= 1"):
+        rd.FrameSelection(count=None, stride=0)
+    with pytest.raises(ValueError, match=r"FrameSelection.count = 0 is out of range"):
+        rd.FrameSelection(count=0)

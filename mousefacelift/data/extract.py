@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +33,10 @@ import numpy as np
 import torch
 
 from .. import cameras
-from ..configs import from_dict
+from ..configs import bounded, check_ranges, from_dict
 from . import samples
-from .recording import Frame, FrameSelection, Recording, open_recording, read_frames, select_frames
+from .recording import (MASK_THRESHOLD, Frame, FrameSelection, Recording, RecordingError, open_recording,
+                        read_frames, select_frames)
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +51,32 @@ class ExtractConfig:
     """Every knob of the extraction; defaults are stated here only."""
     selection: FrameSelection = field(default_factory=FrameSelection)  # which frames
     view_policy: str = "rectify"  # "rectify" (look at the mouse, canonical K) | "crop" (square crop, K updated)
-    image_size: int = 512  # output side in pixels; rectify uses fx = fy = 548.99 * image_size / 512
-    fov_deg: float = 50.0  # rectify: field of view of every view (50 = FaceLift's canonical intrinsics;
-    #                        less makes the mouse larger in the image, for small image sizes)
-    crop_size: int = 640  # crop policy only: side of the square crop in source pixels
+    image_size: int = bounded(512, min=8)  # output side in pixels; rectify: fx = fy = 548.99 * image_size / 512
+    fov_deg: float = bounded(50.0, gt=0, lt=180)  # rectify: field of view of every view (50 = FaceLift's canonical
+    #                                               intrinsics; less makes the mouse larger, for small image sizes)
+    crop_size: int = bounded(640, min=8)  # crop policy only: side of the square crop in source pixels
     antialias: bool = True  # Gaussian pre-blur before a shrinking warp (sigma = (1/scale - 1) / 2)
     scale_mode: str = "per_sample"  # "per_sample" | "recording" (one scale from the rig's focus point)
-    target_distance: float = cameras.FACELIFT_DISTANCE  # mean camera distance after normalization
-    min_mask_pixels: int = 100  # fewer mask pixels in a view = mouse missing, frame skipped
-    border_margin: int = 1  # width (px) of the frame-edge strip where mask pixels count as border contact
-    border_contact_max: float = 0.2  # skip when the mask runs along the edge for more than this x sqrt(mask
-    #                                  pixels): the body is cut off; a thin tail tip crossing the edge is fine
-    border_thin_fraction: float = 0.1  # parts thinner than this x sqrt(mask pixels) (the tail) are ignored
-    #                                    at the border: they may leave the frame without cutting the body
+    target_distance: float = bounded(cameras.FACELIFT_DISTANCE, gt=0)  # mean camera distance after normalization
+    min_mask_pixels: int = bounded(100, min=1)  # fewer mask pixels in a view = mouse missing, frame skipped
+    border_margin: int = bounded(1, min=0)  # width (px) of the frame-edge strip where mask pixels touch the border
+    border_contact_max: float = bounded(0.2, min=0)  # skip when the mask runs along the edge for more than this x
+    #                                  sqrt(mask pixels): the body is cut off; a thin tail tip crossing the edge is fine
+    border_thin_fraction: float = bounded(0.1, min=0)  # parts thinner than this x sqrt(mask pixels) (the tail) are
+    #                                    ignored at the border: they may leave the frame without cutting the body
     split_mode: str = "temporal"  # "temporal" (contiguous blocks with a gap) | "random" (seeded permutation)
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test
-    split_gap: int = 100  # temporal split: frames dropped at the start of the val and test blocks
+    split_fractions: tuple[float, float, float] = bounded((0.8, 0.1, 0.1), min=0, max=1)  # train, val, test
+    split_gap: int = bounded(100, min=0)  # temporal split: frames dropped at the start of the val and test blocks
     split_seed: int = 42  # random split: permutation seed
-    chunk_size: int = 8  # frames decoded per chunk (memory: chunk_size x V full frames)
-    workers: int | None = None  # decoding threads (None: one per camera)
+    chunk_size: int = bounded(8, min=1)  # frames decoded per chunk (memory: chunk_size x V full frames)
+    workers: int | None = bounded(None, min=1)  # decoding threads (None: one per camera)
     progress: bool = True  # tqdm progress bar
 
     # knobs that change speed or logging only, not the output (left out of the config hash)
     RUNTIME_KEYS = ("chunk_size", "workers", "progress")
+
+    def __post_init__(self):
+        check_ranges(self)
 
     def validate(self) -> None:
         for name, value, allowed in (("view_policy", self.view_policy, VIEW_POLICIES),
@@ -83,9 +88,6 @@ class ExtractConfig:
                 min(self.split_fractions) < 0:
             raise ValueError(f"ExtractConfig.split_fractions must be 3 non-negative numbers summing to 1, "
                              f"got {self.split_fractions}")
-        if self.image_size < 8 or self.crop_size < 8:
-            raise ValueError(f"ExtractConfig: image_size and crop_size must be >= 8 px, got "
-                             f"{self.image_size}, {self.crop_size}")
 
     def output_dict(self) -> dict:
         """The knobs that determine the output (hashed to guard re-runs)."""
@@ -357,6 +359,56 @@ def _stats(values: list[float]) -> dict:
             "p95": float(np.percentile(a, 95)), "max": float(a.max())}
 
 
+_MISSING_RE = re.compile(r"^mouse missing in view (\d+) \((\d+) mask pixels")
+_BORDER_RE = re.compile(r"^mouse touches the image border in view (\d+) .*sqrt\((\d+)\)\)$")
+
+
+def _why_no_samples(rec: Recording, frames: list[int], status: dict[int, dict], config: ExtractConfig) -> str:
+    """Why an extraction wrote no sample, from the skip reasons of :func:`frame_skip_reason`: the
+    view(s) at fault and the likely cause, worst first."""
+    if not frames:
+        sel = config.selection
+        return (f"{rec.path}: no frame selected from its {rec.n_frames} frames (skip_edges {sel.skip_edges} at "
+                f"each end, cut_frames {list(sel.cut_frames)} +- {sel.cut_margin}); lower skip_edges or fix cut_frames")
+    missing: dict[int, list[int]] = {}
+    border: dict[int, list[int]] = {}
+    gap = other = 0
+    for s in status.values():
+        reason = s.get("reason") or ""
+        if m := _MISSING_RE.match(reason):
+            missing.setdefault(int(m[1]), []).append(int(m[2]))
+        elif m := _BORDER_RE.match(reason):
+            border.setdefault(int(m[1]), []).append(int(m[2]))
+        elif reason == "temporal split gap":
+            gap += 1
+        else:
+            other += 1
+    causes = []
+    for v, counts in sorted(missing.items(), key=lambda kv: -len(kv[1])):
+        what = f"mouse missing in view {v} in {len(counts)} of {len(frames)} frames"
+        if max(counts) == 0:
+            causes.append(f"{what}: {rec.mask_path(v)} is empty: no pixel brighter than {MASK_THRESHOLD} (the mask "
+                          "must show the mouse in white on black)")
+        else:
+            causes.append(f"{what} (at most {max(counts)} mask pixels, fewer than min_mask_pixels "
+                          f"{config.min_mask_pixels}): lower min_mask_pixels or check {rec.mask_path(v)}")
+    for v, areas in sorted(border.items(), key=lambda kv: -len(kv[1])):
+        what = f"mouse touching the image border in view {v} in {len(areas)} of {len(frames)} frames"
+        cover = float(np.median(areas)) / (rec.width * rec.height)
+        if cover > 0.5:
+            causes.append(f"{what}: the mask covers {cover:.0%} of the frame, so {rec.mask_path(v)} looks inverted "
+                          "(the mouse must be white on black)")
+        else:
+            causes.append(f"{what}: the mouse is cut off by the frame there; raise border_contact_max "
+                          f"({config.border_contact_max}) or leave that camera out")
+    if gap:
+        causes.append(f"{gap} of {len(frames)} frames fall in temporal split gaps (split_gap {config.split_gap}): "
+                      "select more frames or lower split_gap")
+    if other:
+        causes.append(f"{other} frames skipped for other reasons")
+    return f"{rec.path}: no sample extracted: " + "; ".join(causes)
+
+
 def extract(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, config: ExtractConfig) -> dict:
     """Extract samples from a recording into ``<out_dir>/data`` (see the module docstring).
 
@@ -436,6 +488,9 @@ def extract(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, config
     (data_dir / "extraction.json").write_text(json.dumps(report, indent=1))
     log.info("extraction: %d written (%d reused), %d skipped, residual rms median %.2f mm",
              summary["n_written"], n_reused, summary["n_skipped"], summary["residual_rms_mm"].get("median", float("nan")))
+    if not written:
+        raise RecordingError(f"{_why_no_samples(rec, frames, status, config)}. Each frame's reason is in "
+                             f"{data_dir / 'extraction.json'}")
     return summary
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from ..configs import bounded, check_ranges
+
 KEYPOINT_NAMES = (
     "left_ear_tip", "right_ear_tip", "nose", "neck", "body_middle", "tail_root", "tail_middle",
     "tail_end", "left_paw", "left_paw_end", "left_elbow", "left_shoulder", "right_paw",
@@ -78,25 +80,28 @@ ARENA_CENTER_MM = (55.0, 55.0)  # the arena disk's centre in the MAMMAL rig's wo
 class MotionConfig:
     """Random walk of the mouse (all times in seconds, lengths in mm)."""
     arena_center: tuple[float, float] = ARENA_CENTER_MM
-    max_radius: float = 85.0                       # hard limit for the body origin
-    wall_radius: float = 95.0                      # the arena wall: the nose never passes it
-    nose_reach: float = 52.0                       # body origin to nose tip along the heading
-    preferred_radius: float = 68.0                 # wall-following ring
-    wall_steer_rate: float = 2.5                   # rad/s turning toward the ring's tangent
-    speed_median: float = 106.0                    # median of the moving (non-rearing) speed, mm/s
-    speed_log_std: float = 0.76                    # gives a 99th percentile of ~ 5.8 x median
-    speed_tau: float = 0.5
-    turn_std: float = 2.0                          # rad/s, random turning rate
-    turn_tau: float = 0.3
-    rear_fraction: float = 0.12                    # fraction of frames in rearing episodes
-    rear_duration: tuple[float, float] = (0.6, 1.6)
+    max_radius: float = bounded(85.0, gt=0)        # hard limit for the body origin
+    wall_radius: float = bounded(95.0, gt=0)       # the arena wall: the nose never passes it
+    nose_reach: float = bounded(52.0, min=0)       # body origin to nose tip along the heading
+    preferred_radius: float = bounded(68.0, min=0)  # wall-following ring
+    wall_steer_rate: float = bounded(2.5, min=0)   # rad/s turning toward the ring's tangent
+    speed_median: float = bounded(106.0, min=0)    # median of the moving (non-rearing) speed, mm/s
+    speed_log_std: float = bounded(0.76, min=0)    # gives a 99th percentile of ~ 5.8 x median
+    speed_tau: float = bounded(0.5, gt=0)
+    turn_std: float = bounded(2.0, min=0)          # rad/s, random turning rate
+    turn_tau: float = bounded(0.3, gt=0)
+    rear_fraction: float = bounded(0.12, min=0, max=1)  # fraction of frames in rearing episodes
+    rear_duration: tuple[float, float] = bounded((0.6, 1.6), gt=0)
     rear_pitch_deg: tuple[float, float] = (45.0, 90.0)
-    rear_ramp: float = 0.15                        # rise / fall time of an episode
-    tail_swing_std_deg: float = 20.0
-    tail_swing_tau: float = 0.4
-    head_yaw_std_deg: float = 12.0
-    head_yaw_tau: float = 0.3
-    stride_mm: float = 30.0                        # one gait cycle per stride
+    rear_ramp: float = bounded(0.15, min=0)        # rise / fall time of an episode
+    tail_swing_std_deg: float = bounded(20.0, min=0)
+    tail_swing_tau: float = bounded(0.4, gt=0)
+    head_yaw_std_deg: float = bounded(12.0, min=0)
+    head_yaw_tau: float = bounded(0.3, gt=0)
+    stride_mm: float = bounded(30.0, gt=0)         # one gait cycle per stride
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 POSE_FIELDS = ("x", "y", "heading", "pitch", "head_yaw", "tail_swing", "gait_phase", "speed", "rearing")

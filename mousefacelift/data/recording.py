@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .. import cameras
+from ..configs import bounded, check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,12 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             if not ok or last is None:
                 raise RecordingError(f"{path}: the container says {n} frames but frame {n - 1} cannot be "
                                      "decoded (truncated file?); re-copy or re-encode it")
+            # a truncated file whose index (moov atom) sits at the start ("faststart") still reports
+            # every frame, and the seek may land on the last frame that survived: check where it landed
+            landed = int(round(cap.get(cv2.CAP_PROP_POS_FRAMES))) - 1
+            if landed != n - 1:
+                raise RecordingError(f"{path}: the container says {n} frames but seeking to frame {n - 1} "
+                                     f"decoded frame {landed}: the file is truncated; re-copy or re-encode it")
     finally:
         cap.release()
     return VideoInfo(path=path, n_frames=n, width=w, height=h, fps=fps)
@@ -244,6 +251,10 @@ def open_recording(path: str | os.PathLike) -> Recording:
     for v in range(V):
         for sub in (VIDEO_DIR, MASK_DIR):
             infos.append(probe_video(root / sub / f"{v}.mp4"))
+    if len({round(i.fps, 3) for i in infos}) > 1:
+        detail = ", ".join(f"{i.path.relative_to(root)}: {i.fps:g} fps" for i in infos)
+        log.warning("%s: the videos have different frame rates (%s); frames are matched by index, so the "
+                    "cameras drift apart in time unless the files' rates are wrong", root, detail)
     sizes = {(i.width, i.height) for i in infos}
     if len(sizes) != 1:
         detail = ", ".join(f"{i.path.relative_to(root)}: {i.width}x{i.height}" for i in infos)
@@ -268,11 +279,14 @@ class FrameSelection:
     """Which frames to extract: ``count`` frames spread evenly, or every ``stride``-th frame (set
     exactly one), inside the range left after dropping ``skip_edges`` of the recording at each end,
     and never within ``cut_margin`` frames of a cut where recording segments were joined."""
-    count: int | None = 2000  # number of frames, evenly spaced (None: use stride)
-    stride: int | None = None  # every stride-th frame (None: use count)
-    skip_edges: float = 0.05  # fraction of the recording dropped at each end
-    cut_frames: tuple[int, ...] = (5900, 11800, 17700)  # segment joins in the MAMMAL recording
-    cut_margin: int = 10  # frames excluded on each side of a cut
+    count: int | None = bounded(2000, min=1)  # number of frames, evenly spaced (None: use stride)
+    stride: int | None = bounded(None, min=1)  # every stride-th frame (None: use count)
+    skip_edges: float = bounded(0.05, min=0, lt=0.5)  # fraction of the recording dropped at each end
+    cut_frames: tuple[int, ...] = bounded((5900, 11800, 17700), min=0)  # segment joins in the MAMMAL recording
+    cut_margin: int = bounded(10, min=0)  # frames excluded on each side of a cut
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def select_frames(n_frames: int, sel: FrameSelection) -> list[int]:
@@ -280,8 +294,6 @@ def select_frames(n_frames: int, sel: FrameSelection) -> list[int]:
     if (sel.count is None) == (sel.stride is None):
         raise ValueError(f"FrameSelection: set exactly one of count / stride, got count={sel.count}, "
                          f"stride={sel.stride}")
-    if not 0.0 <= sel.skip_edges < 0.5:
-        raise ValueError(f"FrameSelection.skip_edges must be in [0, 0.5), got {sel.skip_edges}")
     lo = int(np.ceil(n_frames * sel.skip_edges))
     hi = n_frames - 1 - lo
     ok = np.ones(n_frames, dtype=bool)
@@ -293,12 +305,8 @@ def select_frames(n_frames: int, sel: FrameSelection) -> list[int]:
     if candidates.size == 0:
         return []
     if sel.stride is not None:
-        if sel.stride < 1:
-            raise ValueError(f"FrameSelection.stride must be >= 1, got {sel.stride}")
         chosen = candidates[(candidates - lo) % sel.stride == 0]
     else:
-        if sel.count < 1:
-            raise ValueError(f"FrameSelection.count must be >= 1, got {sel.count}")
         pos = np.round(np.linspace(0, candidates.size - 1, min(sel.count, candidates.size))).astype(int)
         chosen = candidates[pos]
     return sorted(set(int(f) for f in chosen))

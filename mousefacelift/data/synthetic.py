@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from .. import cameras
-from ..configs import from_dict
+from ..configs import bounded, check_ranges, from_dict
 from ..training import keyed_generator
 from . import mouse_model as mm
 from .mouse_model import KEYPOINT_NAMES, BodyConfig, MotionConfig, PoseTrack
@@ -70,30 +70,37 @@ class RigConfig:
     # on the arena axis, 50-64 mm up: the mouse sits ~130-330 px below the image centre at full size
     targets: tuple[tuple[float, float, float], ...] = tuple(
         (*mm.ARENA_CENTER_MM, z) for z in (64.0, 52.0, 58.0, 56.0, 55.0, 50.0))
-    fx: tuple[float, ...] = _REAL_FX
-    fy_over_fx: float = 1.00428                          # camera 0: 1639.30 / 1632.31
+    fx: tuple[float, ...] = bounded(_REAL_FX, gt=0)
+    fy_over_fx: float = bounded(1.00428, gt=0)          # camera 0: 1639.30 / 1632.31
     cx: tuple[float, ...] = (601.85, 622.9, 589.4, 640.8, 584.1, 611.7)
     cy: tuple[float, ...] = (491.72, 538.4, 449.1, 549.9, 434.0, 471.3)
-    width: int = 1152
-    height: int = 1024
-    fps: float = 100.0
+    width: int = bounded(1152, min=8)
+    height: int = bounded(1024, min=8)
+    fps: float = bounded(100.0, gt=0)
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
 class SceneConfig:
     """Arena, lighting and sensor. Colours are linear RGB in [0, 1]."""
     disk_center: tuple[float, float] = mm.ARENA_CENTER_MM
-    disk_radius: float = 97.0
-    disk_rgb: tuple[float, float, float] = (0.86, 0.86, 0.84)
-    floor_rgb: tuple[float, float, float] = (0.07, 0.07, 0.08)   # dark floor beyond the disk
-    floor_radius: float = 450.0                                   # beyond it: background
-    background_rgb: tuple[float, float, float] = (0.025, 0.025, 0.03)
+    disk_radius: float = bounded(97.0, gt=0)
+    disk_rgb: tuple[float, float, float] = bounded((0.86, 0.86, 0.84), min=0, max=1)
+    # dark floor beyond the disk
+    floor_rgb: tuple[float, float, float] = bounded((0.07, 0.07, 0.08), min=0, max=1)
+    floor_radius: float = bounded(450.0, gt=0)                    # beyond it: background
+    background_rgb: tuple[float, float, float] = bounded((0.025, 0.025, 0.03), min=0, max=1)
     light_dir: tuple[float, float, float] = (0.3, -0.4, 1.0)      # towards the light (normalized)
-    ambient: float = 0.5
-    diffuse: float = 0.65
+    ambient: float = bounded(0.5, min=0)
+    diffuse: float = bounded(0.65, min=0)
     shadows: bool = True
-    shadow_grid_mm: float = 0.5                                   # shadow map resolution on the floor
-    sensor_noise_std: float = 1.5                                 # in 8-bit levels; 0 = off
+    shadow_grid_mm: float = bounded(0.5, gt=0)                    # shadow map resolution on the floor
+    sensor_noise_std: float = bounded(1.5, min=0)                 # in 8-bit levels; 0 = off
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 RUNTIME_KEYS = ("workers",)  # SyntheticConfig knobs that change speed, not the files (left out of the hash)
@@ -102,24 +109,27 @@ RUNTIME_KEYS = ("workers",)  # SyntheticConfig knobs that change speed, not the 
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Everything that defines a procedural recording (its hash names the cache folder)."""
-    n_frames: int = 300
+    n_frames: int = bounded(300, min=1)
     seed: int = 0
-    resolution_scale: float = 1.0      # image size and intrinsics scale together (even sizes)
-    supersample: int = 1               # anti-aliasing: s x s rays per pixel
-    device: str = "cpu"                # the render device, e.g. "cpu" or "cuda"
-    cpu_threads: int = 1               # torch CPU threads while generating (small ops: 1 is fastest
-                                       # on a shared machine; 0 = leave torch's setting)
-    workers: int = 0                   # render processes beside the writer (0: render in this process);
-                                       # speed only: the files are identical for any value
-    chunk_elements: int = 2 ** 21      # ray-piece pairs per batched intersection (memory bound)
-    keypoint_confidence: tuple[float, float] = (0.9, 1.0)
-    video_codec: str = "h264"          # "h264" (imageio-ffmpeg) or "mp4v" (OpenCV)
-    video_gop: int = 250               # h264: frames between keyframes (x264's default, as camera files)
-    video_crf: int = 18                # h264: quality (lower = better; 18 is visually lossless)
+    resolution_scale: float = bounded(1.0, gt=0)    # image size and intrinsics scale together (even sizes)
+    supersample: int = bounded(1, min=1)            # anti-aliasing: s x s rays per pixel
+    device: str = "cpu"                             # the render device, e.g. "cpu" or "cuda"
+    cpu_threads: int = bounded(1, min=0)            # torch CPU threads while generating (small ops: 1 is
+                                                    # fastest on a shared machine; 0 = leave torch's setting)
+    workers: int = bounded(0, min=0)                # render processes beside the writer (0: render in this
+                                                    # process); speed only: the files are identical for any value
+    chunk_elements: int = bounded(2 ** 21, min=1)   # ray-piece pairs per batched intersection (memory bound)
+    keypoint_confidence: tuple[float, float] = bounded((0.9, 1.0), min=0, max=1)
+    video_codec: str = "h264"                       # "h264" (imageio-ffmpeg) or "mp4v" (OpenCV)
+    video_gop: int = bounded(250, min=1)            # h264: frames between keyframes (x264's default, as cameras)
+    video_crf: int = bounded(18, min=0, max=51)     # h264: quality (lower = better; 18 is visually lossless)
     rig: RigConfig = field(default_factory=RigConfig)
     scene: SceneConfig = field(default_factory=SceneConfig)
     body: BodyConfig = field(default_factory=BodyConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
+
+    def __post_init__(self):
+        check_ranges(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SyntheticConfig":

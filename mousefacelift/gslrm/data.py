@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..configs import bounded, check_ranges
 from ..data.samples import read_sample, read_split, resize_views
 from ..training import keyed_generator
 
@@ -23,12 +24,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataConfig:
-    input_views: int = 5                   # views given to the model (in fixed view order)
+    input_views: int = bounded(5, min=1)   # views given to the model (in fixed view order)
     fixed_targets: list[int] = field(default_factory=list)  # held-out views; [] = random per step
     targets_include_inputs: bool = False   # also supervise the input views
     augment: bool = True                   # brightness/contrast jitter, same for all views of a sample
-    brightness: float = 0.1                # additive offset drawn from [-b, b]
-    contrast: float = 0.1                  # gain drawn from [1 - c, 1 + c] about 0.5
+    brightness: float = bounded(0.1, min=0)  # additive offset drawn from [-b, b]
+    contrast: float = bounded(0.1, min=0, max=1)  # gain drawn from [1 - c, 1 + c] about 0.5
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def choose_views(n_views: int, cfg: DataConfig, gen: torch.Generator) -> tuple[list[int], list[int]]:

@@ -20,22 +20,26 @@ import torch
 import torch.nn as nn
 
 from .. import metrics
+from ..configs import bounded, check_ranges
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LossConfig:
-    l2: float = 1.0                     # weight of the L2 over the whole image (on white; FaceLift's L2)
-    masked_l2: float = 1.0              # weight of the L2 over foreground pixels
-    masked_ssim: float = 0.2            # weight of 1 - SSIM over foreground pixels
-    background: float = 1.0             # weight of mean(alpha_render * (1 - alpha_gt))
-    lpips: float = 0.0                  # weight of LPIPS-VGG (needs lpips_vgg_path)
+    l2: float = bounded(1.0, min=0)     # weight of the L2 over the whole image (on white; FaceLift's L2)
+    masked_l2: float = bounded(1.0, min=0)  # weight of the L2 over foreground pixels
+    masked_ssim: float = bounded(0.2, min=0)  # weight of 1 - SSIM over foreground pixels
+    background: float = bounded(1.0, min=0)  # weight of mean(alpha_render * (1 - alpha_gt))
+    lpips: float = bounded(0.0, min=0)  # weight of LPIPS-VGG (needs lpips_vgg_path)
     lpips_vgg_path: str = ""            # torchvision vgg16 weights file; "" or missing = LPIPS off
-    perceptual_warmup_steps: int = 500  # LPIPS off for steps < this
-    mask_threshold: float = 0.5         # GT alpha above this is foreground
-    ssim_window: int = 11               # Gaussian window size of SSIM
-    ssim_sigma: float = 1.5             # Gaussian window sigma of SSIM
+    perceptual_warmup_steps: int = bounded(500, min=0)  # LPIPS off for steps < this
+    mask_threshold: float = bounded(0.5, min=0, max=1)  # GT alpha above this is foreground
+    ssim_window: int = bounded(11, min=1)  # Gaussian window size of SSIM
+    ssim_sigma: float = bounded(1.5, gt=0)  # Gaussian window sigma of SSIM
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .. import cameras
-from ..configs import from_dict
+from ..configs import bounded, check_ranges, from_dict
 from ..gaussians import SH_C0, Gaussians, rasterize  # SH_C0: colour = 0.5 + SH_C0 * sh0
 from ..training import CKPT_GLOB, checkpoint_name, latest_checkpoint, load_checkpoint
 
@@ -43,18 +43,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GSLRMConfig:
-    layers: int = 24                  # transformer blocks
-    width: int = 1024                 # token width d
-    heads: int = 16                   # attention heads (head dim = width / heads)
-    patch: int = 8                    # patch size in pixels
-    image_size: int = 512             # input images are image_size x image_size
-    in_channels: int = 9              # [rgb*2-1, ray_d, p0]
-    n_global: int = 2                 # learned global tokens (one Gaussian each)
-    sh_degree: int = 0                # spherical-harmonics degree of the colour
-    mlp_ratio: int = 4                # MLP hidden width = mlp_ratio * width
+    layers: int = bounded(24, min=1)  # transformer blocks
+    width: int = bounded(1024, min=1)  # token width d
+    heads: int = bounded(16, min=1)   # attention heads (head dim = width / heads)
+    patch: int = bounded(8, min=1)    # patch size in pixels
+    image_size: int = bounded(512, min=8)  # input images are image_size x image_size
+    in_channels: int = bounded(9, min=1)  # [rgb*2-1, ray_d, p0]
+    n_global: int = bounded(2, min=0)  # learned global tokens (one Gaussian each)
+    sh_degree: int = bounded(0, min=0)  # spherical-harmonics degree of the colour
+    mlp_ratio: int = bounded(4, min=1)  # MLP hidden width = mlp_ratio * width
     grad_checkpointing: bool = False  # recompute each block in backward (training only)
-    init_std: float = 0.02            # std of the normal init of every Linear and the global tokens
-    depth_range: float = 1.8          # pixel Gaussians lie within +-depth_range of p0 along the ray
+    init_std: float = bounded(0.02, gt=0)  # std of the normal init of every Linear and the global tokens
+    depth_range: float = bounded(1.8, gt=0)  # pixel Gaussians lie within +-depth_range of p0 along the ray
     scale_bias: float = -2.3          # scale = exp(min(x + scale_bias, scale_max_log))
     scale_max_log: float = -1.2
     opacity_bias: float = -2.0        # opacity = sigmoid(x + opacity_bias)
@@ -69,6 +69,7 @@ class GSLRMConfig:
     #                                   higher learning rate; False reproduces FaceLift's attention
 
     def __post_init__(self):
+        check_ranges(self)
         if self.width % self.heads:
             raise ValueError(f"GSLRMConfig: width {self.width} is not divisible by heads {self.heads}")
         if self.image_size % self.patch:

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from .. import metrics
-from ..configs import from_dict
+from ..configs import bounded, check_ranges, from_dict
 from ..stage import warn_schedule_change
 from ..tracking import Tracker, TrackingConfig
 from ..training import (atomic_save, checkpoint_name, latest_checkpoint, load_latest_checkpoint, prune_checkpoints,
@@ -55,28 +55,31 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(mode="disabled"))
     init_checkpoint: str = ""              # weights to start from (e.g. FaceLift's); "" = random init
-    steps: int = 1000                      # length of the schedule (forward/backward passes)
-    stop_at_step: int = 0                  # stop early at this step (0 = run to `steps`); schedule unchanged
-    batch_size: int = 1                    # samples per process and step
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.05             # on parameters with ndim >= 2 only
-    warmup_steps: int = 100                # linear warm-up, then cosine to min_lr_ratio * lr
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    skip_factor: float = 20.0              # skip the update when pre-clip grad norm > skip_factor * grad_clip
-    checkpoint_every: int = 500            # also written at the end of the run
-    keep_last: int = 3                     # checkpoints kept in output_dir (0 = all)
-    log_every: int = 10
-    val_every: int = 0                     # 0 = validate only at the end (when val_split is set)
-    val_max_samples: int = 0               # 0 = the whole validation split
+    steps: int = bounded(1000, min=1)      # length of the schedule (forward/backward passes)
+    stop_at_step: int = bounded(0, min=0)  # stop early at this step (0 = run to `steps`); schedule unchanged
+    batch_size: int = bounded(1, min=1)    # samples per process and step
+    lr: float = bounded(1e-4, gt=0)
+    betas: tuple[float, float] = bounded((0.9, 0.95), min=0, lt=1)
+    weight_decay: float = bounded(0.05, min=0)  # on parameters with ndim >= 2 only
+    warmup_steps: int = bounded(100, min=0)  # linear warm-up, then cosine to min_lr_ratio * lr
+    min_lr_ratio: float = bounded(0.0, min=0, max=1)
+    grad_clip: float = bounded(1.0, gt=0)
+    skip_factor: float = bounded(20.0, gt=0)  # skip the update when pre-clip grad norm > skip_factor * grad_clip
+    checkpoint_every: int = bounded(500, min=1)  # also written at the end of the run
+    keep_last: int = bounded(3, min=0)     # checkpoints kept in output_dir (0 = all)
+    log_every: int = bounded(10, min=1)
+    val_every: int = bounded(0, min=0)     # 0 = validate only at the end (when val_split is set)
+    val_max_samples: int = bounded(0, min=0)  # 0 = the whole validation split
     seed: int = 0
     device: str = "auto"                   # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
     bf16: bool = True                      # bf16 autocast on CUDA (always fp32 on CPU)
-    num_workers: int = 0                   # DataLoader workers per process
-    overfit_samples: int = 0               # > 0: train on the first N samples only, no augmentation
+    num_workers: int = bounded(0, min=0)   # DataLoader workers per process
+    overfit_samples: int = bounded(0, min=0)  # > 0: train on the first N samples only, no augmentation
     resume: bool = True                    # continue from the latest checkpoint in output_dir
     progress_bar: bool = True              # tqdm on rank 0
+
+    def __post_init__(self):
+        check_ranges(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -36,6 +36,7 @@ from diffusers import ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from .. import cameras
+from ..configs import bounded, check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +51,26 @@ RAY_CHANNELS = 6  # [d_ref (3) ; p0_ref (3)]
 @dataclass
 class MVDiffusionConfig:
     """A UNet trained from scratch in pixel space (RGBA in [-1, 1]). Defaults: the 64 px demo."""
-    image_size: int = 64                    # pixels per side the UNet works at
-    image_channels: int = 4                 # RGBA (alpha = mask, predicted like any channel)
-    num_views: int = 6                      # views per object in a training batch
+    image_size: int = bounded(64, min=8)    # pixels per side the UNet works at
+    image_channels: int = bounded(4, min=1)  # RGBA (alpha = mask, predicted like any channel)
+    num_views: int = bounded(6, min=1)      # views per object in a training batch
     attention_mode: str = "sparse"          # sparse: [reference ; own] tokens; dense: all views
-    reference_view: int = 0                 # batch position of the reference view in each object
+    reference_view: int = bounded(0, min=0)  # batch position of the reference view in each object
     camera_conditioning: bool = True        # ray map (reference-camera frame) as 6 conv_in channels
-    block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
+    block_out_channels: tuple[int, ...] = bounded((64, 128, 256, 256), min=1)
     down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
                                          "CrossAttnDownBlock2D")
     up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
                                        "UpBlock2D")
-    layers_per_block: int = 2
-    attention_heads: int = 4                # diffusers' legacy name for it: attention_head_dim
-    norm_num_groups: int = 32
-    cross_attention_dim: int = 128          # width of the (learned or zero) context tokens
+    layers_per_block: int = bounded(2, min=1)
+    attention_heads: int = bounded(4, min=1)  # diffusers' legacy name for it: attention_head_dim
+    norm_num_groups: int = bounded(32, min=1)
+    cross_attention_dim: int = bounded(128, min=1)  # width of the (learned or zero) context tokens
     context: str = "learned"                # learned | zero | prompt_embeds
-    context_tokens: int = 1                 # tokens of the learned / zero context
+    context_tokens: int = bounded(1, min=1)  # tokens of the learned / zero context
 
     def __post_init__(self):
+        check_ranges(self)
         if self.attention_mode not in ATTENTION_MODES:
             raise ValueError(f"attention_mode {self.attention_mode!r} is not one of {ATTENTION_MODES}")
         if self.context not in CONTEXT_MODES:

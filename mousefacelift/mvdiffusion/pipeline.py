@@ -29,6 +29,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import cameras
+from ..configs import bounded, check_ranges
 from ..data.samples import resize_views  # re-exported: views and intrinsics resized together
 from .model import MVDiffusionModel, relative_ray_map
 
@@ -92,12 +93,13 @@ class VAECodec:
 @dataclass
 class SamplerConfig:
     sampler: str = "ddim"                   # ddim | dpm (DPMSolverMultistepScheduler, fewer steps)
-    steps: int = 50                         # denoising steps
-    eta: float = 1.0                        # DDIM stochasticity (FaceLift: 1.0); ignored by dpm
-    guidance_scale: float = 3.0             # classifier-free guidance; 1.0 = no unconditional branch
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)  # RGB under the reference's alpha
+    steps: int = bounded(50, min=1)         # denoising steps
+    eta: float = bounded(1.0, min=0)        # DDIM stochasticity (FaceLift: 1.0); ignored by dpm
+    guidance_scale: float = bounded(3.0, min=0)  # classifier-free guidance; 1.0 = no unconditional branch
+    background: tuple[float, float, float] = bounded((1.0, 1.0, 1.0), min=0, max=1)  # RGB under the reference alpha
 
     def __post_init__(self):
+        check_ranges(self)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler {self.sampler!r} is not one of {SAMPLERS}")
 
@@ -107,7 +109,10 @@ class FaceLiftLoadConfig:
     prompt_embeds_path: str = ""            # .pt with FaceLift's per-view prompt embeddings [V, 77, 1024]
     camera_conditioning: bool = False       # add zero-initialised ray-map channels (for fine-tuning)
     attention_mode: str = "sparse"          # FaceLift's default
-    num_views: int = 6
+    num_views: int = bounded(6, min=1)
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 class MVDiffusionPipeline:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..configs import bounded, check_ranges
 from ..data import samples as samples_io
 from .pipeline import MVDiffusionPipeline, SamplerConfig, composite, resize_views
 from .quality import WHITE, held_out_views, mean_defined, view_metrics
@@ -29,13 +30,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SyntheticConfig:
-    batch_size: int = 4                     # objects per pipeline call
+    batch_size: int = bounded(4, min=1)     # objects per pipeline call
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 0                           # the object at line i of the split uses seed + i
     keep_reference: bool = True             # write the real (resized) reference image for the reference view
     device: str = "cpu"                     # where the model runs
     overwrite: bool = False                 # regenerate samples that are already complete
-    max_samples: int = 0                    # first N samples of the split; 0 = all
+    max_samples: int = bounded(0, min=0)    # first N samples of the split; 0 = all
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def generate_synthetic(checkpoint_dir: str | os.PathLike, data_root: str | os.PathLike,

@@ -39,7 +39,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
 from .. import cameras, training
-from ..configs import from_dict
+from ..configs import bounded, check_ranges, from_dict
 from ..data.resident import ResidentSplit
 from ..data.samples import SampleDataset
 from ..stage import warn_schedule_change
@@ -67,40 +67,41 @@ class TrainConfig:
     facelift: FaceLiftLoadConfig = field(default_factory=lambda: FaceLiftLoadConfig(camera_conditioning=True))
     views: list[int] | None = None          # view positions to use from each sample (model.reference_view
                                             # indexes this list); None = all
-    steps: int = 2000                       # optimizer steps in total
-    stop_at_step: int = 0                   # stop (with a checkpoint) at this step; 0 = run to `steps`
-    batch_size: int = 8                     # objects per step per process
-    lr: float = 1e-4                        # peak AdamW learning rate (FaceLift mouse fine-tune: 5e-5)
-    weight_decay: float = 0.01              # AdamW weight decay
-    warmup_steps: int = 100                 # linear warmup, then cosine decay to 0
-    grad_clip: float = 1.0                  # max gradient norm
+    steps: int = bounded(2000, min=1)       # optimizer steps in total
+    stop_at_step: int = bounded(0, min=0)   # stop (with a checkpoint) at this step; 0 = run to `steps`
+    batch_size: int = bounded(8, min=1)     # objects per step per process
+    lr: float = bounded(1e-4, gt=0)         # peak AdamW learning rate (FaceLift mouse fine-tune: 5e-5)
+    weight_decay: float = bounded(0.01, min=0)  # AdamW weight decay
+    warmup_steps: int = bounded(100, min=0)  # linear warmup, then cosine decay to 0
+    grad_clip: float = bounded(1.0, gt=0)   # max gradient norm
     prediction_type: str = "v_prediction"   # v_prediction | epsilon (from-scratch; init_from keeps its own)
     beta_schedule: str = "squaredcos_cap_v2"  # noise schedule (pixel space: cosine)
-    num_train_timesteps: int = 1000         # diffusion steps of the noise schedule
-    snr_gamma: float = 5.0                  # min-SNR weighting; 0 = plain MSE
+    num_train_timesteps: int = bounded(1000, min=1)  # diffusion steps of the noise schedule
+    snr_gamma: float = bounded(5.0, min=0)  # min-SNR weighting; 0 = plain MSE
     use_ema: bool = True                    # keep an EMA of the weights (validation and export use it)
-    ema_decay: float = 0.999                # EMA decay ceiling
-    drop_reference: float = 0.05            # P(reference image dropped)
-    drop_camera: float = 0.05               # P(camera ray map and class label dropped)
-    drop_both: float = 0.05                 # P(both dropped)
-    brightness: float = 0.1                 # +- additive brightness jitter (per object)
-    contrast: float = 0.1                   # +- relative contrast jitter (per object)
+    ema_decay: float = bounded(0.999, min=0, max=1)  # EMA decay ceiling
+    drop_reference: float = bounded(0.05, min=0, max=1)  # P(reference image dropped)
+    drop_camera: float = bounded(0.05, min=0, max=1)  # P(camera ray map and class label dropped)
+    drop_both: float = bounded(0.05, min=0, max=1)  # P(both dropped)
+    brightness: float = bounded(0.1, min=0)  # +- additive brightness jitter (per object)
+    contrast: float = bounded(0.1, min=0, max=1)  # +- relative contrast jitter (per object)
     backgrounds: tuple[str, ...] = ("white", "black", "gray")  # random background colours
     seed: int = 0                           # seeds weights, data order, noise, dropout, augmentation
     device: str = "cpu"                     # cpu | cuda (the GPU index comes from LOCAL_RANK)
     mixed_precision: str = "no"             # no | bf16 (autocast)
-    num_workers: int = 0                    # threads decoding the training split once (0: 8)
-    compile: bool = False                   # torch.compile the model (CUDA: ~1 min of compiling, then faster steps)
-    checkpoint_every: int = 500             # steps between checkpoints
-    keep_checkpoints: int = 2               # newest checkpoints kept
+    num_workers: int = bounded(0, min=0)    # threads decoding the training split once (0: 8)
+    compile: bool = False                   # torch.compile the model (CUDA: ~2 min of compiling, then faster steps)
+    checkpoint_every: int = bounded(500, min=1)  # steps between checkpoints
+    keep_checkpoints: int = bounded(2, min=1)  # newest checkpoints kept
     resume: bool = True                     # continue from the newest checkpoint in out_dir
-    val_every: int = 500                    # steps between validations (and at the end)
-    val_objects: int = 4                    # validation objects
+    val_every: int = bounded(500, min=1)    # steps between validations (and at the end)
+    val_objects: int = bounded(4, min=1)    # validation objects
     val_sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=25))
-    log_every: int = 10                     # steps between logged scalars
+    log_every: int = bounded(10, min=1)     # steps between logged scalars
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(mode="disabled"))
 
     def __post_init__(self):
+        check_ranges(self)
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
         unknown = set(self.backgrounds) - set(BACKGROUNDS)
