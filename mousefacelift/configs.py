@@ -37,14 +37,15 @@ RANGE = "mousefacelift.range"  # the dataclass field metadata key of a declared 
 
 @dataclasses.dataclass(frozen=True)
 class Range:
-    """Allowed values of a number: ``min <= x <= max``, ``gt < x < lt`` (any bound may be None)."""
+    """Allowed values of a number: ``min <= x <= max``, ``gt < x < lt`` (any bound may be None; NaN
+    is never allowed)."""
     min: float | None = None
     max: float | None = None
     gt: float | None = None
     lt: float | None = None
 
     def contains(self, x: float) -> bool:
-        return (math.isfinite(x) and (self.min is None or x >= self.min) and (self.max is None or x <= self.max)
+        return (not math.isnan(x) and (self.min is None or x >= self.min) and (self.max is None or x <= self.max)
                 and (self.gt is None or x > self.gt) and (self.lt is None or x < self.lt))
 
     def __str__(self) -> str:
@@ -56,14 +57,15 @@ class Range:
             return f">= {self.min:g}" if self.min is not None else f"> {self.gt:g}"
         if hi:
             return f"<= {self.max:g}" if self.max is not None else f"< {self.lt:g}"
-        return "finite"
+        return "a number"
 
 
 def bounded(default, *, min: float | None = None, max: float | None = None, gt: float | None = None,
             lt: float | None = None):
     """A dataclass field with ``default`` whose value (or each number of a tuple value) must lie in
     the range: ``min``/``max`` inclusive, ``gt``/``lt`` exclusive. None always passes (a field
-    typed ``int | None`` may mean "unset")."""
+    typed ``int | None`` may mean "unset"); NaN never does; infinity does where no bound excludes
+    it (``skip_factor=inf``: never skip)."""
     return dataclasses.field(default=default, metadata={RANGE: Range(min, max, gt, lt)})
 
 

@@ -68,14 +68,14 @@ class Knobs:
 def test_range_text():
     assert [str(r) for r in (Range(min=1), Range(gt=0), Range(min=0, max=1), Range(min=0, lt=0.5),
                              Range(max=3), Range(lt=2), Range())] == \
-        [">= 1", "> 0", "in [0, 1]", "in [0, 0.5)", "<= 3", "< 2", "finite"]
+        [">= 1", "> 0", "in [0, 1]", "in [0, 0.5)", "<= 3", "< 2", "a number"]
 
 
 @pytest.mark.parametrize("data, match", [
     ({"steps": 0}, r"^cfg.yaml.steps = 0 is out of range: must be >= 1$"),
     ({"lr": 0.0}, r"^cfg.yaml.lr = 0.0 is out of range: must be > 0$"),
     ({"lr": float("nan")}, r"lr = nan is out of range: must be > 0"),
-    ({"lr": float("inf")}, r"lr = inf is out of range: must be > 0"),
+    ({"fraction": float("inf")}, r"fraction = inf is out of range: must be in \[0, 1\]"),
     ({"fraction": 1.5}, r"fraction = 1.5 is out of range: must be in \[0, 1\]"),
     ({"edge": 0.5}, r"edge = 0.5 is out of range: must be in \[0, 0.5\)"),
     ({"workers": 0}, r"workers = 0 is out of range: must be >= 1"),
@@ -92,6 +92,7 @@ def test_in_range_values_none_and_unbounded_fields_pass():
     cfg = from_dict(Knobs, {"steps": 1, "lr": 1e-9, "fraction": 1, "edge": 0, "workers": None, "split": [0, 1],
                             "free": -100})
     assert (cfg.steps, cfg.fraction, cfg.workers, cfg.split, cfg.free) == (1, 1.0, None, (0, 1), -100)
+    assert Knobs(lr=float("inf")).lr == float("inf")  # no upper bound: e.g. skip_factor=inf, never skip
     assert field_range(Knobs, "steps") == Range(min=1) and field_range(Knobs, "free") is None
 
 
