@@ -34,11 +34,11 @@ def procedural(request):
     return make
 
 
-def broken_copy(src: Path, dst: Path, edit) -> Path:
+def broken_copy(src: Path, dst: Path, edit, keypoints: bool = True) -> Path:
     """A copy of recording ``src`` at ``dst``: videos, masks and keypoints symlinked, new_cam.pkl
     rewritten as edit(list of {"K", "R", "T"} numpy dicts)."""
     dst.mkdir(parents=True)
-    for sub in (rd.VIDEO_DIR, rd.MASK_DIR, rd.KEYPOINT_DIR):
+    for sub in (rd.VIDEO_DIR, rd.MASK_DIR) + ((rd.KEYPOINT_DIR,) if keypoints else ()):
         os.symlink((src / sub).resolve(), dst / sub)
     cams = [{k: np.asarray(v, dtype=np.float64) for k, v in c.items()} for c in rd.load_pickle_restricted(src / rd.CAMERA_FILE)]
     with open(dst / rd.CAMERA_FILE, "wb") as fh:
@@ -123,6 +123,16 @@ def test_each_mixup_fails_names_itself_and_its_fix_works(procedural, tmp_path, n
         assert rep.fix == ""
 
 
+def test_without_keypoints_the_up_axis_names_a_transposed_r(procedural, tmp_path):
+    """On this short clip R transposed leaves the centroids' residual under the limit (3.3 %): the
+    up axis it tilts by 66 deg (a rotated world changes no residual) still singles it out."""
+    root = broken_copy(procedural(3), tmp_path / "rec", MIXUPS["R transposed"][0], keypoints=False)
+    rep = cc.check_calibration(root)
+    assert rep.keypoint_residual_mm is None and rep.relative_residual < cc.MAX_RELATIVE_RESIDUAL
+    assert rep.up_angle_deg > cc.UP_FAIL_DEG and not rep.ok
+    assert "looks like R transposed" in rep.findings[0].message and "up axis 66 deg from +Z" in rep.findings[0].message
+
+
 def test_stored_residuals_of_the_mixups_are_far_above_the_limit(procedural, tmp_path):
     """The figures the thresholds rest on (module docstring), on the seed-3 recording."""
     rel = {}
@@ -139,6 +149,23 @@ def test_a_much_better_pairing_fails_a_stored_one_under_the_limit(procedural, tm
     rep = cc.check_calibration(root)
     assert rep.relative_residual < 0.5 and not rep.ok
     assert "cameras 3 and 4 are swapped" in rep.findings[0].message
+
+
+def test_a_calibration_no_mixup_explains_fails_without_a_fix(procedural, tmp_path):
+    g = torch.Generator().manual_seed(0)
+
+    def perturb(cams):  # turn every camera about its own centre by 10 degrees, a random axis each
+        out = []
+        for c in cams:
+            axis = torch.randn(3, generator=g, dtype=torch.float64)
+            z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+            W = cameras.rotation_between(z, z + 0.176 * axis / axis.norm()).numpy()
+            out.append({**c, "R": W @ c["R"], "T": W @ c["T"].reshape(3)})
+        return out
+
+    rep = cc.check_calibration(broken_copy(procedural(3), tmp_path / "rec", perturb))
+    assert not rep.ok and rep.fix == "" and rep.relative_residual > cc.MAX_RELATIVE_RESIDUAL
+    assert "does not fit the videos" in rep.findings[0].message and "no usual mix-up fits" in rep.findings[0].message
 
 
 def test_extra_camera_and_missing_mask_video(procedural, tmp_path):

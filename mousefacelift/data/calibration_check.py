@@ -343,8 +343,11 @@ def _passes(c: dict) -> bool:
 
 
 def _numbers(c: dict) -> str:
-    return f"median residual {c['residual_mm']:.1f} mm (worst camera {100 * c['score']:.1f}% of its distance" + \
-        ("" if c["in_front"] >= MIN_IN_FRONT else f", mouse behind a camera in {100 * (1 - c['in_front']):.0f}% of frames") + ")"
+    kp = "" if c["keypoint_relative"] is None else f", keypoints {100 * c['keypoint_relative']:.1f}%"
+    behind = "" if c["in_front"] >= MIN_IN_FRONT else f", behind a camera in {100 * (1 - c['in_front']):.0f}% of frames"
+    up = f", up axis {c['up_deg']:.0f} deg from +Z" if c["up_deg"] > UP_WARN_DEG else ""
+    return (f"median residual {c['residual_mm']:.1f} mm (worst camera {100 * c['centroid_relative']:.1f}% of its "
+            f"distance{kp}{behind}{up})")
 
 
 def check_calibration(path: str | os.PathLike, n_frames: int = CHECK_FRAMES, frame_filter: ExtractConfig | None = None,
@@ -394,8 +397,8 @@ def check_calibration(path: str | os.PathLike, n_frames: int = CHECK_FRAMES, fra
             and best["score"] >= BETTER_FIT_RATIO * stored["score"]:
         best = stored
     if best is None:
-        fail(f"{root / rd.CAMERA_FILE} does not fit the videos: {_numbers(stored)}, limit "
-             f"{100 * MAX_RELATIVE_RESIDUAL:.0f}%), and no usual mix-up fits (camera-to-world, R transposed, "
+        fail(f"{root / rd.CAMERA_FILE} does not fit the videos: {_numbers(stored)} against a limit of "
+             f"{100 * MAX_RELATIVE_RESIDUAL:.0f}%, and no usual mix-up fits (camera-to-world, R transposed, "
              f"{len(cands) // len(TRANSFORMS)} pairings of cameras and videos); the table shows which cameras disagree")
         best = stored
     elif best is not stored or C != V:
@@ -409,7 +412,8 @@ def check_calibration(path: str | os.PathLike, n_frames: int = CHECK_FRAMES, fra
             what.append(w), words.append(advice), fixes.append(snippet)
             if best["pairing"] != stored["pairing"]:
                 actions.append("pairing each video with the camera that fits")
-        after = f", {best['residual_mm']:.1f} mm ({100 * best['score']:.1f}%) after {' and '.join(actions)}" if actions else ""
+        after = f", {best['residual_mm']:.1f} mm ({100 * best['centroid_relative']:.1f}%) after {' and '.join(actions)}" \
+            if actions else ""
         fail(f"{'; '.join(what)}: {_numbers(stored)} as stored{after}; {'; then '.join(words)}",
              "\n".join(f for f in fixes if f))
     # 5. units
