@@ -25,6 +25,7 @@ least 1.7x the correct one (five clips), hence BETTER_FIT_RATIO.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
@@ -97,13 +98,8 @@ class CalibrationReport:
 
     def to_dict(self) -> dict:
         """Json-ready (NaN -> None)."""
-        def plain(x):
-            if isinstance(x, dict):
-                return {k: plain(v) for k, v in x.items()}
-            if isinstance(x, list):
-                return [plain(v) for v in x]
-            return None if isinstance(x, float) and not math.isfinite(x) else x
-        return plain({**asdict(self), "path": str(self.path), "ok": self.ok, "fix": self.fix})
+        d = {**asdict(self), "path": str(self.path), "ok": self.ok, "fix": self.fix}
+        return json.loads(json.dumps(d), parse_constant=lambda _: None)
 
     def text(self) -> str:
         L = [f"recording {self.path}",
