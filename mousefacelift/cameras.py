@@ -167,15 +167,18 @@ def triangulate_rays(origins: torch.Tensor, dirs: torch.Tensor, weights: torch.T
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares intersection of N rays: argmin_X sum_i w_i |(I - d_i d_i^T)(X - o_i)|^2.
 
-    origins, dirs [N, 3] (dirs need not be unit) -> point [3], per-ray distance residuals [N].
+    origins, dirs [..., N, 3] (dirs need not be unit), weights [..., N] (default 1; a ray of
+    weight 0 is ignored but still gets its residual) -> point [..., 3], per-ray distance
+    residuals [..., N]. Leading dimensions solve independent problems at once.
     """
     d = dirs / dirs.norm(dim=-1, keepdim=True)
-    w = torch.ones(d.shape[0], dtype=d.dtype, device=d.device) if weights is None else weights
-    P = torch.eye(3, dtype=d.dtype, device=d.device) - d.unsqueeze(-1) * d.unsqueeze(-2)  # [N, 3, 3]
-    A = (w[:, None, None] * P).sum(0)
-    b = (w[:, None, None] * P @ origins.unsqueeze(-1)).sum(0).squeeze(-1)
+    w = torch.ones(d.shape[:-1], dtype=d.dtype, device=d.device) if weights is None else weights.to(d.dtype)
+    P = torch.eye(3, dtype=d.dtype, device=d.device) - d.unsqueeze(-1) * d.unsqueeze(-2)  # [..., N, 3, 3]
+    wP = w[..., None, None] * P
+    A = wP.sum(-3)
+    b = (wP @ origins.unsqueeze(-1)).sum(-3).squeeze(-1)
     X = torch.linalg.solve(A, b)
-    residual = (P @ (X - origins).unsqueeze(-1)).squeeze(-1).norm(dim=-1)
+    residual = (P @ (X.unsqueeze(-2) - origins).unsqueeze(-1)).squeeze(-1).norm(dim=-1)
     return X, residual
 
 
@@ -268,6 +271,23 @@ def up_axis_from_centers(w2c: torch.Tensor) -> torch.Tensor:
     if (cam_up @ normal).sum() < 0:
         normal = -normal
     return normal / normal.norm()
+
+
+def rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The smallest rotation W [3, 3] (det +1) with W a/|a| = b/|b|, for vectors a, b [3] (Rodrigues;
+    opposite vectors turn by 180 degrees about an axis perpendicular to a). Re-orienting a world
+    by X' = W X changes every camera as R' = R W^T, T' = T."""
+    a, b = a / a.norm(), b / b.norm()
+    v, c = torch.linalg.cross(a, b), float(a @ b)
+    eye = torch.eye(3, dtype=a.dtype, device=a.device)
+    if c < -1.0 + 1e-12:  # opposite: any perpendicular axis
+        axis = torch.linalg.cross(a, eye[int(a.abs().argmin())])
+        axis = axis / axis.norm()
+        return 2.0 * torch.outer(axis, axis) - eye
+    vx = torch.zeros(3, 3, dtype=a.dtype, device=a.device)
+    vx[0, 1], vx[0, 2], vx[1, 2] = -v[2], v[1], -v[0]
+    vx = vx - vx.T
+    return eye + vx + vx @ vx / (1.0 + c)
 
 
 def rotation_angle_deg(R_a: torch.Tensor, R_b: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@
     mfl bench [--only NAME,...] [--out DIR]
     mfl infer IMAGE --mvdiffusion DIR --gslrm CKPT --out DIR [--camera SAMPLE_DIR:VIEW]
     mfl infer --recording DIR --frames A:B --gslrm CKPT --out DIR
+    mfl doctor RECORDING [--frames N]
 """
 from __future__ import annotations
 
@@ -95,6 +96,25 @@ def _cmd_infer(args) -> int:
     return 0
 
 
+def _cmd_doctor(args) -> int:
+    import json
+
+    from .data.calibration_check import check_calibration
+    from .data.recording import RecordingError
+
+    path = Path(args.recording)
+    extraction = path / "data" / "extraction.json"
+    if extraction.is_file():  # a run folder: check the recording it was extracted from
+        path = Path(json.loads(extraction.read_text())["summary"]["recording"])
+    try:
+        report = check_calibration(path, n_frames=args.frames)
+    except RecordingError as e:
+        print(f"mfl doctor: {e}", file=sys.stderr)
+        return 2
+    print(report.text())
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mfl", description="mouse-facelift: run the notebooks, list runs, benchmark")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render-size", dest="render_size", type=int, default=0, help="video size (0 = GS-LRM size)")
     p.add_argument("--fps", type=int, default=30)
     p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser("doctor", help="check that a recording's new_cam.pkl fits its videos (units, conventions, "
+                                      "camera order, Z-up); exits 1 on a failure, naming the fix")
+    p.add_argument("recording", help="recording folder (videos_undist/, simpleclick_undist/, new_cam.pkl), or a run "
+                                     "folder: the recording its data/extraction.json names")
+    p.add_argument("--frames", type=int, default=12, help="frames decoded, spread over the recording (default 12)")
+    p.set_defaults(func=_cmd_doctor)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

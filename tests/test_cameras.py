@@ -1,6 +1,7 @@
 """Golden and unit tests of mousefacelift.cameras (the one module with camera math)."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -62,6 +63,20 @@ def test_real_rig_analysis_reproduces_published_numbers():
     # mounted upright with zero roll: the estimated up axis is within a degree of +Z
     up = cam.up_axis_from_centers(w2c)
     assert cam.angle_between_deg(up, torch.tensor([0.0, 0.0, 1.0], dtype=f64)) < 1.0
+
+
+@pytest.mark.parametrize("a", [(0.0, 1.0, 0.0), (0.0, 0.0, -1.0), (1.0, 0.0, 0.0), (0.3, -0.5, 0.8), (0.0, 0.0, 1.0)])
+def test_rotation_between_turns_a_onto_b_and_moves_the_rig_with_the_world(a):
+    a, z = torch.tensor(a, dtype=f64), torch.tensor([0.0, 0.0, 1.0], dtype=f64)
+    W = cam.rotation_between(a, z)
+    cam.check_rotation(W, atol=1e-12)
+    torch.testing.assert_close(W @ (a / a.norm()), z, atol=1e-12, rtol=0)
+    # a world point X seen by [R|T] is seen at the same camera coordinates as W X by [R W^T | T]
+    w2c = real_rig()
+    X = torch.tensor([[55.0, 48.0, 17.0], [-30.0, 10.0, 90.0]], dtype=f64)
+    w2c_new = cam.w2c_from_RT(w2c[:, :3, :3] @ W.T, w2c[:, :3, 3])
+    K = cam.intrinsics(1000.0, 1000.0, 500.0, 400.0).expand(6, 3, 3)
+    torch.testing.assert_close(cam.project(X @ W.T, w2c_new, K)[0], cam.project(X, w2c, K)[0])
 
 
 def test_normalizing_similarity_on_real_rig():
@@ -257,6 +272,24 @@ def test_triangulate_rays_noiseless():
     P2, res2 = cam.triangulate_rays(o[:, 0], d[:, 0])
     torch.testing.assert_close(P2, X, atol=1e-8, rtol=0)
     assert res2.max() < 1e-8
+
+
+@pytest.mark.parametrize("batch", [(), (4,), (3, 2)])
+def test_triangulate_rays_batched_matches_one_problem_at_a_time(batch):
+    g = torch.Generator().manual_seed(0)
+    o = torch.randn(*batch, 5, 3, generator=g, dtype=f64) * 100
+    d = torch.randn(*batch, 5, 3, generator=g, dtype=f64)
+    w = (torch.rand(*batch, 5, generator=g, dtype=f64) > 0.3).to(f64)
+    w[..., :3] = 1.0  # at least three rays per problem
+    X, res = cam.triangulate_rays(o, d, w)
+    assert X.shape == (*batch, 3) and res.shape == (*batch, 5)
+    for idx in itertools.product(*(range(n) for n in batch)):
+        keep = w[idx] > 0
+        X1, _ = cam.triangulate_rays(o[idx][keep], d[idx][keep])  # the weight-0 rays left out
+        torch.testing.assert_close(X[idx], X1, atol=1e-9, rtol=1e-9)
+        du = d[idx] / d[idx].norm(dim=-1, keepdim=True)
+        r = X1 - o[idx]
+        torch.testing.assert_close(res[idx], (r - (r * du).sum(-1, keepdim=True) * du).norm(dim=-1))
 
 
 def test_up_axis_from_centers_sign():

@@ -100,6 +100,8 @@ def test_02_reprojection_is_exact(tiny_run):
     assert abs(r["normalized_mean_distance"] - 2.7) < 1e-6
     assert abs(r["mean_distance_mm"] - 331.4) < 1.0  # the real rig's published mean distance
     assert r["angle_in_order_mean_deg"] > 20  # the rig is far from FaceLift's canonical rig
+    assert r["calibration_ok"] is True and r["calibration_worst_relative_residual"] < 0.04  # section 5, no ground truth
+    assert r["calibration_up_angle_deg"] < 2.0
 
 
 def test_03_pixel_based_is_uniform_but_inconsistent_without_camera_updates(tiny_run):

@@ -35,8 +35,8 @@ import torch
 from .. import cameras
 from ..configs import bounded, check_ranges, from_dict
 from . import samples
-from .recording import (MASK_THRESHOLD, Frame, FrameSelection, Recording, RecordingError, open_recording,
-                        read_frames, select_frames)
+from .recording import (CAMERA_FILE, MASK_THRESHOLD, Frame, FrameSelection, Recording, RecordingError,
+                        open_recording, read_frames, select_frames)
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,11 @@ class ExtractConfig:
     chunk_size: int = bounded(8, min=1)  # frames decoded per chunk (memory: chunk_size x V full frames)
     workers: int | None = bounded(None, min=1)  # decoding threads (None: one per camera)
     progress: bool = True  # tqdm progress bar
+    allow_calibration_failure: bool = False  # extract even when the calibration check fails (logged in
+    #                                          extraction.json; see data/calibration_check.py)
 
-    # knobs that change speed or logging only, not the output (left out of the config hash)
-    RUNTIME_KEYS = ("chunk_size", "workers", "progress")
+    # knobs that do not change the samples written (left out of the config hash)
+    RUNTIME_KEYS = ("chunk_size", "workers", "progress", "allow_calibration_failure")
 
     def __post_init__(self):
         check_ranges(self)
@@ -412,11 +414,24 @@ def _why_no_samples(rec: Recording, frames: list[int], status: dict[int, dict], 
 def extract(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, config: ExtractConfig) -> dict:
     """Extract samples from a recording into ``<out_dir>/data`` (see the module docstring).
 
-    Re-running with the same config skips finished samples; a different config raises instead of
-    overwriting. Returns a summary: counts, residual statistics (mm), paths and timing."""
+    The calibration check (:func:`calibration_check.check_calibration`) runs first: a recording that
+    fails it raises RecordingError naming the mix-up and the fix, unless
+    ``config.allow_calibration_failure``. Re-running with the same config skips finished samples; a
+    different config raises instead of overwriting. Returns a summary: counts, residual statistics
+    (mm), the check's verdict, paths and timing."""
+    from .calibration_check import check_calibration
+
     t_start = time.perf_counter()
     config.validate()
     rec = open_recording(recording_dir)
+    check = check_calibration(rec.path, frame_filter=config, rec=rec)
+    if not check.ok and not config.allow_calibration_failure:
+        raise RecordingError(f"{rec.path / CAMERA_FILE}: the calibration does not fit the videos; nothing was "
+                             f"extracted. Fix the file (below), or set allow_calibration_failure to extract anyway."
+                             f"\n{check.text()}")
+    if check.findings:
+        log.warning("calibration check%s:\n%s", "" if check.ok else " FAILED, extracting anyway (allow_calibration_"
+                    "failure)", check.text())
     data_dir = Path(out_dir) / "data"
     digest = _guard_config(data_dir, rec, config)
     samples_dir = data_dir / "samples"
@@ -479,12 +494,16 @@ def extract(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, config
         "n_skipped": len(frames) - len(written),
         "split_sizes": {n: sum(1 for s in written if s["split"] == n) for n in SPLITS},
         "residual_rms_mm": _stats(residuals),
+        "calibration_ok": check.ok,
+        "allow_calibration_failure": config.allow_calibration_failure,
         "data_dir": str(data_dir),
         "samples_dir": str(samples_dir),
         "split_files": split_files,
         "seconds": time.perf_counter() - t_start,
     }
-    report = {"params": config.output_dict(), "summary": summary, "frames": [status[f] for f in frames]}
+    report = {"params": config.output_dict(), "summary": summary, "frames": [status[f] for f in frames],
+              "calibration_check": {"allow_calibration_failure": config.allow_calibration_failure,
+                                    "report": check.text(), **check.to_dict()}}
     (data_dir / "extraction.json").write_text(json.dumps(report, indent=1))
     log.info("extraction: %d written (%d reused), %d skipped, residual rms median %.2f mm",
              summary["n_written"], n_reused, summary["n_skipped"], summary["residual_rms_mm"].get("median", float("nan")))
