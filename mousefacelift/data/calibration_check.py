@@ -125,8 +125,8 @@ class CalibrationReport:
                      f"{DISTANCE_RANGE_MM[1]:.0f}); up axis {self.up_angle_deg:.1f} deg from +Z")
         for f in self.findings:
             L.append(f"{f.level.upper()}: {f.message}")
-        L.append("OK: the calibration fits the videos" if self.ok else "FAILED: fix new_cam.pkl before extracting "
-                 "(ExtractConfig.allow_calibration_failure overrides)")
+        L.append("OK: the calibration fits the videos" if self.ok else "FAILED: fix what the FAIL lines name before "
+                 "extracting (ExtractConfig.allow_calibration_failure overrides)")
         if self.fix:
             L.append("fix (python; keeps a copy as new_cam.pkl.orig):\n" + "\n".join("    " + s for s in self.fix.splitlines()))
         return "\n".join(L)

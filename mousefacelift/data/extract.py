@@ -426,9 +426,9 @@ def extract(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, config
     rec = open_recording(recording_dir)
     check = check_calibration(rec.path, frame_filter=config, rec=rec)
     if not check.ok and not config.allow_calibration_failure:
-        raise RecordingError(f"{rec.path / CAMERA_FILE}: the calibration does not fit the videos; nothing was "
-                             f"extracted. Fix the file (below), or set allow_calibration_failure to extract anyway."
-                             f"\n{check.text()}")
+        raise RecordingError(f"{rec.path}: the calibration check ({CAMERA_FILE} against the videos and masks) "
+                             f"failed; nothing was extracted. Fix what the FAIL lines below name, or set "
+                             f"allow_calibration_failure to extract anyway.\n{check.text()}")
     if check.findings:
         log.warning("calibration check%s:\n%s", "" if check.ok else " FAILED, extracting anyway (allow_calibration_"
                     "failure)", check.text())
