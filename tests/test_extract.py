@@ -309,15 +309,10 @@ def test_inverted_masks_are_named_as_such(broken_copy, tmp_path):
             rewrite_video(root / MASK_DIR / f"{v}.mp4", lambda f: 255 - f)
 
     root = broken_copy(invert)
-    # the calibration check, which runs first, already names the masks
-    with pytest.raises(RecordingError, match=r"(?s)calibration check .* failed.*\nFAIL: .*simpleclick_undist: in none of "
-                                             r"the 12 frames .*masks must be white mouse on black"):
-        ex.extract(root, tmp_path / "run", _all_frames_config())
-    # past it, extraction names them as inverted
     with pytest.raises(RecordingError, match=r"mouse touching the image border in view 0 in 12 of 12 frames: the mask "
                                              r"covers 9\d% of the frame, so .*0.mp4 looks inverted \(the mouse must "
                                              r"be white on black\)"):
-        ex.extract(root, tmp_path / "run2", _all_frames_config(allow_calibration_failure=True))
+        ex.extract(root, tmp_path / "run", _all_frames_config())
 
 
 def test_too_high_min_mask_pixels_and_split_gaps_are_named(procedural_recording, tmp_path):

@@ -425,7 +425,9 @@ def extract(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, config
     config.validate()
     rec = open_recording(recording_dir)
     check = check_calibration(rec.path, frame_filter=config, rec=rec)
-    if not check.ok and not config.allow_calibration_failure:
+    # no frame passed this config's mask filter: that is no verdict on the cameras; the extraction
+    # below then writes nothing and names the cause per view (empty, inverted masks, min_mask_pixels)
+    if not check.ok and not config.allow_calibration_failure and check.frames:
         raise RecordingError(f"{rec.path}: the calibration check ({CAMERA_FILE} against the videos and masks) "
                              f"failed; nothing was extracted. Fix what the FAIL lines below name, or set "
                              f"allow_calibration_failure to extract anyway.\n{check.text()}")
