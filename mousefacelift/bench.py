@@ -238,6 +238,7 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
     model_cfg, batch, size, steps = (MVDiffusionConfig(), 64, 256, 60) if cuda else (MVDiffusionConfig.tiny(), 2, 32, 6)
     V, S = model_cfg.num_views, model_cfg.image_size
     model = MVDiffusionModel.from_dataclass(model_cfg).to(device).train()
+    what = f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M UNet @{S}"
     args = (torch.randn(batch, V, 4, S, S, device=device), torch.randint(0, 1000, (batch,), device=device),
             torch.randn(batch, 4, S, S, device=device), torch.randn(batch, V, 6, S, S, device=device))
     with FlopCounterMode(display=False) as counter, \
@@ -248,7 +249,6 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
     peak = peak_tflops(device)
     n_gpus = torch.cuda.device_count() if cuda else 0
     rows, base = [], None
-    what = f"{sum(p.numel() for p in MVDiffusionModel.from_dataclass(model_cfg).parameters()) / 1e6:.1f}M UNet @{S}"
     cases = [("eager", False, 1)] + ([("torch.compile", True, 1)] if cuda else []) + \
         ([("eager", False, n_gpus)] if n_gpus >= 2 else [])
     with tempfile.TemporaryDirectory() as tmp:
