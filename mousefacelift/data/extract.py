@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -69,7 +70,8 @@ class ExtractConfig:
     split_gap: int = bounded(100, min=0)  # temporal split: frames dropped at the start of the val and test blocks
     split_seed: int = 42  # random split: permutation seed
     chunk_size: int = bounded(8, min=1)  # frames decoded per chunk (memory: chunk_size x V full frames)
-    workers: int | None = bounded(None, min=1)  # decoding threads (None: one per camera)
+    workers: int | None = bounded(None, min=1)  # decoding threads and frame-processing threads (None: one per
+    #                                            camera for decoding, one per core, at most 8, for processing)
     progress: bool = True  # tqdm progress bar
     allow_calibration_failure: bool = False  # extract even when the calibration check fails (logged in
     #                                          extraction.json; see data/calibration_check.py)
@@ -462,21 +464,33 @@ def extract(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, config
         rec_scale, focus = recording_scale(rec.w2c, config.target_distance)
         log.info("recording scale %.6g (focus point %s mm)", rec_scale, focus.tolist())
 
-    # decode sequentially and process frame by frame
-    for frame in read_frames(rec, todo, chunk_size=config.chunk_size, workers=config.workers,
-                             progress=config.progress):
+    # decode in order; check, warp and write each frame on a pool of threads (OpenCV's warps, blurs
+    # and PNG encoder release the GIL), at most 2 x threads frames in flight
+    def one(frame: Frame) -> dict:
         f = frame.index
         reason = frame_skip_reason(frame.mask, config.min_mask_pixels, config.border_margin,
                                    config.border_contact_max, config.border_thin_fraction)
         if reason is not None:
             log.info("frame %d skipped: %s", f, reason)
-            status[f] = {"frame": f, "status": "skipped", "reason": reason, "split": split_of[f]}
-            continue
+            return {"frame": f, "status": "skipped", "reason": reason, "split": split_of[f]}
         pf = process_frame(frame, rec, config, rec_scale)
         samples.write_sample(samples_dir / samples.sample_name(f), pf.images, pf.w2c, pf.K, pf.view_ids,
                              {**pf.provenance, "split": split_of[f], "config_hash": digest})
-        status[f] = {"frame": f, "status": "written", "reused": False, "split": split_of[f],
-                     "residual_rms_mm": pf.residual_rms_mm}
+        return {"frame": f, "status": "written", "reused": False, "split": split_of[f],
+                "residual_rms_mm": pf.residual_rms_mm}
+
+    threads = config.workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: list = []
+        for frame in read_frames(rec, todo, chunk_size=config.chunk_size, workers=config.workers,
+                                 progress=config.progress):
+            pending.append(pool.submit(one, frame))
+            while len(pending) > 2 * threads:
+                done = pending.pop(0).result()
+                status[done["frame"]] = done
+        for fut in pending:
+            done = fut.result()
+            status[done["frame"]] = done
 
     # splits, report
     split_files = {}

@@ -39,6 +39,7 @@ import math
 import os
 import pickle
 import shutil
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -628,15 +629,19 @@ def _bodies(rig: _Rig):
         yield from pool.map(_worker_body, range(cfg.n_frames), chunksize=max(1, min(16, cfg.n_frames // (4 * cfg.workers))))
 
 
-def _rendered_frames(cfg: SyntheticConfig, rig: _Rig, scene: Scene):
+def _rendered_frames(cfg: SyntheticConfig, rig: _Rig, scene: Scene, seconds: dict | None = None):
     """Yield (f, rgb [V, H, W, 3] uint8 with sensor noise, mask [V, H, W] uint8 0/255,
     keypoints2d [V, 22, 3], keypoints3d [22, 3]) for f = 0 .. n_frames - 1 in order, rendering
-    ``cfg.render_batch`` frames per call. Each frame depends on (config, f) only."""
-    batch, f0 = [], 0
+    ``cfg.render_batch`` frames per call. Each frame depends on (config, f) only. ``seconds``, when
+    given, accumulates the time spent waiting for bodies ("bodies") and rendering ("render")."""
+    seconds = {} if seconds is None else seconds
+    batch, f0, t0 = [], 0, time.perf_counter()
     for f, body in enumerate(_bodies(rig)):
         batch.append(body)
         if len(batch) < cfg.render_batch and f < cfg.n_frames - 1:
             continue
+        t1 = time.perf_counter()
+        seconds["bodies"] = seconds.get("bodies", 0.0) + t1 - t0
         rgb, mask = render_frames(cfg, scene, [b[0] for b in batch], [b[1] for b in batch])
         img = rgb.mul_(255.0)
         if cfg.scene.sensor_noise_std > 0:
@@ -645,9 +650,10 @@ def _rendered_frames(cfg: SyntheticConfig, rig: _Rig, scene: Scene):
                 img[i].add_(torch.randn(img.shape[1:], generator=g, device=img.device).mul_(cfg.scene.sensor_noise_std))
         img = img.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
         mask = mask.to(torch.uint8).mul_(255).cpu().numpy()
+        seconds["render"] = seconds.get("render", 0.0) + time.perf_counter() - t1
         for i, (_, _, kp2d, kp3d) in enumerate(batch):
             yield f0 + i, img[i], mask[i], kp2d, kp3d
-        f0, batch = f + 1, []
+        f0, batch, t0 = f + 1, [], time.perf_counter()
 
 
 def generate_recording(out_dir: str | os.PathLike, config: SyntheticConfig) -> Path:
@@ -692,16 +698,25 @@ def _generate(out_dir: Path, config: SyntheticConfig) -> Path:
                       cfg.video_crf)
     kp3d = np.zeros((cfg.n_frames, len(KEYPOINT_NAMES), 3))
     kp2d = np.zeros((V, cfg.n_frames, len(KEYPOINT_NAMES), 3))
+    seconds, start = {"encoders": 0.0}, time.perf_counter()
     try:
         # 2. frames
-        for f, rgb, mask, kp2d_f, kp3d_f in tqdm(_rendered_frames(cfg, rig, scene), total=cfg.n_frames,
+        for f, rgb, mask, kp2d_f, kp3d_f in tqdm(_rendered_frames(cfg, rig, scene, seconds), total=cfg.n_frames,
                                                  desc="synthetic recording", leave=False):
-            videos.write(rgb)
-            masks.write(mask)
+            # encoders may lag a whole batch behind, so the next batch renders while they work
+            t = time.perf_counter()
+            videos.write(rgb, max_pending=2 * cfg.render_batch)
+            masks.write(mask, max_pending=2 * cfg.render_batch)
+            seconds["encoders"] += time.perf_counter() - t
             kp2d[:, f], kp3d[f] = kp2d_f, kp3d_f
+        t = time.perf_counter()
     finally:
         videos.close()
         masks.close()
+    seconds["encoders"] += time.perf_counter() - t
+    log.info("%d frames in %.1f s (%.1f frames/s): waiting for bodies %.1f s, rendering %.1f s, waiting for "
+             "encoders %.1f s", cfg.n_frames, time.perf_counter() - start, cfg.n_frames / (time.perf_counter() - start),
+             seconds.get("bodies", 0.0), seconds.get("render", 0.0), seconds["encoders"])
     # 3. cameras, keypoints, ground truth
     K_cv = cameras.K_to_opencv(K)
     cams = [{"K": K_cv[v].numpy().copy(), "R": w2c[v, :3, :3].numpy().copy(), "T": w2c[v, :3, 3].numpy().copy()}
