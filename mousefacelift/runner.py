@@ -47,7 +47,7 @@ from .stage import RESULTS_DIR
 log = logging.getLogger(__name__)
 
 KERNEL_NAME = "mousefacelift"
-PACKAGES = ("mousefacelift", "torch", "torchvision", "numpy", "diffusers", "gsplat", "lpips", "papermill",
+PACKAGES = ("mousefacelift", "torch", "torchvision", "numpy", "diffusers", "gsplat", "lpips", "stlpips-pytorch", "papermill",
             "opencv-python", "matplotlib", "wandb")
 
 
