@@ -205,7 +205,12 @@ def _cached(net: str, path: str, device: str) -> STLPIPS:
 def load(net: str = "alex", weights: str | os.PathLike = "", device: str | torch.device = "cpu") -> STLPIPS:
     """The frozen ST-LPIPS network of ``net`` on ``device``, one instance per (net, file, device).
     ``weights``: the weights file ("" = the installed package's). A missing file is an error that
-    says how to get it."""
+    says how to get it.
+
+    On a machine without the package (e.g. a GPU machine with a small upload), carry the one file
+    the Alex metric needs, ``alex_shift_tolerant.pth`` (9.9 MB; ``python -c "from mousefacelift import
+    perceptual; print(perceptual.find_weights('alex'))"`` prints where it is here), and pass its path
+    as ``weights`` (``st_lpips_weights: <file>`` in a params YAML sets it for notebooks 06 and 07)."""
     p = find_weights(net, weights)
     if p is None:
         where = f"{weights} is not a file" if weights else f"the {PACKAGE} package is not installed"
@@ -224,7 +229,7 @@ def create(net: str = "alex", weights: str | os.PathLike = "",
     try:
         return load(net, weights, device), ""
     except FileNotFoundError as e:
-        log.warning("ST-LPIPS unavailable: %s", e)
+        _warn_once(f"ST-LPIPS unavailable: {e}")
         return None, str(e)
 
 
@@ -262,7 +267,11 @@ def st_lpips_fg(model: STLPIPS, pred: torch.Tensor, gt: torch.Tensor, gt_alpha: 
     return torch.where(empty, torch.full_like(d, math.nan), d)
 
 
-@functools.lru_cache(maxsize=None)
 def _warn_too_small(net: str, H: int, W: int) -> None:
-    log.warning("ST-LPIPS %s is undefined (NaN) for %dx%d images: its blur-pools need at least %d px per side",
-                net, H, W, MIN_SIZE[net])
+    _warn_once(f"ST-LPIPS {net} is undefined (NaN) for {H}x{W} images: its blur-pools need at least "
+               f"{MIN_SIZE[net]} px per side")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    log.warning(message)
