@@ -377,7 +377,8 @@ def shift_vs_blur_rows(data_root: str | os.PathLike, names: list[str], image_siz
         shifted = {k: torch.stack([r[k] for r in runs]).mean(0) for k in runs[0]}  # each [V]
         sigmas = [metrics.blur_sigma_for_psnr(rgb[v], alpha[v], float(shifted["psnr_fg"][v]))
                   for v in range(rgb.shape[0])]
-        blurred = [(metrics.gaussian_blur(rgb[v], sg), metrics.gaussian_blur(alpha[v], sg)) for v, sg in enumerate(sigmas)]
+        blurred = [(metrics.gaussian_blur(rgb[v], sg), metrics.gaussian_blur(alpha[v], sg))
+                   for v, sg in enumerate(sigmas)]
         m = score(torch.stack([b[0] for b in blurred]), torch.stack([b[1] for b in blurred]), rgb, alpha, lpips, st)
         for v in range(rgb.shape[0]):
             rows.append({**_row("shift_vs_blur", "shift_1px", s, 0, [], v, shifted, v), "blur_sigma_px": 0.0})

@@ -196,7 +196,8 @@ def _parse_degradation(name: str) -> tuple[str, float]:
     return "flat_colour", 0.0
 
 
-def degradation_metrics(gt_rgb: torch.Tensor, gt_alpha: torch.Tensor, name: str, st_lpips=None) -> dict[str, torch.Tensor]:
+def degradation_metrics(gt_rgb: torch.Tensor, gt_alpha: torch.Tensor, name: str,
+                        st_lpips=None) -> dict[str, torch.Tensor]:
     """:func:`image_metrics` of the degraded GT against the GT (with "st_lpips" when an ST-LPIPS
     network is given), averaged over the copies of :func:`degraded_copies` (the four directions of a
     shift). [...]-shaped."""

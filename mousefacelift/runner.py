@@ -47,8 +47,8 @@ from .stage import RESULTS_DIR
 log = logging.getLogger(__name__)
 
 KERNEL_NAME = "mousefacelift"
-PACKAGES = ("mousefacelift", "torch", "torchvision", "numpy", "diffusers", "gsplat", "lpips", "stlpips-pytorch", "papermill",
-            "opencv-python", "matplotlib", "wandb")
+PACKAGES = ("mousefacelift", "torch", "torchvision", "numpy", "diffusers", "gsplat", "lpips", "papermill",
+            "opencv-python", "matplotlib", "wandb", "stlpips-pytorch")
 
 
 class RunError(RuntimeError):
