@@ -337,3 +337,16 @@ def test_predict_sample_matches_evaluate_and_exports_the_scene(data_root, tmp_pa
     assert torch.allclose(r.rgb[0].permute(0, 3, 1, 2), p.rgb, atol=1e-5)
     back = Gaussians.read_ply(p.gaussians.write_ply(tmp_path / "scene.ply"))
     assert len(back) == len(p.gaussians) and torch.allclose(back.means, p.gaussians.means, atol=1e-6)
+
+
+def test_st_lpips_term_switches_on_after_the_warm_up(data_root, tmp_path):
+    from mousefacelift import perceptual
+
+    if perceptual.find_weights("alex") is None:
+        pytest.skip(f"needs {perceptual.PACKAGE}")
+    cfg = _cfg(data_root, tmp_path, steps=2, model=GSLRMConfig.tiny(image_size=32, layers=1, width=64, heads=2),
+               loss=LossConfig(st_lpips=0.5, perceptual_warmup_steps=1))
+    s = train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["st_lpips"] for r in rows][0] == 0 and rows[1]["st_lpips"] > 0  # off at step 0, on at step 1
+    assert s["applied_step_ratio"] == 1.0 and all(map(torch.isfinite, torch.tensor(s["losses"])))
