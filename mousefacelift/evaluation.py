@@ -54,6 +54,8 @@ class EvalConfig:
     n_examples: int = 1           # samples whose images (and Gaussians) are kept for figures
     min_opacity: float = 0.01     # Gaussians fainter than this are dropped for Chamfer and PLY
     surface_points: int = 5000    # samples of the true surface per frame (3D error)
+    bf16: bool = False            # bf16 autocast of the GS-LRM transformer (CUDA only; training validation
+    #                               follows its run, the notebooks score in fp32)
 
 
 @dataclass
@@ -110,14 +112,16 @@ def _names(names: list[str], cfg: EvalConfig) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def reconstruct_and_render(model, rgb: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, target_w2c: torch.Tensor,
-                           target_K: torch.Tensor, backend: str = "auto"):
-    """GS-LRM on input views, rendered at target views (on white).
+                           target_K: torch.Tensor, backend: str = "auto", bf16: bool = False):
+    """GS-LRM on input views, rendered at target views (on white; RGB clamped to [0, 1]).
 
     rgb [B, Vi, 3, S, S] on white; c2w [B, Vi, 4, 4]; K [B, Vi, 3, 3]; target_w2c [B, Vt, 4, 4];
-    target_K [B, Vt, 3, 3] -> (GaussianOutput, rgb [B, Vt, 3, S, S], alpha [B, Vt, 1, S, S])."""
+    target_K [B, Vt, 3, 3] -> (GaussianOutput, rgb [B, Vt, 3, S, S], alpha [B, Vt, 1, S, S]).
+    ``bf16``: autocast the transformer on CUDA (ignored on the CPU)."""
     dev = next(model.parameters()).device
     S = rgb.shape[-1]
-    out = model(rgb.to(dev), c2w.to(dev), K.to(dev))
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda"):
+        out = model(rgb.to(dev), c2w.to(dev), K.to(dev))
     r = out.render(target_w2c.to(dev), target_K.to(dev), S, S, backend=backend)
     return out, r.rgb.permute(0, 1, 4, 2, 3).clamp(0, 1), r.alpha.permute(0, 1, 4, 2, 3)
 
@@ -133,11 +137,19 @@ def score(pred_rgb: torch.Tensor, pred_alpha: torch.Tensor, gt_rgb: torch.Tensor
     return {k: v.detach().cpu() for k, v in m.items()}
 
 
-def _row(question: str, label: str, s: dict, n_inputs: int, inputs: list[int], target: int, m: dict, idx) -> dict:
-    return {"question": question, "model": label, "sample": s["name"],
-            "frame": s["provenance"].get("frame_index", -1), "n_inputs": n_inputs,
-            "inputs": " ".join(str(s["view_ids"][v]) for v in inputs), "target_view": s["view_ids"][target],
+def view_row(question: str, label: str, sample: str, frame: int, inputs: list, target, m: dict, idx) -> dict:
+    """One scored view, the row format of every evaluation (GS-LRM, MVDiffusion, baselines): question,
+    model, sample, frame (the cluster of the bootstrap), n_inputs, inputs (ids joined by spaces),
+    target_view, target_is_input, and each metric of ``m`` at index ``idx`` (m: name -> tensor)."""
+    return {"question": question, "model": label, "sample": sample, "frame": frame, "n_inputs": len(inputs),
+            "inputs": " ".join(str(v) for v in inputs), "target_view": target,
             "target_is_input": target in inputs, **{k: float(v[idx]) for k, v in m.items()}}
+
+
+def _row(question: str, label: str, s: dict, n_inputs: int, inputs: list[int], target: int, m: dict, idx) -> dict:
+    row = view_row(question, label, s["name"], s["provenance"].get("frame_index", -1),
+                   [s["view_ids"][v] for v in inputs], s["view_ids"][target], m, idx)
+    return {**row, "n_inputs": n_inputs}
 
 
 def reconstruction_rows(model, data_root: str | os.PathLike, names: list[str], n_inputs: list[int], cfg: EvalConfig,
@@ -159,7 +171,7 @@ def reconstruction_rows(model, data_root: str | os.PathLike, names: list[str], n
                 ii = torch.tensor([p[0] for p in chunk])              # [B, n]
                 tt = torch.tensor([p[1] for p in chunk])              # [B, 1]
                 _, rgb, alpha = reconstruct_and_render(model, s["rgb"][ii], s["c2w"][ii], s["K"][ii], s["w2c"][tt],
-                                                       s["K"][tt], cfg.backend)
+                                                       s["K"][tt], cfg.backend, cfg.bf16)
                 m = score(rgb, alpha, s["rgb"][tt], s["alpha"][tt], lpips)  # each [B, 1]
                 for b, (inputs, targets) in enumerate(chunk):
                     res.rows.append(_row("reconstruction", label, s, n, inputs, targets[0], m, (b, 0)))
@@ -221,7 +233,7 @@ def _end_to_end_object(res: EvalResult, i: int, s: dict, gen: torch.Tensor, imgs
     check_plan([ref], targets)  # the reference is the only real input
     uu, tt = torch.tensor(used), torch.tensor(targets)
     out, rgb, alpha = reconstruct_and_render(model, g_rgb[uu][None], s["c2w"][uu][None], s["K"][uu][None],
-                                             s["w2c"][tt][None], s["K"][tt][None], cfg.backend)
+                                             s["w2c"][tt][None], s["K"][tt][None], cfg.backend, cfg.bf16)
     m = score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips)   # each [Vt]
     mg = score(g_rgb[tt], g_alpha[tt], s["rgb"][tt], s["alpha"][tt], lpips)
     for a, t in enumerate(targets):
@@ -389,7 +401,7 @@ def metrics_document(summaries: list[dict], lpips_reason: str, **sections) -> di
 
 
 __all__ = ["EvalConfig", "EvalResult", "view_plans", "check_plan", "load_eval_sample", "reconstruct_and_render",
-           "score", "reconstruction_rows", "end_to_end_rows", "gaussians_from_output", "to_world_mm",
+           "score", "view_row", "reconstruction_rows", "end_to_end_rows", "gaussians_from_output", "to_world_mm",
            "chamfer_to_surface", "true_surface", "reconstruct_sample", "chamfer_rows", "summarize_rows",
            "paired_difference",
            "comparison_grid", "metrics_document"]
