@@ -361,6 +361,19 @@ def test_evaluate_uses_the_protocol_on_held_out_views_only(tmp_path):
             return composite(torch.stack([data[i]["images"] for i in range(len(generator))]), (1.0, 1.0, 1.0))
     res = evaluate(Oracle(), data, SamplerConfig(steps=1), seed=0, max_objects=0)
     assert res["n_objects"] == 3 and res["psnr_fg"] > 100 and res["mask_iou"] == 1.0
+    assert res["copy_fraction"] == 0.0  # its own views: never closer to the reference mask
+
+    class Copier(Oracle):  # paints the reference view into every camera
+        def __call__(self, reference, reference_w2c, w2c, K, config, generator):
+            real = super().__call__(reference, reference_w2c, w2c, K, config, generator)
+            return real[:, ref_v:ref_v + 1].expand_as(real).clone()
+    res = evaluate(Copier(), data, SamplerConfig(steps=1), seed=0, max_objects=0)
+    # a copy counts where it is strictly closer to the reference: every view whose mask differs from it
+    differs = [r["reference_mask_iou"] < 1 for r in res["per_view"]]
+    assert 0 < sum(differs) and res["copy_fraction"] == pytest.approx(sum(differs) / len(differs))
+    assert res["copy_mask_iou"] == 1.0 and res["copy_psnr_fg"] > 100
+    assert res["mask_iou"] == pytest.approx(res["reference_mask_iou"])  # it earns exactly what copying earns
+    assert res["copy_margin_iou"] == pytest.approx(1.0 - res["mask_iou"]) and res["mask_iou"] < 0.99
 
 
 def test_validation_grid_layout():

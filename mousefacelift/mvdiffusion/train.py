@@ -272,9 +272,15 @@ def _validate(pipe, ema, cfg: TrainConfig, val_set, out_dir: Path, step: int) ->
         p = out_dir / "val" / f"step_{step:08d}_obj{j:02d}.png"
         cv2.imwrite(str(p), validation_grid(ref, gen, gt)[..., ::-1])
         paths.append(str(p))
-    log.info("step %d: validation PSNR_fg %.2f dB, mask IoU %.3f over %d objects", step, res["psnr_fg"],
-             res["mask_iou"], res["n_objects"])
-    return {"step": step, "psnr_fg": res["psnr_fg"], "mask_iou": res["mask_iou"], "grids": paths}
+    log.info("step %d: validation PSNR_fg %.2f dB, mask IoU %.3f over %d objects; copy score: %.0f%% of views closer "
+             "to the reference mask (IoU %.3f vs own %.3f; copying the reference scores %.3f)", step, res["psnr_fg"],
+             res["mask_iou"], res["n_objects"], 100 * res["copy_fraction"], res["copy_mask_iou"], res["mask_iou"],
+             res["reference_mask_iou"])
+    return {"step": step, "grids": paths, **{k: res[k] for k in VAL_KEYS}}
+
+
+VAL_KEYS = ("psnr_fg", "mask_iou", "copy_fraction", "copy_margin_iou", "copy_psnr_fg", "copy_mask_iou",
+            "reference_psnr_fg", "reference_mask_iou")  # per validation: logged as val_<key>, kept in the summary
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -352,7 +358,7 @@ def train(cfg: TrainConfig) -> dict:
                 "config": asdict(cfg)}, cfg.keep_checkpoints)
         if rank == 0 and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
             vals.append(_validate(pipe, ema, cfg, val_set, out_dir, step))
-            tracker.log({"val_psnr_fg": vals[-1]["psnr_fg"], "val_mask_iou": vals[-1]["mask_iou"]}, step=step)
+            tracker.log({f"val_{k}": vals[-1][k] for k in VAL_KEYS}, step=step)
     # 5. export with the EMA weights
     pipeline_dir = out_dir / "pipeline"
     if rank == 0 and step >= cfg.steps:
