@@ -1,6 +1,7 @@
 """GS-LRM data, losses and training: checkpoints, exact resume, skip rules, evaluation, overfit."""
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -75,6 +76,41 @@ def test_choose_views():
     assert len(tgt) == 6 and set(tgt) == set(range(6))
     with pytest.raises(ValueError, match="no target views"):
         choose_views(6, DataConfig(input_views=6), _generator(0))
+
+
+def test_random_number_of_input_views_is_keyed_by_step_and_shared_by_the_batch(data_root):
+    """min_input_views: each step draws N from min..max with a (seed, step) generator: the same N for
+    every sample of the step (the batch stacks), the same N again on resume, every N drawn; the
+    default (0) keeps the fixed number and the same views as before."""
+    from mousefacelift.gslrm.data import step_input_views
+    cfg = DataConfig(input_views=5, min_input_views=1, augment=False)
+    counts = [step_input_views(cfg, 3, s) for s in range(60)]
+    assert set(counts) == {1, 2, 3, 4, 5} and counts == [step_input_views(cfg, 3, s) for s in range(60)]
+    ds = GSLRMDataset(data_root, data_root / "splits/train.txt", 16, cfg, seed=3)
+    for step in range(6):
+        items = [ds[(i, step)] for i in range(3)]
+        assert {len(it["input_views"]) for it in items} == {counts[step]}
+        for it in items:
+            assert len(it["target_views"]) == 6 - counts[step]
+            assert not set(it["input_views"].tolist()) & set(it["target_views"].tolist())
+    fixed = DataConfig(input_views=5, augment=False)
+    assert step_input_views(fixed, 3, 7) == 5
+    old = GSLRMDataset(data_root, data_root / "splits/train.txt", 16, fixed, seed=3)[(1, 4)]
+    assert old["input_views"].tolist() == choose_views(6, fixed, _generator(3, 4, 1))[0]
+    with pytest.raises(ValueError, match="min_input_views=6 exceeds input_views=5"):
+        DataConfig(input_views=5, min_input_views=6)
+
+
+def test_training_with_a_random_number_of_views_resumes_exactly(data_root, tmp_path):
+    """The tiny model trains with N drawn per step (batch 2: the samples of a step share N) and a run
+    stopped and resumed gives the uninterrupted run's weights."""
+    data = DataConfig(input_views=5, min_input_views=1)
+    full = train(_cfg(data_root, tmp_path / "full", data=data, batch_size=2, steps=4))
+    train(_cfg(data_root, tmp_path / "part", data=data, batch_size=2, steps=4, stop_at_step=2))
+    part = train(_cfg(data_root, tmp_path / "part", data=data, batch_size=2, steps=4))
+    assert full["step"] == part["step"] == 4 and all(map(math.isfinite, full["losses"]))
+    wa, wb = read_checkpoint(full["checkpoint"])["model"], read_checkpoint(part["checkpoint"])["model"]
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-6
 
 
 def test_dataset_resizes_with_intrinsics_and_augments_all_views_alike(data_root):
