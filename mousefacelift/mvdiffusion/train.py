@@ -4,11 +4,13 @@ One step, for a batch of B objects of V views each (views of an object contiguou
   1. augment: per-object brightness/contrast and a random background colour (white/black/gray)
      composited under alpha, the same for every view of the object and its reference;
   2. encode targets (pixel space: RGBA in [-1, 1]); the reference = view ``reference_view`` (fixed:
-     a random reference view made FaceLift collapse);
+     a random reference view made FaceLift collapse; ``random_reference`` swaps a random view of each
+     object into that slot, so the model must read the cameras instead of the slot order);
   3. ray maps of every view relative to the reference camera, at model resolution;
   4. condition dropout for classifier-free guidance (5% each: reference dropped, camera/class
      dropped, both dropped);
-  5. one timestep per object, noise, v- or epsilon-target, min-SNR-weighted MSE (gamma 5);
+  5. one timestep per object, noise, v- or epsilon-target, min-SNR-weighted MSE (gamma 5), over every
+     view or, without ``loss_on_reference``, over the generated views only;
   6. AdamW + warmup/cosine, grad clip, EMA (diffusers ``EMAModel``).
 
 The training split is decoded once at the model's resolution and kept on the device
@@ -83,6 +85,8 @@ class TrainConfig:
     drop_reference: float = bounded(0.05, min=0, max=1)  # P(reference image dropped)
     drop_camera: float = bounded(0.05, min=0, max=1)  # P(camera ray map and class label dropped)
     drop_both: float = bounded(0.05, min=0, max=1)  # P(both dropped)
+    loss_on_reference: bool = True          # False: the loss leaves out the reference view (a copy of the input)
+    random_reference: bool = False          # a random view of each object takes the reference slot (learned/zero context only)
     brightness: float = bounded(0.1, min=0)  # +- additive brightness jitter (per object)
     contrast: float = bounded(0.1, min=0, max=1)  # +- relative contrast jitter (per object)
     backgrounds: tuple[str, ...] = ("white", "black", "gray")  # random background colours
@@ -156,6 +160,25 @@ def augment(images: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch
     return composite(torch.cat([rgb, images[:, :, 3:]], dim=2), bg.view(B, 1, 3, 1, 1))
 
 
+def swap_reference(images: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor, reference_view: int,
+                   g: torch.Generator, context_mode: str = "learned") -> tuple[torch.Tensor, ...]:
+    """Per object, a view drawn with ``g`` trades places with the view in slot ``reference_view``.
+    images [B, V, C, S, S], w2c [B, V, 4, 4], K [B, V, 3, 3] -> the same, reordered alike. Refused for
+    FaceLift's per-view prompt context, which ties each slot to one camera of its rig."""
+    if context_mode == "prompt_embeds":
+        raise ValueError("random_reference needs a model whose views are told apart by their ray maps (context "
+                         "'learned' or 'zero'); FaceLift's prompt embeddings tie each slot to one camera")
+    B, V = images.shape[:2]
+    r = torch.randint(V, (B,), generator=g, device=images.device)
+    order = torch.arange(V, device=images.device).repeat(B, 1)                   # [B, V]
+    order[torch.arange(B, device=images.device), r] = reference_view
+    order[:, reference_view] = r
+
+    def take(x):
+        return torch.gather(x, 1, order.view(B, V, *[1] * (x.dim() - 2)).expand_as(x))
+    return take(images), take(w2c), take(K)
+
+
 def training_loss(model, pipe: MVDiffusionPipeline, noise_sched: DDPMScheduler, batch: dict, cfg: TrainConfig,
                   step: int, rank: int) -> torch.Tensor:
     """The loss of one step (a 0-d tensor on the model's device; nothing is read back to the host).
@@ -167,6 +190,9 @@ def training_loss(model, pipe: MVDiffusionPipeline, noise_sched: DDPMScheduler, 
     # 1. augmentation at model resolution
     images, K = resize_views(batch["images"].to(dev), batch["K"].to(dev, torch.float64), S)
     w2c = batch["w2c"].to(dev, torch.float64)
+    if cfg.random_reference:
+        images, w2c, K = swap_reference(images, w2c, K, ref_v, _generator(cfg.seed, step, rank, 4, dev),
+                                        pipe.model.config.context_mode)
     images = augment(images, cfg, g_aug)
     B, V = images.shape[:2]
     # 2. encode targets and reference
@@ -202,7 +228,11 @@ def training_loss(model, pipe: MVDiffusionPipeline, noise_sched: DDPMScheduler, 
         target = noise
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
         pred = model(noisy, t, ref, rays, labels)
-    per_object = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
+    if cfg.loss_on_reference:
+        per_object = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
+    else:
+        gen = [v for v in range(V) if v != ref_v]
+        per_object = F.mse_loss(pred[:, gen].float(), target[:, gen].float(), reduction="none").mean(dim=(1, 2, 3, 4))
     weight = min_snr_weight(noise_sched.alphas_cumprod, t, cfg.snr_gamma, noise_sched.config.prediction_type)
     return (per_object * weight).mean()
 
