@@ -348,36 +348,52 @@ def degradation_rows(data_root: str | os.PathLike, names: list[str], image_size:
 # Summaries and figures
 # ----------------------------------------------------------------------------------------------
 def summarize_rows(rows: list[dict], by: tuple[str, ...] = ("question", "model", "n_inputs"),
-                   metric_names: tuple[str, ...] = METRICS) -> list[dict]:
-    """Group rows by ``by`` -> one flat dict per group: the keys, "n_rows", and for each metric
-    ``<m>`` (mean), ``<m>_ci95``, ``<m>_n`` from :func:`metrics.summarize` (undefined views left out)."""
+                   metric_names: tuple[str, ...] = METRICS, cluster: str = "sample", n_boot: int = 2000,
+                   seed: int = 0) -> list[dict]:
+    """Group rows by ``by`` -> one flat dict per group: the keys, "n_rows", "n_frames", and for each
+    metric ``<m>`` (mean), ``<m>_ci95`` (half-width of the 95% bootstrap interval clustered by the
+    rows' ``cluster`` key, :func:`metrics.bootstrap_ci`: views of one frame are resampled together),
+    ``<m>_ci95_views`` (the naive per-view normal interval of :func:`metrics.summarize`, which treats
+    views as independent) and ``<m>_n`` (undefined views left out). ``cluster=""``: the naive
+    interval in ``<m>_ci95`` too."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in by), []).append(r)
     out = []
     for key, rs in groups.items():
         d = {**dict(zip(by, key)), "n_rows": len(rs)}
+        if cluster:
+            d["n_frames"] = len({r[cluster] for r in rs})
         for m in metric_names:
             if m in rs[0]:
                 s = metrics.summarize([r[m] for r in rs])
-                d.update({m: s["mean"], f"{m}_ci95": s["ci95"], f"{m}_n": s["n"]})
+                ci = metrics.bootstrap_ci([r[m] for r in rs], [r[cluster] for r in rs], n_boot, seed)["ci95"] \
+                    if cluster else s["ci95"]
+                d.update({m: s["mean"], f"{m}_ci95": ci, f"{m}_ci95_views": s["ci95"], f"{m}_n": s["n"]})
         out.append(d)
     return out
 
 
-def paired_difference(rows_a: list[dict], rows_b: list[dict], metric: str = "psnr_fg") -> dict:
+def paired_difference(rows_a: list[dict], rows_b: list[dict], metric: str = "psnr_fg", n_boot: int = 2000,
+                      seed: int = 0) -> dict:
     """``metric`` of a minus b on the views both scored (matched on question, sample, n_inputs,
-    inputs, target view) -> {"n_inputs": {N: summarize(differences)}, "n_pairs"}."""
+    inputs, target view) -> {"n_inputs": {N: summarize(differences) with "ci95" the bootstrap
+    interval clustered by sample (:func:`metrics.bootstrap_ci`) and "ci95_views" the naive one},
+    "n_pairs"}."""
     def key(r):
         return (r["question"], r["sample"], r["n_inputs"], r["inputs"], r["target_view"])
 
     b = {key(r): r for r in rows_b}
-    diffs: dict[int, list[float]] = {}
+    diffs: dict[int, list[tuple[str, float]]] = {}
     for r in rows_a:
         if key(r) in b:
-            diffs.setdefault(r["n_inputs"], []).append(r[metric] - b[key(r)][metric])
-    return {"metric": metric, "n_pairs": sum(len(v) for v in diffs.values()),
-            "n_inputs": {n: metrics.summarize(v) for n, v in sorted(diffs.items())}}
+            diffs.setdefault(r["n_inputs"], []).append((r["sample"], r[metric] - b[key(r)][metric]))
+    out = {}
+    for n, pairs in sorted(diffs.items()):
+        s = metrics.summarize([d for _, d in pairs])
+        ci = metrics.bootstrap_ci([d for _, d in pairs], [c for c, _ in pairs], n_boot, seed)
+        out[n] = {**s, "ci95_views": s["ci95"], "ci95": ci["ci95"], "n_frames": ci["n_clusters"]}
+    return {"metric": metric, "n_pairs": sum(len(v) for v in diffs.values()), "n_inputs": out}
 
 
 def comparison_grid(gt: torch.Tensor, pred: torch.Tensor, gain: float = 4.0) -> np.ndarray:
