@@ -146,7 +146,8 @@ def view_row(question: str, label: str, sample: str, frame: int, inputs: list, t
             "target_is_input": target in inputs, **{k: float(v[idx]) for k, v in m.items()}}
 
 
-def _row(question: str, label: str, s: dict, n_inputs: int, inputs: list[int], target: int, m: dict, idx) -> dict:
+def sample_row(question: str, label: str, s: dict, n_inputs: int, inputs: list[int], target: int, m: dict, idx) -> dict:
+    """:func:`view_row` for a sample of :func:`load_eval_sample`, inputs and target as view positions."""
     row = view_row(question, label, s["name"], s["provenance"].get("frame_index", -1),
                    [s["view_ids"][v] for v in inputs], s["view_ids"][target], m, idx)
     return {**row, "n_inputs": n_inputs}
@@ -174,7 +175,7 @@ def reconstruction_rows(model, data_root: str | os.PathLike, names: list[str], n
                                                        s["K"][tt], cfg.backend, cfg.bf16)
                 m = score(rgb, alpha, s["rgb"][tt], s["alpha"][tt], lpips)  # each [B, 1]
                 for b, (inputs, targets) in enumerate(chunk):
-                    res.rows.append(_row("reconstruction", label, s, n, inputs, targets[0], m, (b, 0)))
+                    res.rows.append(sample_row("reconstruction", label, s, n, inputs, targets[0], m, (b, 0)))
                     preds[targets[0]], alphas[targets[0]] = rgb[b, 0].cpu(), alpha[b, 0].cpu()
             if i < cfg.n_examples:
                 title = f"{label}: {n} input view(s), each view held out in turn"
@@ -237,8 +238,8 @@ def _end_to_end_object(res: EvalResult, i: int, s: dict, gen: torch.Tensor, imgs
     m = score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips)   # each [Vt]
     mg = score(g_rgb[tt], g_alpha[tt], s["rgb"][tt], s["alpha"][tt], lpips)
     for a, t in enumerate(targets):
-        res.rows.append(_row("end_to_end", label, s, 1, [ref], t, m, a))
-        res.rows.append(_row("mvdiffusion", label, s, 1, [ref], t, mg, a))
+        res.rows.append(sample_row("end_to_end", label, s, 1, [ref], t, m, a))
+        res.rows.append(sample_row("mvdiffusion", label, s, 1, [ref], t, mg, a))
     if i < cfg.n_examples:
         res.examples.append({"name": s["name"], "title": f"end to end from view {s['view_ids'][ref]}",
                              "gt": s["rgb"][tt], "pred": rgb[0].cpu(), "gt_alpha": s["alpha"][tt],
@@ -340,7 +341,7 @@ def degradation_rows(data_root: str | os.PathLike, names: list[str], image_size:
             m = metrics.degradation_metrics(s["rgb"], s["alpha"], d)     # each [V]
             m["lpips"] = torch.full_like(m["psnr_fg"], float("nan"))
             for v in range(s["rgb"].shape[0]):
-                rows.append(_row("degraded_gt", d, s, 0, [], v, m, v))
+                rows.append(sample_row("degraded_gt", d, s, 0, [], v, m, v))
     return rows
 
 
@@ -417,7 +418,7 @@ def metrics_document(summaries: list[dict], lpips_reason: str, **sections) -> di
 
 
 __all__ = ["EvalConfig", "EvalResult", "view_plans", "check_plan", "load_eval_sample", "reconstruct_and_render",
-           "score", "view_row", "reconstruction_rows", "end_to_end_rows", "gaussians_from_output", "to_world_mm",
+           "score", "view_row", "sample_row", "reconstruction_rows", "end_to_end_rows", "gaussians_from_output", "to_world_mm",
            "chamfer_to_surface", "true_surface", "reconstruct_sample", "chamfer_rows", "summarize_rows",
            "paired_difference",
            "comparison_grid", "metrics_document"]
