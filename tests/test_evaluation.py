@@ -125,7 +125,7 @@ def test_a_perfect_model_scores_only_targets(data, monkeypatch):
     res = reconstruction_rows(tiny_gslrm(), root, names[:1], [2], EvalConfig())
     s = evaluation.load_eval_sample(root / names[0], SIZE)
 
-    def oracle(model, rgb, c2w, K, tw2c, tK, backend="auto"):
+    def oracle(model, rgb, c2w, K, tw2c, tK, backend="auto", bf16=False):
         idx = [int(torch.cdist(cameras.camera_centers(tw2c[b].double()), cameras.camera_centers(s["w2c"].double()))
                    .argmin()) for b in range(tw2c.shape[0])]
         return None, s["rgb"][idx][:, None], s["alpha"][idx][:, None]

@@ -464,3 +464,27 @@ def test_quality_vs_steps_reports_each_setting(tmp_path):
                             SamplerConfig(guidance_scale=1.0), max_objects=1, samplers=["ddim", "dpm"])
     assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 1), ("dpm", 1)]
     assert all(0 <= r["mask_iou"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("embedding", [False, True])
+def test_camera_embedding_carries_the_camera_beside_conv_in(tmp_path, embedding):
+    """With the ray channels of conv_in zeroed, the camera still changes the prediction through the
+    per-view timestep code when camera_embedding is on, and not at all when it is off; dropped
+    (zero) rays give a zero code; the option survives save/load."""
+    from mousefacelift.mvdiffusion import MVDiffusionModel
+    torch.manual_seed(0)
+    model = MVDiffusionModel.from_dataclass(MVDiffusionConfig.tiny(image_size=8, camera_embedding=embedding), seed=1).eval()
+    with torch.no_grad():
+        model.unet.conv_in.weight[:, 8:] = 0  # [noisy 4 ; reference 4 ; rays 6]: the map itself is silenced
+    noisy, ref = torch.randn(1, 6, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    rays_a, rays_b = torch.randn(1, 6, 6, 8, 8), torch.randn(1, 6, 6, 8, 8) * 2 + 1
+    with torch.no_grad():
+        a, b = (model(noisy, torch.tensor([500]), ref, r) for r in (rays_a, rays_b))
+        none, zero = model(noisy, torch.tensor([500]), ref, None), model(noisy, torch.tensor([500]), ref, 0 * rays_a)
+    assert ((a - b).abs().max() > 1e-4) == embedding
+    torch.testing.assert_close(none, zero)
+    model.save_pretrained(tmp_path / "m")
+    back = MVDiffusionModel.from_pretrained(tmp_path / "m")
+    assert bool(back.unet.config.time_cond_proj_dim) == embedding
+    with pytest.raises(ValueError, match="needs camera_conditioning"):
+        MVDiffusionConfig.tiny(camera_embedding=True, camera_conditioning=False)
