@@ -40,7 +40,7 @@ METHODS = ("visual_hull", "gaussian_fit")
 @dataclass
 class BaselineConfig:
     hull_resolution: int = bounded(64, min=4)     # voxels per side of the carved cube
-    hull_half_size: float = bounded(1.2, gt=0)    # half side of the cube about the origin (normalized units; cameras at 2.7)
+    hull_half_size: float = bounded(1.2, gt=0)    # half side of the cube about the origin (normalized; cameras at 2.7)
     hull_step_voxels: float = bounded(0.5, gt=0)  # ray-marching step of the hull's silhouette, in voxel sizes
     fit_iterations: int = bounded(300, min=0)     # Adam steps of the per-frame Gaussian fit
     fit_lr: float = bounded(0.01, gt=0)           # Adam learning rate (colours, opacities, log-scales; means x 0.1)
@@ -205,9 +205,9 @@ def one_view_rows(model, data_root: str | os.PathLike, names: list[str], referen
         targets = [v for v in range(s["rgb"].shape[0]) if v != reference_view]
         evaluation.check_plan([reference_view], targets)
         uu, tt = torch.tensor([reference_view]), torch.tensor(targets)
-        _, rgb, alpha = evaluation.reconstruct_and_render(model, s["rgb"][uu][None], s["c2w"][uu][None], s["K"][uu][None],
-                                                          s["w2c"][tt][None], s["K"][tt][None], eval_cfg.backend,
-                                                          eval_cfg.bf16)
+        _, rgb, alpha = evaluation.reconstruct_and_render(
+            model, s["rgb"][uu][None], s["c2w"][uu][None], s["K"][uu][None], s["w2c"][tt][None], s["K"][tt][None],
+            eval_cfg.backend, eval_cfg.bf16)
         m = evaluation.score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips)
         for k, t in enumerate(targets):
             res.rows.append(evaluation.sample_row("end_to_end", "gslrm_one_view", s, 1, [reference_view], t, m, k))

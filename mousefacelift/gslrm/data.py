@@ -2,7 +2,8 @@
 
 Randomness is stateless: the view split and the augmentation of sample ``i`` at training step
 ``s`` come from a generator seeded with ``(seed, s, i)``, the number of input views of step ``s``
-(when it varies, :attr:`DataConfig.min_input_views`) from one seeded with ``(seed, s)``, and the sample order of step ``s`` from
+(when it varies, :attr:`DataConfig.min_input_views`) from one seeded with ``(seed, s)``, and the
+sample order of step ``s`` from
 a per-epoch permutation seeded with ``(seed, epoch)``. So a resumed run sees exactly the batches an
 uninterrupted run would, with no data-loader state to save, and each DDP rank takes its own
 slice of the same global batch.
@@ -37,7 +38,8 @@ class DataConfig:
     def __post_init__(self):
         check_ranges(self)
         if self.min_input_views > self.input_views:
-            raise ValueError(f"DataConfig.min_input_views={self.min_input_views} exceeds input_views={self.input_views}: "
+            raise ValueError(f"DataConfig.min_input_views={self.min_input_views} exceeds "
+                             f"input_views={self.input_views}: "
                              "set min_input_views <= input_views (or 0 for a fixed number)")
 
 

@@ -58,10 +58,10 @@ def generated_rows(generated: torch.Tensor, target: torch.Tensor, reference_view
     m = metrics.image_metrics(g[:, :3], g[:, 3:], t[:, :3], t[:, 3:])
     cp = metrics.image_metrics(g[:, :3], g[:, 3:], r[:, :3], r[:, 3:])
     ref = metrics.image_metrics(r[:, :3], r[:, 3:], t[:, :3], t[:, 3:])
+    undefined = cp["mask_iou"].isnan() | m["mask_iou"].isnan()
+    copies = torch.where(undefined, torch.full_like(m["mask_iou"], math.nan), (cp["mask_iou"] > m["mask_iou"]).float())
     m.update(copy_psnr_fg=cp["psnr_fg"], copy_mask_iou=cp["mask_iou"], reference_psnr_fg=ref["psnr_fg"],
-             reference_mask_iou=ref["mask_iou"],
-             copies=torch.where(cp["mask_iou"].isnan() | m["mask_iou"].isnan(), torch.full_like(m["mask_iou"], math.nan),
-                                (cp["mask_iou"] > m["mask_iou"]).float()))
+             reference_mask_iou=ref["mask_iou"], copies=copies)
     return [{**evaluation.view_row("mvdiffusion", label, sample, frame, [view_ids[reference_view]], view_ids[v], m, a),
              "view": v} for a, v in enumerate(views)]
 
@@ -96,9 +96,9 @@ def evaluate(pipe: MVDiffusionPipeline, dataset, config: SamplerConfig, seed: in
 
     -> {"psnr_fg", "mask_iou", "ssim_fg", "psnr_full", and the copy score ("copy_fraction",
     "copy_margin_iou", "copy_*", "reference_*"; module docstring) of :func:`rows_summary`: means
-    over held-out views (NaN views left out), "n_objects", "n_views": held-out views counted, "per_object": mean PSNR_fg per object,
-    "per_view": the rows of :func:`generated_rows` (with "object": the index), "seconds", and "samples": per
-    object (reference [4, S, S], generated [V, 4, S, S], ground truth [V, 4, S, S]) on the
+    over held-out views (NaN views left out), "n_objects", "n_views": held-out views counted,
+    "per_object": mean PSNR_fg per object, "per_view": the rows of :func:`generated_rows` (with
+    "object": the index), "seconds", and "samples": per object (reference [4, S, S], generated [V, 4, S, S], ground truth [V, 4, S, S]) on the
     sampler's background, for grids}."""
     if tuple(config.background) != WHITE:
         log.warning("evaluate: background %s is not white; PSNR_full assumes white (PSNR_fg and IoU do not)",

@@ -86,7 +86,8 @@ class TrainConfig:
     drop_camera: float = bounded(0.05, min=0, max=1)  # P(camera ray map and class label dropped)
     drop_both: float = bounded(0.05, min=0, max=1)  # P(both dropped)
     loss_on_reference: bool = True          # False: the loss leaves out the reference view (a copy of the input)
-    random_reference: bool = False          # a random view of each object takes the reference slot (learned/zero context only)
+    random_reference: bool = False          # a random view of each object takes the reference slot (learned or
+    #                                         zero context only: FaceLift's prompts tie each slot to a camera)
     brightness: float = bounded(0.1, min=0)  # +- additive brightness jitter (per object)
     contrast: float = bounded(0.1, min=0, max=1)  # +- relative contrast jitter (per object)
     backgrounds: tuple[str, ...] = ("white", "black", "gray")  # random background colours
