@@ -10,7 +10,7 @@ summaries :func:`mousefacelift.evaluation.summarize_rows`'s, as for every other 
 The copy score: a model that has not learnt the rig paints the reference view into every camera.
 Each generated view is therefore also scored against the REFERENCE view's ground truth
 (``copy_psnr_fg``, ``copy_mask_iou``); a view "copies" when its mask is closer to the reference's
-than to its own target's (``copies`` = 1). ``reference_psnr_fg`` / ``reference_mask_iou`` score the
+than to its own target's (``copies`` = 1; NaN, left out, where the target's mask is the reference's). ``reference_psnr_fg`` / ``reference_mask_iou`` score the
 reference ground truth itself against each target: what copying would earn.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def generated_rows(generated: torch.Tensor, target: torch.Tensor, reference_view
     m = metrics.image_metrics(g[:, :3], g[:, 3:], t[:, :3], t[:, 3:])
     cp = metrics.image_metrics(g[:, :3], g[:, 3:], r[:, :3], r[:, 3:])
     ref = metrics.image_metrics(r[:, :3], r[:, 3:], t[:, :3], t[:, 3:])
-    undefined = cp["mask_iou"].isnan() | m["mask_iou"].isnan()
+    undefined = cp["mask_iou"].isnan() | m["mask_iou"].isnan() | (ref["mask_iou"] >= 1)  # same mask: cannot tell
     copies = torch.where(undefined, torch.full_like(m["mask_iou"], math.nan), (cp["mask_iou"] > m["mask_iou"]).float())
     m.update(copy_psnr_fg=cp["psnr_fg"], copy_mask_iou=cp["mask_iou"], reference_psnr_fg=ref["psnr_fg"],
              reference_mask_iou=ref["mask_iou"], copies=copies)
