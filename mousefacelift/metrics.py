@@ -239,6 +239,42 @@ def summarize(values: list[float] | torch.Tensor) -> dict:
             "n_undefined": int(v.numel()) - n}
 
 
+def bootstrap_ci(values: list[float] | torch.Tensor, clusters: list, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """Mean and percentile-bootstrap confidence interval clustered by ``clusters`` (e.g. the frame of
+    each view): whole clusters are resampled with replacement, all their values together, so views
+    of one frame, which are not independent, count once as a unit. values [n] (NaN entries left
+    out and counted), clusters [n] hashable labels; the generator is keyed by ``seed``.
+
+    -> {"mean", "lo", "hi", "ci95": (hi - lo) / 2, "n", "n_clusters", "n_undefined"} (None entries
+    without values; a single cluster gives no interval)."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if v.numel() != len(clusters):
+        raise ValueError(f"bootstrap_ci: {v.numel()} values but {len(clusters)} cluster labels")
+    ok = torch.isfinite(v)
+    labels = [c for c, k in zip(clusters, ok.tolist()) if k]
+    v = v[ok]
+    n = int(v.numel())
+    out = {"mean": None, "lo": None, "hi": None, "ci95": None, "n": n, "n_clusters": len(set(labels)),
+           "n_undefined": int(ok.numel()) - n}
+    if n == 0:
+        return out
+    out["mean"] = v.mean().item()
+    ids = {c: i for i, c in enumerate(dict.fromkeys(labels))}
+    idx = torch.tensor([ids[c] for c in labels])
+    C = len(ids)
+    if C < 2:
+        return out
+    sums = torch.zeros(C, dtype=torch.float64).index_add_(0, idx, v)            # per cluster
+    counts = torch.zeros(C, dtype=torch.float64).index_add_(0, idx, torch.ones_like(v))
+    from .training import keyed_generator
+    pick = torch.randint(C, (n_boot, C), generator=keyed_generator(seed, C, n))  # [n_boot, C]
+    means = sums[pick].sum(1) / counts[pick].sum(1)
+    q = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    out.update(lo=q[0].item(), hi=q[1].item(), ci95=((q[1] - q[0]) / 2).item())
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # LPIPS (VGG), only with local backbone weights
 # ----------------------------------------------------------------------------------------------

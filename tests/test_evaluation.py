@@ -125,7 +125,7 @@ def test_a_perfect_model_scores_only_targets(data, monkeypatch):
     res = reconstruction_rows(tiny_gslrm(), root, names[:1], [2], EvalConfig())
     s = evaluation.load_eval_sample(root / names[0], SIZE)
 
-    def oracle(model, rgb, c2w, K, tw2c, tK, backend="auto"):
+    def oracle(model, rgb, c2w, K, tw2c, tK, backend="auto", bf16=False):
         idx = [int(torch.cdist(cameras.camera_centers(tw2c[b].double()), cameras.camera_centers(s["w2c"].double()))
                    .argmin()) for b in range(tw2c.shape[0])]
         return None, s["rgb"][idx][:, None], s["alpha"][idx][:, None]
@@ -207,7 +207,9 @@ def test_summarize_rows_and_paired_difference():
     s = summarize_rows(rows, metric_names=("psnr_fg",))
     one = next(d for d in s if d["n_inputs"] == 1)
     assert one["n_rows"] == 3 and one["psnr_fg"] == 11.0 and one["psnr_fg_n"] == 2
-    assert one["psnr_fg_ci95"] == pytest.approx(1.96 * math.sqrt(2) / math.sqrt(2))
+    assert one["psnr_fg_ci95_views"] == pytest.approx(1.96 * math.sqrt(2) / math.sqrt(2))
+    assert one["psnr_fg_ci95"] is None and one["n_frames"] == 1  # one frame: no clustered interval
+    assert summarize_rows(rows, metric_names=("psnr_fg",), cluster="")[0]["psnr_fg_ci95"] == one["psnr_fg_ci95_views"]
     other = [{**r, "model": "synthetic", "psnr_fg": r["psnr_fg"] - 1.5} for r in rows]
     p = paired_difference(rows, other)
     assert p["n_pairs"] == 4 and p["n_inputs"][1]["mean"] == pytest.approx(1.5) and p["n_inputs"][1]["n"] == 2

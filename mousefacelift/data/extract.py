@@ -68,6 +68,8 @@ class ExtractConfig:
     split_mode: str = "temporal"  # "temporal" (contiguous blocks with a gap) | "random" (seeded permutation)
     split_fractions: tuple[float, float, float] = bounded((0.8, 0.1, 0.1), min=0, max=1)  # train, val, test
     split_gap: int = bounded(100, min=0)  # temporal split: frames dropped at the start of the val and test blocks
+    split_blocks: int = bounded(1, min=1)  # temporal split: the range is cut into this many chunks, each split
+    #                                        train/val/test, so val and test span separate parts of the recording
     split_seed: int = 42  # random split: permutation seed
     chunk_size: int = bounded(8, min=1)  # frames decoded per chunk (memory: chunk_size x V full frames)
     workers: int | None = bounded(None, min=1)  # decoding threads and frame-processing threads (None: one per
@@ -98,6 +100,8 @@ class ExtractConfig:
         d = dataclasses.asdict(self)
         for k in self.RUNTIME_KEYS:
             d.pop(k)
+        if d["split_blocks"] == 1:  # the one-block split of earlier folders: their hash stays as it was
+            d.pop("split_blocks")
         return d
 
     @classmethod
@@ -309,9 +313,12 @@ def process_frame(frame: Frame, rec: Recording, config: ExtractConfig, rec_scale
 def split_frames(frames: list[int], config: ExtractConfig) -> dict[int, str | None]:
     """Assign each frame to "train" / "val" / "test", or None when it falls in a temporal gap.
 
-    temporal: the frame range [first, last] is cut into consecutive blocks by ``split_fractions``;
-    frames within ``split_gap`` frames after a block boundary belong to no split (100 fps
-    neighbours are near-duplicates). random: a permutation seeded by ``split_seed``."""
+    temporal: the frame range [first, last] is cut into ``split_blocks`` equal chunks, and each chunk
+    into consecutive train / val / test blocks by ``split_fractions``; frames within ``split_gap``
+    frames after a block boundary (also where a chunk's train block follows the previous chunk's
+    test block) belong to no split (100 fps neighbours are near-duplicates). With one chunk the
+    test split is the last stretch of the recording; with several it spans separate parts of it.
+    random: a permutation seeded by ``split_seed``."""
     frames = sorted(frames)
     if not frames:
         return {}
@@ -322,12 +329,15 @@ def split_frames(frames: list[int], config: ExtractConfig) -> dict[int, str | No
         n_train, n_val = round(f_train * len(frames)), round(f_val * len(frames))
         names = ["train"] * n_train + ["val"] * n_val + ["test"] * (len(frames) - n_train - n_val)
         return {frames[p]: names[i] for i, p in enumerate(perm)}
-    lo, span = frames[0], frames[-1] - frames[0] + 1
-    b1, b2 = lo + f_train * span, lo + (f_train + f_val) * span
+    first, total = frames[0], frames[-1] - frames[0] + 1
+    span = total / config.split_blocks
     out: dict[int, str | None] = {}
     for f in frames:
+        c = min(int((f - first) // span), config.split_blocks - 1)     # the chunk of f
+        lo = first + c * span
+        b1, b2 = lo + f_train * span, lo + (f_train + f_val) * span
         if f < b1:
-            out[f] = "train"
+            out[f] = "train" if c == 0 or f >= lo + config.split_gap else None
         elif f < b2:
             out[f] = "val" if f >= b1 + config.split_gap else None
         else:
