@@ -331,6 +331,12 @@ def split_frames(frames: list[int], config: ExtractConfig) -> dict[int, str | No
         return {frames[p]: names[i] for i, p in enumerate(perm)}
     first, total = frames[0], frames[-1] - frames[0] + 1
     span = total / config.split_blocks
+    for name, frac in zip(SPLITS, config.split_fractions):
+        if config.split_blocks > 1 and 0 < frac and frac * span <= config.split_gap:
+            raise ValueError(f"split {name!r} would be empty: each of the {config.split_blocks} split_blocks spans "
+                             f"{span:.0f} frames, so its {name} block ({frac} of it: {frac * span:.0f} frames) lies "
+                             f"inside the split_gap of {config.split_gap} frames; use fewer split_blocks, a smaller "
+                             f"split_gap or a longer recording")
     out: dict[int, str | None] = {}
     for f in frames:
         c = min(int((f - first) // span), config.split_blocks - 1)     # the chunk of f
