@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from mousefacelift import cameras
+from mousefacelift.constants import FACELIFT_DISTANCE, FACELIFT_FOV_DEG, FACELIFT_FRONT_AZIMUTH, FACELIFT_IMAGE_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -555,9 +556,9 @@ def random_gaussians(n: int, *, generator: torch.Generator, radius: float = 0.6,
 # ----------------------------------------------------------------------------------------------
 # Turntable and benchmark
 # ----------------------------------------------------------------------------------------------
-def turntable_cameras(n_frames: int = 150, radius: float = 2.7, elevation_deg: float = 0.0,
-                      start_azimuth_deg: float = -90.0, image_size: int = 512,
-                      fov_deg: float = 50.0) -> tuple[torch.Tensor, torch.Tensor]:
+def turntable_cameras(n_frames: int = 150, radius: float = FACELIFT_DISTANCE, elevation_deg: float = 0.0,
+                      start_azimuth_deg: float = FACELIFT_FRONT_AZIMUTH, image_size: int = FACELIFT_IMAGE_SIZE,
+                      fov_deg: float = FACELIFT_FOV_DEG) -> tuple[torch.Tensor, torch.Tensor]:
     """Cameras orbiting the origin (world Z-up), counter-clockwise seen from above, starting at
     FaceLift's front camera (azimuth -90: at (0, -radius, 0)) -> w2c [T, 4, 4], K [T, 3, 3] float32."""
     az = [start_azimuth_deg + 360.0 * k / n_frames for k in range(n_frames)]
@@ -568,9 +569,9 @@ def turntable_cameras(n_frames: int = 150, radius: float = 2.7, elevation_deg: f
 
 
 @torch.no_grad()
-def render_turntable(gaussians: Gaussians, n_frames: int = 150, radius: float = 2.7,
-                     elevation_deg: float = 0.0, start_azimuth_deg: float = -90.0, image_size: int = 512,
-                     fov_deg: float = 50.0, *, background=(1.0, 1.0, 1.0), views_per_call: int = 8,
+def render_turntable(gaussians: Gaussians, n_frames: int = 150, radius: float = FACELIFT_DISTANCE,
+                     elevation_deg: float = 0.0, start_azimuth_deg: float = FACELIFT_FRONT_AZIMUTH,
+                     image_size: int = FACELIFT_IMAGE_SIZE, fov_deg: float = FACELIFT_FOV_DEG, *, background=(1.0, 1.0, 1.0), views_per_call: int = 8,
                      backend: str = "auto") -> np.ndarray:
     """Render a turntable (see :func:`turntable_cameras`) -> uint8 frames [T, H, W, 3]."""
     w2c, K = turntable_cameras(n_frames, radius, elevation_deg, start_azimuth_deg, image_size, fov_deg)

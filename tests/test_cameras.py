@@ -184,6 +184,7 @@ def test_canonical_rig():
     torch.testing.assert_close(offsets, torch.tensor([0.0, -45, -90, -180, 90, 45], dtype=f64))
     assert K[:, 0, 0].sub(cam.FACELIFT_FOCAL).abs().max() < 1e-4  # 548.9937744140625 (float32 value)
     assert K[0, 0, 0].item() == pytest.approx(548.99, abs=0.01)
+    assert cam.FACELIFT_FOCAL == 548.9937744140625  # the float32 value in FaceLift's camera files, bit for bit
     torch.testing.assert_close(K[:, :2, 2], torch.full((6, 2), 256.0, dtype=f64))
     # every camera looks at the origin: it projects to the image centre
     uv, _ = cam.project(torch.zeros(1, 3, dtype=f64), w2c, K)

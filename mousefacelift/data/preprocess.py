@@ -12,7 +12,7 @@ square :class:`~mousefacelift.data.extract.View` by ONE warp from the source, re
 * ``pixel_based`` (the earlier attempt): per view, the mask's centre of mass to the image centre
   and the side chosen so that sqrt(mouse pixels / all pixels) = ``target_ratio``;
 * ``rectify``: notebook 01's default: the camera turns about its centre to look at the mouse,
-  FaceLift's intrinsics (50 degree field of view, or ``fov_deg``), exact rotation homography.
+  FaceLift's intrinsics (its field of view, or ``fov_deg``), exact rotation homography.
 
 ``update_cameras=False`` reproduces the earlier way: the image is the strategy's, the camera stays
 the reference (``crop``) camera, so the image content and the camera disagree.
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .. import cameras
+from ..constants import FACELIFT_FOV_DEG, MASK_THRESHOLD
 from .consistency import HullConfig, leave_one_out_iou
 from .extract import ExtractConfig, View, crop_view, frame_skip_reason, mask_centroids, rectify_view, \
     triangulate_center
@@ -52,8 +53,8 @@ class PreprocessConfig:
     crop_fraction: float = 0.9  # crop / centered (and the reference camera): square side / source height
     target_ratio: float = 0.3  # pixel_based / uniform: sqrt(mouse pixels / all pixels) to aim for
     antialias: bool = True  # rectify: Gaussian pre-blur before a shrinking warp
-    fov_deg: float = 50.0  # rectify: field of view of each view (notebook 01's fov_deg; FaceLift's 50)
-    alpha_threshold: int = 127  # output alpha above this counts as mouse
+    fov_deg: float = FACELIFT_FOV_DEG  # rectify: field of view of each view (notebook 01's fov_deg)
+    alpha_threshold: int = MASK_THRESHOLD  # output alpha above this counts as mouse
     min_mask_pixels: int = ExtractConfig.min_mask_pixels  # frame skipping, as in the extraction
     border_margin: int = ExtractConfig.border_margin
     border_contact_max: float = ExtractConfig.border_contact_max
