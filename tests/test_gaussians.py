@@ -315,6 +315,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_optimisation_recovers_a_scene(one_thread):
     gen = torch.Generator().manual_seed(7)
     n, size = 32, 32

@@ -233,6 +233,7 @@ PINNED = [0.11138, -0.197613, 0.223609, -0.122048, -0.08068, 0.045221, 0.076146,
           0.116016]
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_and_bf16_autocast():
     images, c2w, K = _inputs(1, 2)
     outs = []
