@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # an absolute path under a machine's home, scratch or temporary folders (POSIX, macOS, Windows)
-MACHINE_PATH = re.compile(r"(?<![\w.~$/-])(/(?:work|home|tmp|root|Users|mnt|scratch|data|var/folders)/[\w.]"
+MACHINE_PATH = re.compile(r"(?<![\w.~$/-])(/(?:work|home|tmp|root|Users|mnt|scratch|data|opt|srv|var/folders)/[\w.]"
                           r"|[A-Za-z]:\\\\?(?:Users|home)\\)")
 
 
@@ -31,7 +31,7 @@ def machine_paths(text: str) -> list[tuple[int, str]]:
 
 def test_the_pattern_finds_machine_paths_and_spares_relative_ones():
     hits = ["see /ho" "me/ana/mouse/runs/a", "base: /wo" "rk/main/params/gpu.yaml", '"/tm' 'p/cache/rec"',
-            "C:\\Us" "ers\\ana\\x", "/Us" "ers/ana/x", "\t/ro" "ot/.local/share/jupyter"]
+            "C:\\Us" "ers\\ana\\x", "/Us" "ers/ana/x", "\t/ro" "ot/.local/share/jupyter", "/op" "t/torch/.venv/lib"]
     misses = ["runs/h200-reference/data", "../../params/gpu.yaml", "~/.cache/mousefacelift", "$MFL_CACHE_DIR/recordings",
               "https://example.org/home/x", "a/tmp/b", "/abs"]
     assert [bool(machine_paths(t)) for t in hits] == [True] * len(hits)
