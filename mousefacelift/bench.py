@@ -19,7 +19,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# dense bf16 peaks used for "fraction of peak": the H200 figure is the one in shared/GPU.md
+# dense bf16 peaks (TFLOP/s) used for "fraction of peak"
 BF16_PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 312.0}
 
 

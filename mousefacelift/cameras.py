@@ -86,7 +86,7 @@ def optical_axes(w2c: torch.Tensor) -> torch.Tensor:
 def check_rotation(R: torch.Tensor, *, atol: float = 1e-3, what: str = "camera") -> None:
     """Raise ValueError unless every R [..., 3, 3] is finite, orthonormal and has det(R) = +1.
 
-    A determinant of -1 is a mirrored camera (the earlier fork built some): it flips handedness
+    A determinant of -1 is a mirrored camera: it flips handedness
     and silently breaks 3D consistency, so it is an error, never a warning.
     """
     if not torch.isfinite(R).all():
@@ -308,7 +308,7 @@ class Similarity:
     """World similarity X' = scale * (X - center): recentres on the subject, one isotropic scale.
 
     It keeps the rig's geometry (angles, distance ratios) exactly; rescaling each camera on its
-    own, as the earlier attempt did, does not.
+    own does not.
     """
     scale: float
     center: tuple[float, float, float]
@@ -393,8 +393,8 @@ def rig_mismatch(w2c: torch.Tensor, w2c_ref: torch.Tensor, align_view: int = 0) 
 
     The reference is first turned about Z so that its view 0 has the azimuth of ``align_view`` of
     the rig (a subject's heading is arbitrary; only relative azimuths matter). Then, per view, the
-    angle between the directions from the origin to the two cameras, in the given order (how the
-    earlier attempt paired them) and under the best one-to-one pairing (brute force, V <= 8)."""
+    angle between the directions from the origin to the two cameras, in the given order (camera i
+    of one rig with camera i of the other) and under the best one-to-one pairing (brute force, V <= 8)."""
     import itertools
 
     V = w2c.shape[0]

@@ -7,8 +7,8 @@ Images are [B, V, 3, H, W] in [0, 1] composited on white; alphas [B, V, 1, H, W]
 LPIPS needs the torchvision VGG16 backbone weights (``vgg16-397923af.pth``); our machines cannot
 download them, so the term is on only when ``lpips_vgg_path`` names an existing file (and
 lpips is installed), and off - with a logged reason - otherwise. It is also off for the first
-``perceptual_warmup_steps`` steps (out-of-domain perceptual losses exploded gradients in the
-earlier attempt).
+``perceptual_warmup_steps`` steps (an out-of-domain perceptual loss can explode the gradients
+early in training).
 """
 from __future__ import annotations
 
