@@ -51,7 +51,8 @@ def _cfg(data_root: Path, out: Path, **kw) -> TrainConfig:
     """A very small run: 16 px model (samples are 32 px: exercises resizing), 1 sample per step."""
     base = dict(output_dir=str(out), data_root=str(data_root), train_split="splits/train.txt",
                 model=GSLRMConfig.tiny(image_size=16, layers=1, width=64, heads=2), steps=6, warmup_steps=2,
-                lr=1e-3, checkpoint_every=100, log_every=1, progress_bar=False, seed=3)
+                lr=1e-3, batch_size=1, val_every=0, val_max_samples=0, checkpoint_every=100, log_every=1,
+                progress_bar=False, seed=3)
     base.update(kw)
     return TrainConfig(**base)
 
