@@ -233,6 +233,7 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
 
     from .mvdiffusion.model import MVDiffusionConfig, MVDiffusionModel
     from .mvdiffusion.train import TrainConfig, launch
+    from .tracking import TrackingConfig
 
     cuda = device.type == "cuda"
     model_cfg, batch, size, steps = (MVDiffusionConfig(), 64, 256, 60) if cuda else (MVDiffusionConfig.tiny(), 2, 32, 6)
@@ -258,7 +259,8 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
             cfg = TrainConfig(data_root=str(root), train_split=str(root / "train.txt"), out_dir=str(Path(tmp) / f"{name}{n}"),
                               model=model_cfg, steps=steps, batch_size=batch, device=device.type,
                               mixed_precision="bf16" if cuda else "no", compile=compiled, resume=False,
-                              checkpoint_every=10 ** 6, log_every=5, warmup_steps=1)
+                              checkpoint_every=10 ** 6, log_every=5, warmup_steps=1,
+                              tracking=TrackingConfig(mode="disabled"))
             summary = launch(cfg, launcher="torchrun" if n > 1 else "inprocess", nproc_per_node=n)
             sec = summary["step_seconds_median"]
             log.info("%s x%d: %.4f s/step", name, n, sec)
