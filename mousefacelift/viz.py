@@ -1,4 +1,5 @@
-"""Video output for turntables: write frames to a browser-playable file, show it in a notebook."""
+"""Pictures out of tensors: float images to uint8, turntable frames to a browser-playable video file,
+and the video shown in a notebook."""
 from __future__ import annotations
 
 import html
@@ -9,6 +10,14 @@ from pathlib import Path
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+
+def to_uint8(images) -> np.ndarray:
+    """Float images in [0, 1] (a torch tensor or an array, any shape and layout; values outside are
+    clipped) -> uint8 numpy array of the same shape, rounded to the nearest level."""
+    if hasattr(images, "detach"):
+        images = images.detach().float().cpu().numpy()
+    return (np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
 def _ffmpeg_exe() -> str | None:

@@ -280,6 +280,12 @@ def test_turntable_cameras():
     assert torch.allclose(w2c[0].double(), front_rig[0], atol=1e-6)
 
 
+def test_to_uint8_clips_and_rounds_to_the_nearest_level():
+    x = torch.tensor([-0.1, 0.0, 0.49 / 255, 0.51 / 255, 0.5, 1.0, 1.2])
+    assert viz.to_uint8(x).tolist() == [0, 0, 0, 1, 128, 255, 255]
+    assert viz.to_uint8(x.numpy().astype(np.float64)).dtype == np.uint8
+
+
 def test_render_turntable_and_video(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # as a notebook in its run folder
     gs = random_gaussians(300, generator=torch.Generator().manual_seed(5), radius=0.5)
