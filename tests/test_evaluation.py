@@ -141,6 +141,7 @@ def test_a_perfect_model_scores_only_targets(data, monkeypatch):
     assert other["psnr_fg"].max() < 40
 
 
+@pytest.mark.slow
 def test_end_to_end_scores_every_view_but_the_reference(data, monkeypatch):
     from diffusers import DDPMScheduler
     from mousefacelift.mvdiffusion import MVDiffusionConfig, MVDiffusionModel, MVDiffusionPipeline, SamplerConfig
