@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-done
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 KERNEL := mousefacelift
 
-.PHONY: setup demo test test-gpu lab bench clean-venv
+.PHONY: setup demo test test-fast test-gpu lab bench clean-venv
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=15
+
+# every test not marked slow (the end-to-end notebook run, training runs, torchrun launches): about 2 minutes
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-gpu: setup
 	$(BIN)/python -m pytest -q -m gpu

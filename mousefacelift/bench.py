@@ -19,7 +19,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# dense bf16 peaks used for "fraction of peak": the H200 figure is the one in shared/GPU.md
+# dense bf16 peaks (TFLOP/s) used for "fraction of peak"
 BF16_PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 312.0}
 
 
@@ -125,10 +125,46 @@ def bench_decoding(device: torch.device) -> list[dict]:
             row("decoding", "speed-up", r["ratio"], "x", f"identical frames: {r['identical']}; target >= 3x")]
 
 
+def time_rasterizer(device, n_gaussians: int = 10_000, n_views: int = 1, image_size: int = 128,
+                     backend: str = "auto", repeats: int = 5, seed: int = 0) -> dict:
+    """Time :func:`mousefacelift.gaussians.rasterize` on a random scene (cameras of the canonical rig,
+    first n_views): returns {"forward_ms", "forward_backward_ms", ...}: medians over ``repeats`` after a warm-up."""
+    import numpy as np
+
+    from . import cameras
+    from .gaussians import random_gaussians, rasterize
+
+    device = torch.device(device)
+    gs = random_gaussians(n_gaussians, generator=torch.Generator().manual_seed(seed), device=device)
+    w2c, K = cameras.canonical_rig(image_size=image_size)
+    idx = torch.arange(n_views) % 6
+    w2c, K = w2c[idx].float().to(device)[None], K[idx].float().to(device)[None]
+    params = [p[None].clone().requires_grad_(True) for p in (gs.means, gs.quats, gs.scales, gs.opacities, gs.sh0)]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step(backward: bool) -> float:
+        sync()
+        t0 = time.perf_counter()
+        with torch.set_grad_enabled(backward):
+            r = rasterize(*params, w2c, K, image_size, image_size, backend=backend)
+            if backward:
+                (r.rgb.sum() + r.alpha.sum()).backward()
+        sync()
+        return 1000.0 * (time.perf_counter() - t0)
+
+    result = {"device": str(device), "backend": backend if backend != "auto" else
+              ("gsplat" if device.type == "cuda" else "torch"),
+              "n_gaussians": n_gaussians, "n_views": n_views, "image_size": image_size}
+    for name, bwd in (("forward_ms", False), ("forward_backward_ms", True)):
+        step(bwd)
+        result[name] = float(np.median([step(bwd) for _ in range(repeats)]))
+    log.info("time_rasterizer: %s", result)
+    return result
+
+
 def bench_rasterizer(device: torch.device) -> list[dict]:
     """gsplat (CUDA) at 6 views x 512 with 1.5 M Gaussians, and the torch renderer at 128x128."""
-    from .gaussians import bench_rasterizer as bench
-
+    bench = time_rasterizer
     rows = []
     if device.type == "cuda":
         r = bench(device, n_gaussians=1_500_000, n_views=6, image_size=512, backend="gsplat")
@@ -236,6 +272,7 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
 
     from .mvdiffusion.model import MVDiffusionConfig, MVDiffusionModel
     from .mvdiffusion.train import TrainConfig, launch
+    from .tracking import TrackingConfig
 
     cuda = device.type == "cuda"
     model_cfg, batch, size, steps = (MVDiffusionConfig(), 64, 256, 60) if cuda else (MVDiffusionConfig.tiny(), 2, 32, 6)
@@ -261,7 +298,8 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
             cfg = TrainConfig(data_root=str(root), train_split=str(root / "train.txt"), out_dir=str(Path(tmp) / f"{name}{n}"),
                               model=model_cfg, steps=steps, batch_size=batch, device=device.type,
                               mixed_precision="bf16" if cuda else "no", compile=compiled, resume=False,
-                              checkpoint_every=10 ** 6, log_every=5, warmup_steps=1)
+                              checkpoint_every=10 ** 6, log_every=5, warmup_steps=1,
+                              tracking=TrackingConfig(mode="disabled"))
             summary = launch(cfg, launcher="torchrun" if n > 1 else "inprocess", nproc_per_node=n)
             sec = summary["step_seconds_median"]
             log.info("%s x%d: %.4f s/step", name, n, sec)

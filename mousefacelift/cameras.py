@@ -23,13 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-# FaceLift's canonical inference rig (see shared/reference/facelift.md).
-FACELIFT_DISTANCE = 2.7
-FACELIFT_IMAGE_SIZE = 512
-FACELIFT_FOCAL = 548.9937744140625  # = 256 / tan(25 deg): 50 degree field of view at 512 px
-FACELIFT_VIEW_NAMES = ("front", "front_right", "right", "back", "left", "front_left")
-FACELIFT_AZIMUTH_OFFSETS = (0.0, -45.0, -90.0, 180.0, 90.0, 45.0)  # degrees from the front camera
-FACELIFT_FRONT_AZIMUTH = -90.0  # the front camera sits at (0, -2.7, 0): the subject faces -Y
+# FaceLift's canonical inference rig: stated in constants.py, named here for the camera code's callers.
+from .constants import (FACELIFT_AZIMUTH_OFFSETS, FACELIFT_DISTANCE, FACELIFT_FOCAL,  # noqa: F401
+                        FACELIFT_FOV_DEG, FACELIFT_FRONT_AZIMUTH, FACELIFT_IMAGE_SIZE, FACELIFT_VIEW_NAMES)
+
 WORLD_UP = (0.0, 0.0, 1.0)
 
 
@@ -89,7 +86,7 @@ def optical_axes(w2c: torch.Tensor) -> torch.Tensor:
 def check_rotation(R: torch.Tensor, *, atol: float = 1e-3, what: str = "camera") -> None:
     """Raise ValueError unless every R [..., 3, 3] is finite, orthonormal and has det(R) = +1.
 
-    A determinant of -1 is a mirrored camera (the earlier fork built some): it flips handedness
+    A determinant of -1 is a mirrored camera: it flips handedness
     and silently breaks 3D consistency, so it is an error, never a warning.
     """
     if not torch.isfinite(R).all():
@@ -225,10 +222,11 @@ def orbit_cameras(azimuth_deg, elevation_deg, radius, center=(0.0, 0.0, 0.0), *,
 
 
 def canonical_rig(distance: float = FACELIFT_DISTANCE, elevation_deg: float = 0.0,
-                  image_size: int = FACELIFT_IMAGE_SIZE, fov_deg: float = 50.0,
+                  image_size: int = FACELIFT_IMAGE_SIZE, fov_deg: float = FACELIFT_FOV_DEG,
                   *, dtype=torch.float64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """FaceLift's 6-view rig in MVDiffusion output order (front, front_right, right, back, left,
-    front_left) -> w2c [6, 4, 4], K [6, 3, 3]. At 512 px and 50 degrees, fx = 548.99..."""
+    front_left) -> w2c [6, 4, 4], K [6, 3, 3]. At the canonical size and field of view, fx = FACELIFT_FOCAL
+    (up to its float32 rounding)."""
     az = [FACELIFT_FRONT_AZIMUTH + a for a in FACELIFT_AZIMUTH_OFFSETS]
     w2c = orbit_cameras(az, elevation_deg, distance, dtype=dtype, device=device)
     f = focal_from_fov(fov_deg, image_size)
@@ -310,7 +308,7 @@ class Similarity:
     """World similarity X' = scale * (X - center): recentres on the subject, one isotropic scale.
 
     It keeps the rig's geometry (angles, distance ratios) exactly; rescaling each camera on its
-    own, as the earlier attempt did, does not.
+    own does not.
     """
     scale: float
     center: tuple[float, float, float]
@@ -395,8 +393,8 @@ def rig_mismatch(w2c: torch.Tensor, w2c_ref: torch.Tensor, align_view: int = 0) 
 
     The reference is first turned about Z so that its view 0 has the azimuth of ``align_view`` of
     the rig (a subject's heading is arbitrary; only relative azimuths matter). Then, per view, the
-    angle between the directions from the origin to the two cameras, in the given order (how the
-    earlier attempt paired them) and under the best one-to-one pairing (brute force, V <= 8)."""
+    angle between the directions from the origin to the two cameras, in the given order (camera i
+    of one rig with camera i of the other) and under the best one-to-one pairing (brute force, V <= 8)."""
     import itertools
 
     V = w2c.shape[0]

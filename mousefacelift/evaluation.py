@@ -37,6 +37,7 @@ from .data import samples as samples_io
 from .gaussians import Gaussians
 from .gslrm.data import prepare_images
 from .training import keyed_generator
+from .viz import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -459,7 +460,7 @@ def comparison_grid(gt: torch.Tensor, pred: torch.Tensor, gain: float = 4.0) -> 
     err = torch.cat([torch.ones_like(e), 1 - e, 1 - e], -3)
     rows = torch.cat([gt, pred, err], -1)                                       # [V, 3, H, 3W]
     img = torch.cat(list(rows), -2).clamp(0, 1)                                 # [3, V*H, 3W]
-    return (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    return to_uint8(img.permute(1, 2, 0))
 
 
 def metrics_document(summaries: list[dict], lpips_reason: str, **sections) -> dict:

@@ -36,7 +36,7 @@ from .configs import bounded, check_ranges
 from .evaluation import gaussians_from_output, to_world_mm
 from .gaussians import render_turntable, turntable_cameras
 from .gslrm.data import prepare_images
-from .viz import write_video
+from .viz import to_uint8, write_video
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def arrange(w2c: torch.Tensor, K: torch.Tensor, ref: int, position: int
 
 def _uint8(rgb: torch.Tensor) -> np.ndarray:
     """[..., 3|4, H, W] in [0, 1] -> uint8 [..., H, W, 3|4]."""
-    return (rgb.clamp(0, 1).movedim(-3, -1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    return to_uint8(rgb.movedim(-3, -1))
 
 
 def _write_png(path: Path, img: np.ndarray) -> Path:

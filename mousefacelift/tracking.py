@@ -52,7 +52,7 @@ class Tracker:
             return cls(run_dir, enabled=False)
         run_dir.mkdir(parents=True, exist_ok=True)
         wandb_run = None
-        if config.mode != "disabled":
+        if config.mode != "disabled" and os.environ.get("WANDB_MODE") != "disabled":  # wandb's own off switch
             try:
                 import wandb
             except ImportError:

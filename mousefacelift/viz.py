@@ -1,13 +1,23 @@
-"""Video output for turntables: write frames to a browser-playable file, embed it in a notebook."""
+"""Pictures out of tensors: float images to uint8, turntable frames to a browser-playable video file,
+and the video shown in a notebook."""
 from __future__ import annotations
 
-import base64
+import html
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+
+def to_uint8(images) -> np.ndarray:
+    """Float images in [0, 1] (a torch tensor or an array, any shape and layout; values outside are
+    clipped) -> uint8 numpy array of the same shape, rounded to the nearest level."""
+    if hasattr(images, "detach"):
+        images = images.detach().float().cpu().numpy()
+    return (np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
 def _ffmpeg_exe() -> str | None:
@@ -48,13 +58,15 @@ def write_video(path, frames: np.ndarray, fps: int = 30) -> Path:
 
 
 def show_video(path):
-    """An IPython HTML object embedding the video (MP4) or animation (GIF) at ``path`` as base64,
-    so that executed notebooks carry it."""
+    """An IPython HTML object that plays the video (MP4) or animation (GIF) at ``path`` from its file,
+    named relative to the working directory (a run's notebooks execute in the run folder, so the link
+    holds beside the executed notebook). The file is not embedded: executed notebooks stay small and
+    the videos under runs/ are git-ignored."""
     from IPython.display import HTML
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"show_video: no file at {path}")
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    src = html.escape(Path(os.path.relpath(path.resolve(), Path.cwd().resolve())).as_posix(), quote=True)
     if path.suffix.lower() == ".gif":
-        return HTML(f'<img src="data:image/gif;base64,{data}"/>')
-    return HTML(f'<video controls autoplay loop muted playsinline src="data:video/mp4;base64,{data}"></video>')
+        return HTML(f'<img src="{src}"/>')
+    return HTML(f'<video controls autoplay loop muted playsinline src="{src}"></video>')

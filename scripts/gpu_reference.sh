@@ -60,10 +60,11 @@ say "06 (real) exit $real_rc"
 # with it, the synthetic GS-LRM is this run's own, whatever NAME is.
 without_q3=$run/logs/07_without_question_3.yaml
 with_q3=$run/logs/07_with_question_3.yaml
-printf 'base: %s\n07_evaluation:\n  gslrm_synthetic_dir: ../%s-synthetic/gslrm\n' "$(realpath "$params")" "$name" > "$with_q3"
+base=$(realpath --relative-to="$run/logs" "$params")  # relative to the params file, so the run folder names no machine path
+printf 'base: %s\n07_evaluation:\n  gslrm_synthetic_dir: ../%s-synthetic/gslrm\n' "$base" "$name" > "$with_q3"
 evaluated_with_q2=""  # "": 07 has not run; "yes" / "no": it ran with / without question 2
 evaluate_without_q3() {
-  printf 'base: %s\n07_evaluation:\n  gslrm_synthetic_dir: ""\n' "$(realpath "$params")" > "$without_q3"
+  printf 'base: %s\n07_evaluation:\n  gslrm_synthetic_dir: ""\n' "$base" > "$without_q3"
   if [ -f "$pipeline_done" ]; then evaluated_with_q2=yes
   else evaluated_with_q2=no; printf '  mvdiffusion_dir: ""\n' >> "$without_q3"; fi
   say "07 without question 3 ($without_q3)"

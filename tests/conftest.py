@@ -9,9 +9,16 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
+# fixtures that execute notebooks end to end: every test that uses one is marked slow (`make test-fast` skips it)
+SLOW_FIXTURES = {"tiny_run"}
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA (run `pytest -m gpu` on a GPU machine)")

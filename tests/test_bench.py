@@ -1,11 +1,13 @@
 """Benchmark mechanics on CPU (the figures themselves come from `mfl bench` on a GPU)."""
 import math
 
+import pytest
 import torch
 
 from mousefacelift import bench
 
 
+@pytest.mark.slow
 def test_gslrm_scaling_runs_torchrun_with_each_process_count():
     """Two gloo processes on a CPU: the DDP path of the scaling benchmark end to end (about 30 s)."""
     rows = bench.bench_gslrm_scaling(torch.device("cpu"), process_counts=(1, 2), steps=5)
@@ -37,6 +39,7 @@ def test_video_codec_falls_back_to_mp4v_without_imageio_ffmpeg(monkeypatch):
     assert bench.video_codec() == "mp4v"
 
 
+@pytest.mark.slow
 def test_mvdiffusion_bench_reports_per_object_time_when_batching(monkeypatch):
     """On CPU the demo UNet (shrunk to the tiny config here): the step, 50 steps per object, and the
     per-object time at 1 and 4 objects per call with their ratio, all measured in this one call."""

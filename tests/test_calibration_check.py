@@ -142,6 +142,7 @@ def test_stored_residuals_of_the_mixups_are_far_above_the_limit(procedural, tmp_
     assert min(rel.values()) > 2 * cc.MAX_RELATIVE_RESIDUAL, rel
 
 
+@pytest.mark.slow
 def test_a_much_better_pairing_fails_a_stored_one_under_the_limit(procedural, tmp_path, monkeypatch):
     """With a limit too lenient to catch a swap, the pairing that fits much better still names it."""
     root = broken_copy(procedural(3), tmp_path / "rec", MIXUPS["two swapped"][0])
@@ -168,6 +169,7 @@ def test_a_calibration_no_mixup_explains_fails_without_a_fix(procedural, tmp_pat
     assert "does not fit the videos" in rep.findings[0].message and "no usual mix-up fits" in rep.findings[0].message
 
 
+@pytest.mark.slow
 def test_extra_camera_and_missing_mask_video(procedural, tmp_path):
     rep = cc.check_calibration(broken_copy(procedural(3), tmp_path / "extra", lambda cams: cams + [cams[2]]))
     assert not rep.ok and "7 cameras for 6 videos" in rep.findings[0].message

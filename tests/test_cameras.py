@@ -12,7 +12,7 @@ from mousefacelift import cameras as cam
 
 f64 = torch.float64
 
-# shared/reference/mammal_recording.md: camera centres (mm) and the published analysis.
+# The real rig (markerless_mouse_1_nerf's new_cam.pkl): camera centres (mm) and the published analysis.
 REAL_CENTERS = [(-199.5, -129.3, 63.4), (321.6, 216.8, 145.9), (24.0, 355.8, 71.2),
                 (327.6, -65.3, 63.3), (-230.4, 167.4, 142.2), (114.6, -236.3, 156.5)]
 REAL_DIST = [246.1, 414.5, 363.7, 340.0, 318.3, 305.7]
@@ -86,7 +86,7 @@ def test_normalizing_similarity_on_real_rig():
     w2c_n = sim.apply_w2c(w2c)
     d = cam.camera_centers(w2c_n).norm(dim=-1)
     assert d.mean().item() == pytest.approx(2.7, abs=1e-12)
-    # one similarity keeps distance ratios (the earlier fork's per-camera rescaling did not)
+    # one similarity keeps distance ratios (a per-camera rescaling would not)
     d_mm = (cam.camera_centers(w2c) - center).norm(dim=-1)
     torch.testing.assert_close(d / d[0], d_mm / d_mm[0])
     torch.testing.assert_close(sim.apply_points(center), torch.zeros(3, dtype=f64))
@@ -184,6 +184,7 @@ def test_canonical_rig():
     torch.testing.assert_close(offsets, torch.tensor([0.0, -45, -90, -180, 90, 45], dtype=f64))
     assert K[:, 0, 0].sub(cam.FACELIFT_FOCAL).abs().max() < 1e-4  # 548.9937744140625 (float32 value)
     assert K[0, 0, 0].item() == pytest.approx(548.99, abs=0.01)
+    assert cam.FACELIFT_FOCAL == 548.9937744140625  # the float32 value in FaceLift's camera files, bit for bit
     torch.testing.assert_close(K[:, :2, 2], torch.full((6, 2), 256.0, dtype=f64))
     # every camera looks at the origin: it projects to the image centre
     uv, _ = cam.project(torch.zeros(1, 3, dtype=f64), w2c, K)

@@ -97,6 +97,7 @@ def test_view_plans_hold_out_each_view_once_nested_and_seeded():
         check_plan([0, 2], [2, 4])
 
 
+@pytest.mark.slow
 def test_reconstruction_never_scores_an_input_view(data, monkeypatch):
     root, names = data
     spy = Spy(monkeypatch)
@@ -140,6 +141,7 @@ def test_a_perfect_model_scores_only_targets(data, monkeypatch):
     assert other["psnr_fg"].max() < 40
 
 
+@pytest.mark.slow
 def test_end_to_end_scores_every_view_but_the_reference(data, monkeypatch):
     from diffusers import DDPMScheduler
     from mousefacelift.mvdiffusion import MVDiffusionConfig, MVDiffusionModel, MVDiffusionPipeline, SamplerConfig
@@ -250,6 +252,7 @@ def test_degradation_rows_score_every_view_against_itself_degraded(data):
     assert summary["shift_1px"]["n_rows"] == len(names) * 6 and math.isfinite(summary["shift_1px"]["psnr_fg"])
 
 
+@pytest.mark.slow
 def test_end_to_end_rows_do_not_depend_on_the_generation_batch(tmp_path):
     """Objects generated three at a time or one at a time get the same noise (seed + object index),
     so the same views and the same scores."""

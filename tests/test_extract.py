@@ -99,6 +99,7 @@ def test_rectify_extraction_end_to_end(tiny, tmp_path):
     assert check["max_px"] < 1e-6
 
 
+@pytest.mark.slow
 def test_rerun_skips_and_changed_config_raises(tiny, tmp_path):
     root, _ = tiny
     out = tmp_path / "run"

@@ -70,6 +70,8 @@ def test_full_order_with_question_3_and_bench(tmp_path):
     assert 'gslrm_synthetic_dir: ""' in first_07 and "mvdiffusion_dir" not in first_07
     q3 = (tmp_path / "runs/ref/logs/07_with_question_3.yaml").read_text()
     assert "gslrm_synthetic_dir: ../ref-synthetic/gslrm" in q3  # this run's own, not params/gpu.yaml's
+    assert q3.startswith("base: ../../../params/gpu.yaml\n")  # relative to the file: no machine path in the run
+    assert (tmp_path / "runs/ref/logs" / q3.split()[1]).resolve() == tmp_path / "params/gpu.yaml"
 
 
 def test_early_eval_off_evaluates_once_with_question_3(tmp_path):

@@ -52,7 +52,8 @@ def _cfg(data_root: Path, out: Path, **kw) -> TrainConfig:
     """A very small run: 16 px model (samples are 32 px: exercises resizing), 1 sample per step."""
     base = dict(output_dir=str(out), data_root=str(data_root), train_split="splits/train.txt",
                 model=GSLRMConfig.tiny(image_size=16, layers=1, width=64, heads=2), steps=6, warmup_steps=2,
-                lr=1e-3, checkpoint_every=100, log_every=1, progress_bar=False, seed=3)
+                lr=1e-3, batch_size=1, val_every=0, val_max_samples=0, checkpoint_every=100, log_every=1,
+                progress_bar=False, seed=3)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -220,6 +221,7 @@ def test_cli_keeps_last_k(data_root, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 3
 
 
+@pytest.mark.slow
 def test_resume_is_exact(data_root, tmp_path):
     a = train(_cfg(data_root, tmp_path / "a"))
     b1 = train(_cfg(data_root, tmp_path / "b", stop_at_step=3))
@@ -250,6 +252,7 @@ def test_grad_norm_skip_rule_is_counted(data_root, tmp_path):
     assert all(torch.equal(v, init[k]) for k, v in trainer.model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_nonfinite_guard(data_root, tmp_path):
     trainer = Trainer(_cfg(data_root, tmp_path, steps=3))
     original = trainer.compute_loss
@@ -314,6 +317,7 @@ def test_split_stream_separates_log_lines_from_progress_updates():
                       ("INFO done", False), ("last", True)]
 
 
+@pytest.mark.slow
 def test_launch_inprocess_writes_config_log_summary_and_validates_on_val_root(data_root, tmp_path):
     from mousefacelift.gslrm.launch import CONFIG_FILE, LOG_FILE, launch
     val_root = make_blob_samples(tmp_path / "val_data", 1, 32, seed=5)  # 1 sample: each of its 6 views held out
@@ -328,6 +332,7 @@ def test_launch_inprocess_writes_config_log_summary_and_validates_on_val_root(da
     assert again["step"] == 2 and again["losses"] == [] and again["checkpoint"] == s["checkpoint"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process_with_the_global_batch(data_root, tmp_path):
     """DDP (2 CPU processes, gloo, batch 1 each) = one process with batch 2: the same samples, views
     and averaged gradients. Plain-mean losses only (a masked mean over a batch is not the mean of
@@ -349,6 +354,7 @@ def test_torchrun_two_ranks_equal_one_process_with_the_global_batch(data_root, t
     assert "[rank 0]" in (tmp_path / "two" / "train.log").read_text()  # the subprocess log was captured
 
 
+@pytest.mark.slow
 def test_launch_failure_raises_with_the_log_tail(data_root, tmp_path):
     from mousefacelift.gslrm.launch import launch
     cfg = _cfg(data_root, tmp_path / "run", train_split="splits/missing.txt")

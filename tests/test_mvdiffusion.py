@@ -106,6 +106,7 @@ def test_processor_matches_reference(mode, B, V, ref):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_attention_crosses_views_in_the_unet():
     """Perturbing the reference view changes the others; in sparse mode view 2 cannot reach view 1,
     in dense mode it can."""
@@ -202,6 +203,7 @@ def test_ray_map_is_relative_to_the_reference_camera():
 # ----------------------------------------------------------------------------------------------
 # Sampling, save/load
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_pipeline_sampling_is_seeded_and_batch_independent():
     pipe = tiny_pipeline()
     w2c, K = rig(2, 3, 16)
@@ -331,6 +333,7 @@ def slow_psnr_fg_and_iou(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, f
     return (-10 * math.log10(se / n) if n else math.nan), (inter / union if union else math.nan)
 
 
+@pytest.mark.slow
 def test_evaluate_uses_the_protocol_on_held_out_views_only(tmp_path):
     """evaluate's PSNR_fg and mask IoU equal a per-pixel loop over the non-reference views of its
     own generated samples; the reference view never enters."""
@@ -403,6 +406,7 @@ def test_resize_views_keeps_projection():
     torch.testing.assert_close(uv16, uv32 / 2)
 
 
+@pytest.mark.slow
 def test_generate_synthetic_writes_conditioned_cameras_and_resumes(tmp_path):
     names = ["samples/" + n for n in make_samples(tmp_path / "src" / "samples", 3, size=32)]
     samples.write_split(tmp_path / "src" / "splits" / "train.txt", names)

@@ -113,6 +113,7 @@ def test_config_from_dict_rejects_unknown_keys(tmp_path):
         config_from_dict({"out_dir": str(tmp_path), "model": {"channels": 3}})
 
 
+@pytest.mark.slow
 def test_exact_resume_reproduces_losses(data):
     full = train(tiny_config(data, "full", steps=4, checkpoint_every=100))
     part = train(tiny_config(data, "resumed", steps=4, stop_at_step=2))
@@ -134,6 +135,7 @@ def test_exact_resume_reproduces_losses(data):
     assert logged == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_resume_with_a_changed_schedule_warns(data, caplog):
     train(tiny_config(data, "cut", steps=4, stop_at_step=2))
     with caplog.at_level(logging.WARNING, logger="mousefacelift.mvdiffusion.train"):
@@ -158,6 +160,7 @@ def test_main_runs_from_a_json_config(data):
     assert (data / "cli" / "pipeline" / "unet" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_launch_writes_a_config_that_round_trips_and_restarts_cleanly(data):
     cfg = tiny_config(data, "launched", steps=2, val_split=str(data / "train.txt"), val_objects=1,
                       val_sampler=SamplerConfig(steps=1), backgrounds=("white", "gray"))

@@ -53,7 +53,7 @@ def test_test_params_validate():
     resolve(ROOT / "tests" / "tiny.yaml", runner.find_notebooks(ROOT / "notebooks"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # tests that use it are marked slow (conftest.SLOW_FIXTURES)
 def tiny_run(tmp_path_factory):
     """Every numbered notebook executed with tests/tiny.yaml into a fresh run folder."""
     import os

@@ -2,7 +2,7 @@
 
 The strategies are checked against the pixels: coloured dots drawn at the projections of known
 3D points must land where the view's camera projects those points (< 0.5 px) when the cameras are
-updated, and far from it when they are left unchanged (the earlier attempt's mistake).
+updated, and far from it when they are left unchanged.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import torch
 from mousefacelift import cameras
 from mousefacelift.data import recording as rd
 
-# The real rig's camera centres (mm, shared/reference/mammal_recording.md); cameras look at a point
+# The real rig's camera centres (mm, markerless_mouse_1_nerf's new_cam.pkl); cameras look at a point
 # on the arena's vertical axis.
 RIG_CENTERS = [(-199.5, -129.3, 63.4), (321.6, 216.8, 145.9), (24.0, 355.8, 71.2),
                (327.6, -65.3, 63.3), (-230.4, 167.4, 142.2), (114.6, -236.3, 156.5)]

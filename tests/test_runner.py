@@ -266,7 +266,7 @@ def test_creating_a_run_folder_is_atomic(project):
     runner.release(plans[0])
 
 
-@pytest.mark.parametrize("name", ["../../x", "..", ".", "a/b", "/tmp/abs", "a\\b"])
+@pytest.mark.parametrize("name", ["../../x", "..", ".", "a/b", "/abs", "a\\b"])
 def test_run_names_that_leave_the_runs_folder_are_refused(project, capsys, name):
     before = sorted(p.name for p in project.iterdir())
     assert run_cli(project, "--name", name, "--overwrite") == 2
@@ -274,7 +274,7 @@ def test_run_names_that_leave_the_runs_folder_are_refused(project, capsys, name)
     with pytest.raises(runner.RunError, match="not a plain folder name"):
         runner.run_folder(project / "runs", name)
     assert sorted(p.name for p in project.iterdir()) == before  # nothing written beside runs/
-    assert not (project / "manifest.json").exists() and not Path("/tmp/abs/manifest.json").exists()
+    assert not (project / "manifest.json").exists() and not Path("/abs/manifest.json").exists()
 
 
 def test_a_run_name_resolving_outside_the_runs_folder_is_refused(project, tmp_path_factory, capsys):

@@ -184,6 +184,7 @@ def test_mvdiffusion_resume_refuses_a_crafted_checkpoint(mvd_data, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_gslrm_resumes_past_a_truncated_newest_checkpoint_exactly(blobs, tmp_path, caplog):
     whole = gslrm_train.train(gslrm_cfg(blobs, tmp_path / "a", steps=3))
     gslrm_train.train(gslrm_cfg(blobs, tmp_path / "b", steps=3, stop_at_step=2, checkpoint_every=1))
@@ -196,6 +197,7 @@ def test_gslrm_resumes_past_a_truncated_newest_checkpoint_exactly(blobs, tmp_pat
     assert read_checkpoint(tmp_path / "b" / checkpoint_name(3))["fwdbwd_pass_step"] == 3
 
 
+@pytest.mark.slow
 def test_mvdiffusion_resumes_past_an_empty_newest_checkpoint(mvd_data, caplog):
     """(That a resume reproduces the uninterrupted run is test_mvdiffusion_train's; here: which one.)"""
     mvd_train.train(mvd_cfg(mvd_data, "b", steps=3, stop_at_step=2, checkpoint_every=1))

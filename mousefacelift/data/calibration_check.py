@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .. import cameras
+from ..constants import MASK_THRESHOLD
 from . import recording as rd
 from .extract import ExtractConfig, frame_skip_reason, mask_centroids
 
@@ -373,7 +374,7 @@ def check_calibration(path: str | os.PathLike, n_frames: int = CHECK_FRAMES, fra
     rep.frames, uv, valid = _observe(rec, n_frames, filt)
     if not rep.frames:
         fail(f"{root / rd.MASK_DIR}: in none of the {n_frames} frames checked do {MIN_VIEWS} views see the whole mouse "
-             f"(> {filt.min_mask_pixels} pixels, not cut by the border); masks must be white mouse on black (gray > 127)")
+             f"(> {filt.min_mask_pixels} pixels, not cut by the border); masks must be white mouse on black (gray > {MASK_THRESHOLD})")
         return rep
     kp = _keypoints(root, V, rep.frames)
     # 3. the stored geometry and 4. the usual mix-ups

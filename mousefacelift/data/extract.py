@@ -35,6 +35,7 @@ import torch
 
 from .. import cameras
 from ..configs import bounded, check_ranges, from_dict
+from ..constants import FACELIFT_FOV_DEG
 from . import samples
 from .recording import (CAMERA_FILE, MASK_THRESHOLD, Frame, FrameSelection, Recording, RecordingError,
                         open_recording, read_frames, select_frames)
@@ -52,8 +53,8 @@ class ExtractConfig:
     """Every knob of the extraction; defaults are stated here only."""
     selection: FrameSelection = field(default_factory=FrameSelection)  # which frames
     view_policy: str = "rectify"  # "rectify" (look at the mouse, canonical K) | "crop" (square crop, K updated)
-    image_size: int = bounded(512, min=8)  # output side in pixels; rectify: fx = fy = 548.99 * image_size / 512
-    fov_deg: float = bounded(50.0, gt=0, lt=180)  # rectify: field of view of every view (50 = FaceLift's canonical
+    image_size: int = bounded(512, min=8)  # output side in pixels; rectify: fx = fy = FACELIFT_FOCAL * image_size / 512
+    fov_deg: float = bounded(FACELIFT_FOV_DEG, gt=0, lt=180)  # rectify: field of view of every view (FaceLift's canonical
     #                                               intrinsics; less makes the mouse larger, for small image sizes)
     crop_size: int = bounded(640, min=8)  # crop policy only: side of the square crop in source pixels
     antialias: bool = True  # Gaussian pre-blur before a shrinking warp (sigma = (1/scale - 1) / 2)
@@ -192,15 +193,15 @@ def _antialias(img: np.ndarray, scale: float) -> np.ndarray:
 
 
 def rectify_view(rgb: np.ndarray, mask: np.ndarray, K: torch.Tensor, w2c: torch.Tensor, center: torch.Tensor,
-                 image_size: int, antialias: bool = True, fov_deg: float = 50.0) -> View:
+                 image_size: int, antialias: bool = True, fov_deg: float = FACELIFT_FOV_DEG) -> View:
     """Turn the camera about its own centre to look at ``center`` [3] (world) with zero roll about
-    world +Z, give it square intrinsics with a ``fov_deg`` field of view at ``image_size`` (50 =
-    FaceLift's canonical fx = 548.99 at 512 px) and warp the image by the exact rotation homography.
+    world +Z, give it square intrinsics with a ``fov_deg`` field of view at ``image_size`` (FaceLift's
+    canonical FACELIFT_FOV_DEG gives FACELIFT_FOCAL at FACELIFT_IMAGE_SIZE, bit for bit) and warp the image by the exact rotation homography.
     rgb [H, W, 3] uint8, mask [H, W] bool; K [3, 3], w2c [4, 4] of the source.
     Pixels that come from outside the source frame are transparent (alpha 0)."""
     import cv2
 
-    f = (cameras.FACELIFT_FOCAL * image_size / cameras.FACELIFT_IMAGE_SIZE if fov_deg == 50.0
+    f = (cameras.FACELIFT_FOCAL * image_size / cameras.FACELIFT_IMAGE_SIZE if fov_deg == FACELIFT_FOV_DEG
          else cameras.focal_from_fov(fov_deg, image_size))  # the canonical constant, bit for bit
     K_new = cameras.intrinsics(f, f, image_size / 2, image_size / 2, dtype=K.dtype)
     C = cameras.camera_centers(w2c)

@@ -9,12 +9,12 @@ square :class:`~mousefacelift.data.extract.View` by ONE warp from the source, re
 * ``centered``: the same fixed square around the mask's bounding-box centre (no scaling);
 * ``uniform``: a square around the projected 3D centre whose side is chosen ONCE per sample so that
   the mean of sqrt(mouse pixels / all pixels) over the views is ``target_ratio``;
-* ``pixel_based`` (the earlier attempt): per view, the mask's centre of mass to the image centre
+* ``pixel_based`` (per-view 2D normalization): per view, the mask's centre of mass to the image centre
   and the side chosen so that sqrt(mouse pixels / all pixels) = ``target_ratio``;
 * ``rectify``: notebook 01's default: the camera turns about its centre to look at the mouse,
-  FaceLift's intrinsics (50 degree field of view, or ``fov_deg``), exact rotation homography.
+  FaceLift's intrinsics (its field of view, or ``fov_deg``), exact rotation homography.
 
-``update_cameras=False`` reproduces the earlier way: the image is the strategy's, the camera stays
+``update_cameras=False`` leaves the cameras unchanged: the image is the strategy's, the camera stays
 the reference (``crop``) camera, so the image content and the camera disagree.
 
 Metrics (:func:`evaluate_strategies` per view, :func:`summarize` per strategy x flag): size ratio
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .. import cameras
+from ..constants import FACELIFT_FOV_DEG, MASK_THRESHOLD
 from .consistency import HullConfig, leave_one_out_iou
 from .extract import ExtractConfig, View, crop_view, frame_skip_reason, mask_centroids, rectify_view, \
     triangulate_center
@@ -52,8 +53,8 @@ class PreprocessConfig:
     crop_fraction: float = 0.9  # crop / centered (and the reference camera): square side / source height
     target_ratio: float = 0.3  # pixel_based / uniform: sqrt(mouse pixels / all pixels) to aim for
     antialias: bool = True  # rectify: Gaussian pre-blur before a shrinking warp
-    fov_deg: float = 50.0  # rectify: field of view of each view (notebook 01's fov_deg; FaceLift's 50)
-    alpha_threshold: int = 127  # output alpha above this counts as mouse
+    fov_deg: float = FACELIFT_FOV_DEG  # rectify: field of view of each view (notebook 01's fov_deg)
+    alpha_threshold: int = MASK_THRESHOLD  # output alpha above this counts as mouse
     min_mask_pixels: int = ExtractConfig.min_mask_pixels  # frame skipping, as in the extraction
     border_margin: int = ExtractConfig.border_margin
     border_contact_max: float = ExtractConfig.border_contact_max
@@ -92,7 +93,7 @@ def _require_mask(mask: np.ndarray) -> None:
 
 
 def _with_reference_camera(view: View, rgb, mask, K, w2c, center, config: PreprocessConfig) -> View:
-    """The earlier way: keep the image (and its warp H) but give it the reference crop's camera."""
+    """Cameras left unchanged: keep the image (and its warp H) but give it the reference crop's camera."""
     ref = crop(rgb, mask, K, w2c, center, config)
     return View(rgba=view.rgba, K=ref.K, w2c=ref.w2c, H=view.H)
 
@@ -131,7 +132,7 @@ def uniform(rgb: np.ndarray, mask: np.ndarray, K: torch.Tensor, w2c: torch.Tenso
 
 def pixel_based(rgb: np.ndarray, mask: np.ndarray, K: torch.Tensor, w2c: torch.Tensor, center: torch.Tensor,
                 config: PreprocessConfig, *, update_cameras: bool = True) -> View:
-    """The earlier attempt's per-view normalization: the mask's centre of mass to the image centre,
+    """Per-view 2D normalization: the mask's centre of mass to the image centre,
     the square's side sqrt(mask area) / target_ratio so that sqrt(mouse px / all px) = target."""
     _require_mask(mask)
     uv = mask_centroids(mask[None])[0]

@@ -3,7 +3,7 @@
 ```
 <recording>/
   videos_undist/{v}.mp4                     RGB video of camera v
-  simpleclick_undist/{v}.mp4                mask video of camera v (white = mouse, gray > 127)
+  simpleclick_undist/{v}.mp4                mask video of camera v (white = mouse, gray > MASK_THRESHOLD)
   new_cam.pkl                               list of per-camera dicts: K (3,3), R (3,3), T (3,) or (3,1), mm
   keypoints2d_undist/result_view_{v}.pkl    optional: (frames, 22, 3) = x_px, y_px, confidence
 ```
@@ -32,6 +32,7 @@ import torch
 
 from .. import cameras
 from ..configs import bounded, check_ranges
+from ..constants import MASK_THRESHOLD  # a mask pixel is foreground when gray > MASK_THRESHOLD (lossy mp4)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ VIDEO_DIR = "videos_undist"
 MASK_DIR = "simpleclick_undist"
 CAMERA_FILE = "new_cam.pkl"
 KEYPOINT_DIR = "keypoints2d_undist"
-MASK_THRESHOLD = 127  # mask pixel is foreground when gray > 127 (the masks are lossy mp4)
 
 
 class RecordingError(ValueError):
@@ -318,7 +318,7 @@ def select_frames(n_frames: int, sel: FrameSelection) -> list[int]:
 @dataclass
 class Frame:
     """One decoded multi-view frame: rgb [V, H, W, 3] uint8 (RGB order), mask [V, H, W] bool
-    (gray > 127); views in the order of ``cameras``."""
+    (gray > MASK_THRESHOLD); views in the order of ``cameras``."""
     index: int
     cameras: list[int]
     rgb: np.ndarray

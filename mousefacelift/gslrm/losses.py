@@ -14,8 +14,8 @@ runs in fp32 with autocast off.
 LPIPS needs the torchvision VGG16 backbone weights (``vgg16-397923af.pth``); our machines cannot
 download them, so the term is on only when ``lpips_vgg_path`` names an existing file (and
 lpips is installed), and off - with a logged reason - otherwise. It is also off for the first
-``perceptual_warmup_steps`` steps (out-of-domain perceptual losses exploded gradients in the
-earlier attempt). Both perceptual terms share that warm-up: FaceLift's recipe switches its
+``perceptual_warmup_steps`` steps (an out-of-domain perceptual loss can explode the gradients
+early in training). Both perceptual terms share that warm-up: FaceLift's recipe switches its
 perceptual loss (VGG19, weight 0.5) on after the first 500 steps, the default here.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """GS-LRM: posed images -> pixel-aligned 3D Gaussians, compatible with FaceLift's released weights.
 
 One file in the manner of nanoGPT. Module names and shapes follow the released checkpoint exactly
-(see shared/reference/facelift.md and gslrm_state_dict.json), so ``model.state_dict()`` of
+(its key list is committed as tests/data/gslrm_state_dict.json), so ``model.state_dict()`` of
 :meth:`GSLRMConfig.full` has the same 151 keys and shapes.
 
 Pipeline (numbers are the full config at 512 px):

@@ -54,23 +54,23 @@ class TrainConfig:
     model: GSLRMConfig = field(default_factory=GSLRMConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(mode="disabled"))
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     init_checkpoint: str = ""              # weights to start from (e.g. FaceLift's); "" = random init
-    steps: int = bounded(1000, min=1)      # length of the schedule (forward/backward passes)
+    steps: int = bounded(10000, min=1)     # length of the schedule (forward/backward passes)
     stop_at_step: int = bounded(0, min=0)  # stop early at this step (0 = run to `steps`); schedule unchanged
-    batch_size: int = bounded(1, min=1)    # samples per process and step
+    batch_size: int = bounded(4, min=1)    # samples per process and step
     lr: float = bounded(1e-4, gt=0)
     betas: tuple[float, float] = bounded((0.9, 0.95), min=0, lt=1)
     weight_decay: float = bounded(0.05, min=0)  # on parameters with ndim >= 2 only
-    warmup_steps: int = bounded(100, min=0)  # linear warm-up, then cosine to min_lr_ratio * lr
+    warmup_steps: int = bounded(500, min=0)  # linear warm-up, then cosine to min_lr_ratio * lr
     min_lr_ratio: float = bounded(0.0, min=0, max=1)
     grad_clip: float = bounded(1.0, gt=0)
     skip_factor: float = bounded(20.0, gt=0)  # skip the update when pre-clip grad norm > skip_factor * grad_clip
     checkpoint_every: int = bounded(500, min=1)  # also written at the end of the run
     keep_last: int = bounded(3, min=0)     # checkpoints kept in output_dir (0 = all)
     log_every: int = bounded(10, min=1)
-    val_every: int = bounded(0, min=0)     # 0 = validate only at the end (when val_split is set)
-    val_max_samples: int = bounded(0, min=0)  # 0 = the whole validation split
+    val_every: int = bounded(1000, min=0)  # 0 = validate only at the end (when val_split is set)
+    val_max_samples: int = bounded(8, min=0)  # 0 = the whole validation split
     seed: int = 0
     device: str = "auto"                   # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
     bf16: bool = True                      # bf16 autocast on CUDA (always fp32 on CPU)

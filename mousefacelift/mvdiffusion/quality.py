@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .. import evaluation, metrics
+from ..viz import to_uint8
 from .pipeline import MVDiffusionPipeline, SamplerConfig, composite, resize_views
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,7 @@ def validation_grid(reference: torch.Tensor, generated: torch.Tensor, target: to
     RGB over a background)."""
     top = torch.cat([reference[:3]] + list(generated[:, :3]), dim=2)
     bot = torch.cat([reference[:3]] + list(target[:, :3]), dim=2)
-    grid = torch.cat([top, bot], dim=1).clamp(0, 1)
-    return (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    return to_uint8(torch.cat([top, bot], dim=1).permute(1, 2, 0))
 
 
 __all__ = ["held_out_views", "generated_rows", "rows_summary", "COPY_METRICS", "mean_defined", "view_metrics", "evaluate",

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SyntheticConfig:
-    batch_size: int = bounded(4, min=1)     # objects per pipeline call
+    batch_size: int = bounded(8, min=1)     # objects per pipeline call
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 0                           # the object at line i of the split uses seed + i
     keep_reference: bool = True             # write the real (resized) reference image for the reference view

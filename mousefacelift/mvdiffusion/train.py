@@ -69,10 +69,10 @@ class TrainConfig:
     facelift: FaceLiftLoadConfig = field(default_factory=lambda: FaceLiftLoadConfig(camera_conditioning=True))
     views: list[int] | None = None          # view positions to use from each sample (model.reference_view
                                             # indexes this list); None = all
-    steps: int = bounded(2000, min=1)       # optimizer steps in total
+    steps: int = bounded(3000, min=1)       # optimizer steps in total
     stop_at_step: int = bounded(0, min=0)   # stop (with a checkpoint) at this step; 0 = run to `steps`
     batch_size: int = bounded(8, min=1)     # objects per step per process
-    lr: float = bounded(1e-4, gt=0)         # peak AdamW learning rate (FaceLift mouse fine-tune: 5e-5)
+    lr: float = bounded(2e-4, gt=0)         # peak AdamW learning rate (FaceLift mouse fine-tune: 5e-5)
     weight_decay: float = bounded(0.01, min=0)  # AdamW weight decay
     warmup_steps: int = bounded(100, min=0)  # linear warmup, then cosine decay to 0
     grad_clip: float = bounded(1.0, gt=0)   # max gradient norm
@@ -103,7 +103,7 @@ class TrainConfig:
     val_objects: int = bounded(4, min=1)    # validation objects
     val_sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=25))
     log_every: int = bounded(10, min=1)     # steps between logged scalars
-    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(mode="disabled"))
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self):
         check_ranges(self)
