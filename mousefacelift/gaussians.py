@@ -93,6 +93,19 @@ def _check_shape(name: str, t: torch.Tensor, shape: tuple) -> None:
 # ----------------------------------------------------------------------------------------------
 # gsplat backend
 # ----------------------------------------------------------------------------------------------
+def warm_up_gsplat(device: torch.device) -> None:
+    """Build (or load) gsplat's CUDA extension by rasterizing one Gaussian into an 8 x 8 view on
+    ``device``. gsplat compiles it on first use (about a minute on a fresh machine) into one shared
+    cache folder; processes compiling at once break each other's build (a vanished lock file, a
+    missing .so), so DDP ranks call this one after another: rank 0 first, the others once it is done."""
+    z = torch.zeros(1, 1, 3, device=device)
+    w2c = torch.eye(4, device=device).expand(1, 1, 4, 4).clone()
+    w2c[..., 2, 3] = 2.0
+    K = torch.tensor([[8.0, 0, 4], [0, 8.0, 4], [0, 0, 1]], device=device).expand(1, 1, 3, 3)
+    rasterize(z, torch.tensor([[[1.0, 0, 0, 0]]], device=device), z + 0.1, torch.ones(1, 1, device=device), z,
+              w2c, K, 8, 8, backend="gsplat")
+
+
 def _rasterize_gsplat(means, quats, scales, opacities, colors, w2c, K, width, height, bg, sh_degree,
                       return_depth, near, settings) -> Render:
     try:

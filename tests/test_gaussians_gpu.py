@@ -55,3 +55,15 @@ def test_torch_backend_matches_gsplat(n, batch, views, size):
         cos = torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
         print(f"N={n}: grad {name} cosine {cos:.5f}")
         assert cos >= 0.99, (name, cos)
+
+
+def test_gsplat_warm_up_builds_the_extension_the_renderer_then_uses():
+    """The warm-up DDP ranks take one after another renders one Gaussian through gsplat: after it,
+    gsplat's extension is loaded and a real render agrees with the torch reference."""
+    from mousefacelift.gaussians import warm_up_gsplat
+
+    warm_up_gsplat(torch.device("cuda"))
+    params, w2c, K = scene(50, 1, 2, 32, seed=3)
+    a = rasterize(*params, w2c, K, 32, 32, backend="gsplat")
+    b = rasterize(*params, w2c, K, 32, 32, backend="torch")
+    assert (a.rgb - b.rgb).abs().mean() <= 2e-3  # the tolerance of test_torch_backend_matches_gsplat

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from .. import evaluation
+from ..gaussians import warm_up_gsplat
 from ..configs import bounded, check_ranges, from_dict
 from ..stage import warn_schedule_change
 from ..tracking import Tracker, TrackingConfig
@@ -118,6 +119,12 @@ def setup_distributed(device_knob: str) -> tuple[DistInfo, torch.device]:
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         device = torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
+        if use_cuda:  # gsplat builds its CUDA extension on first use: rank 0 builds it, then the others load it
+            if info.rank != 0:
+                dist.barrier()
+            warm_up_gsplat(device)
+            if info.rank == 0:
+                dist.barrier()
         return info, device
     if device_knob == "auto":
         return DistInfo(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
