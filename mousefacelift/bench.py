@@ -76,7 +76,7 @@ def bench_synthetic(device: torch.device, workers: int | None = None, render_bat
     size (576x512), 600 frames, side by side: one frame per render call in this process (the
     reference path) against ``render_batch`` frames per call with ``workers`` body processes
     (default: half the CPU cores, at most 12), setup included."""
-    from .data import synthetic
+    from .data import procedural
 
     rows, codec = [], video_codec()
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,10 +84,10 @@ def bench_synthetic(device: torch.device, workers: int | None = None, render_bat
             n, workers = 600, workers or max(2, min(12, (os.cpu_count() or 4) // 2))
             rates = {}
             for name, w, b in (("reference", 0, 1), ("batched", workers, render_batch)):
-                cfg = synthetic.SyntheticConfig(n_frames=n, resolution_scale=0.5, device="cuda", video_codec=codec,
+                cfg = procedural.ProceduralConfig(n_frames=n, resolution_scale=0.5, device="cuda", video_codec=codec,
                                                 workers=w, render_batch=b, chunk_elements=2 ** (21 if b == 1 else 25))
                 t0 = time.perf_counter()
-                synthetic.generate_recording(Path(tmp) / name, cfg)
+                procedural.generate_recording(Path(tmp) / name, cfg)
                 rates[name] = n / (time.perf_counter() - t0)
                 rows.append(row("synthetic", f"576x512, {n} frames x 6 cams, {b} frame(s) per call, "
                                              f"{w or 'no'} body processes, chunks of {cfg.chunk_elements}",
@@ -95,15 +95,15 @@ def bench_synthetic(device: torch.device, workers: int | None = None, render_bat
                                 f"{codec}; setup included; target >= 100"))
             rows.append(row("synthetic", "batched + body processes vs one frame per call", rates["batched"] / rates["reference"],
                             "x", "same run"))
-        cfg = synthetic.demo_config(device=device.type, video_codec=codec)
+        cfg = procedural.demo_config(device=device.type, video_codec=codec)
         t0 = time.perf_counter()
-        synthetic.generate_recording(Path(tmp) / "demo", cfg)
+        procedural.generate_recording(Path(tmp) / "demo", cfg)
         rows.append(row("synthetic", "demo 6 cams x 120 frames @576x512", time.perf_counter() - t0, "s",
                         f"{codec}; target <= 60 s on a 2-core CPU"))
         n = 30 if device.type == "cuda" else 10
-        cfg = synthetic.SyntheticConfig(n_frames=n, device=device.type, video_codec=codec)
+        cfg = procedural.ProceduralConfig(n_frames=n, device=device.type, video_codec=codec)
         t0 = time.perf_counter()
-        synthetic.generate_recording(Path(tmp) / "full", cfg)
+        procedural.generate_recording(Path(tmp) / "full", cfg)
         rows.append(row("synthetic", f"full 1152x1024, {n} frames x 6 cams", n / (time.perf_counter() - t0),
                         "frames/s", f"6-camera frames incl. setup and {codec} encoding"))
     return rows
@@ -112,12 +112,12 @@ def bench_synthetic(device: torch.device, workers: int | None = None, render_bat
 def bench_decoding(device: torch.device) -> list[dict]:
     """Sequential parallel decoding vs a seek-per-frame reader, same frames, same run: 15 frames at
     stride 9 (the real extraction takes 2000 of 18000 frames) of a full-size procedural recording."""
-    from .data import recording, synthetic
+    from .data import recording, procedural
     from .stage import default_cache_dir
 
     codec = video_codec()
-    cfg = synthetic.SyntheticConfig(n_frames=150, device=device.type, video_codec=codec)
-    rec = recording.open_recording(synthetic.ensure_recording(default_cache_dir() / "recordings", cfg))
+    cfg = procedural.ProceduralConfig(n_frames=150, device=device.type, video_codec=codec)
+    rec = recording.open_recording(procedural.ensure_recording(default_cache_dir() / "recordings", cfg))
     r = recording.bench_decoding(rec, n_frames=15, stride=9)
     gop = f"H.264, keyframe every {cfg.video_gop}" if codec == "h264" else "mp4v (keyframes every few frames: seeking is cheap)"
     return [row("decoding", "sequential + parallel (1152x1024, 6 cams)", r["sequential_fps"], "frames/s", gop),

@@ -1,6 +1,6 @@
 """Dataclass configs from plain dicts (JSON, YAML, notebook parameters), checked.
 
-One function serves every config of the library (``SyntheticConfig``, ``ExtractConfig``, both
+One function serves every config of the library (``ProceduralConfig``, ``ExtractConfig``, both
 ``TrainConfig``s): it follows the field annotations, so nested configs, tuples and simple types
 need no per-config code.
 

@@ -311,14 +311,14 @@ def chamfer_to_surface(means: torch.Tensor, opacities: torch.Tensor, normalizati
 def true_surface(provenance: dict, n_points: int, generator: torch.Generator) -> tuple[torch.Tensor | None, str]:
     """Points on the true surface (mm) of the sample's frame, or (None, reason) when the sample does
     not come from a procedural recording with ground truth."""
-    from .data import synthetic
+    from .data import procedural
 
     rec, frame = provenance.get("recording"), provenance.get("frame_index")
     if rec is None or frame is None:
         return None, "the sample's provenance names no recording frame (not from notebook 01?)"
-    if not (Path(rec) / synthetic.GT_DIR / "params.json").is_file():
-        return None, f"{rec} has no {synthetic.GT_DIR}/ (not a procedural recording)"
-    return synthetic.sample_surface(rec, int(frame), n_points, generator), ""
+    if not (Path(rec) / procedural.GT_DIR / "params.json").is_file():
+        return None, f"{rec} has no {procedural.GT_DIR}/ (not a procedural recording)"
+    return procedural.sample_surface(rec, int(frame), n_points, generator), ""
 
 
 @torch.no_grad()

@@ -56,14 +56,14 @@ RUN_PATHS = ("gslrm_dir", "gslrm_synthetic_dir", "mvdiffusion_dir")
 # RENAMED names ("Config.path.to.field"; None: the notebook translates it, e.g. 0 -> None, and
 # the config checks what it receives when the notebook builds it).
 NOTEBOOK_CONFIGS = {
-    "01_data_extraction": ("mousefacelift.data.extract:ExtractConfig", "mousefacelift.data.synthetic:SyntheticConfig"),
+    "01_data_extraction": ("mousefacelift.data.extract:ExtractConfig", "mousefacelift.data.procedural:ProceduralConfig"),
     "04_mvdiffusion_finetune": ("mousefacelift.mvdiffusion.train:TrainConfig",),
     "05_synthetic_generation": ("mousefacelift.mvdiffusion.synthetic:SyntheticConfig",),
     "06_gslrm_finetune": ("mousefacelift.gslrm.train:TrainConfig",),
 }
 RENAMED = {
-    "01_data_extraction": {"synthetic_frames": "SyntheticConfig.n_frames",
-                           "synthetic_scale": "SyntheticConfig.resolution_scale",
+    "01_data_extraction": {"synthetic_frames": "ProceduralConfig.n_frames",
+                           "synthetic_scale": "ProceduralConfig.resolution_scale",
                            "n_samples": None, "stride": None, "workers": None},
     "04_mvdiffusion_finetune": {"finetune_lr": "TrainConfig.lr", "cond_dropout": "TrainConfig.drop_reference",
                                 "norm_groups": "TrainConfig.model.norm_num_groups",

@@ -35,11 +35,11 @@ PROCEDURAL = dict(n_frames=12, resolution_scale=0.25, seed=3)  # 12 frames of 28
 
 @pytest.fixture(scope="session")
 def procedural_recording(pytestconfig):
-    """A small procedural recording (mousefacelift.data.synthetic), generated once and cached between
+    """A small procedural recording (mousefacelift.data.procedural), generated once and cached between
     test runs in pytest's cache folder."""
-    from mousefacelift.data import synthetic
+    from mousefacelift.data import procedural
 
-    return synthetic.ensure_recording(pytestconfig.cache.mkdir("mfl_synthetic"), synthetic.SyntheticConfig(**PROCEDURAL))
+    return procedural.ensure_recording(pytestconfig.cache.mkdir("mfl_synthetic"), procedural.ProceduralConfig(**PROCEDURAL))
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from mousefacelift import cameras, cli
 from mousefacelift.data import calibration_check as cc
 from mousefacelift.data import extract as ex
 from mousefacelift.data import recording as rd
-from mousefacelift.data import synthetic as syn
+from mousefacelift.data import procedural as syn
 
 SMALL = dict(n_frames=12, resolution_scale=0.25)  # 288x256, the size tests/test_extract.py uses too
 
@@ -30,7 +30,7 @@ SMALL = dict(n_frames=12, resolution_scale=0.25)  # 288x256, the size tests/test
 def procedural(request):
     """seed -> a small procedural recording, cached between test runs."""
     def make(seed: int) -> Path:
-        return syn.ensure_recording(request.config.cache.mkdir("mfl_synthetic"), syn.SyntheticConfig(seed=seed, **SMALL))
+        return syn.ensure_recording(request.config.cache.mkdir("mfl_synthetic"), syn.ProceduralConfig(seed=seed, **SMALL))
     return make
 
 

@@ -107,13 +107,13 @@ def test_nested_range_error_names_the_path():
 
 def _library_configs():
     from mousefacelift.data.extract import ExtractConfig
-    from mousefacelift.data.synthetic import SyntheticConfig
+    from mousefacelift.data.procedural import ProceduralConfig
     from mousefacelift.gslrm.train import TrainConfig as GSTrain
     from mousefacelift.mvdiffusion.synthetic import SyntheticConfig as MVSynthetic
     from mousefacelift.mvdiffusion.train import TrainConfig as MVTrain
 
     required = {GSTrain: {"output_dir": "o", "data_root": "d", "train_split": "s"}, MVTrain: {"out_dir": "o"}}
-    return [(cls, required.get(cls, {})) for cls in (ExtractConfig, SyntheticConfig, GSTrain, MVTrain, MVSynthetic)]
+    return [(cls, required.get(cls, {})) for cls in (ExtractConfig, ProceduralConfig, GSTrain, MVTrain, MVSynthetic)]
 
 
 def _outside(rng: Range, default):

@@ -2,7 +2,7 @@
 
 Most tests use a tiny recording written by tests/test_recording.py's helper (a disc at the
 projection of a known 3D point), so the warp can be checked exactly; one test runs the procedural
-recording generator (mousefacelift.data.synthetic) when it is available.
+recording generator (mousefacelift.data.procedural) when it is available.
 """
 from __future__ import annotations
 
@@ -252,12 +252,12 @@ def test_rectify_antialias_keeps_mean_and_smooths():
 
 
 # ----------------------------------------------------------------------------------------------
-# The procedural recording (mousefacelift.data.synthetic), when available
+# The procedural recording (mousefacelift.data.procedural), when available
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_procedural_recording_acceptance(request, tmp_path):
-    syn = pytest.importorskip("mousefacelift.data.synthetic")
-    cfg = syn.SyntheticConfig(n_frames=12, resolution_scale=0.25, seed=3)
+    syn = pytest.importorskip("mousefacelift.data.procedural")
+    cfg = syn.ProceduralConfig(n_frames=12, resolution_scale=0.25, seed=3)
     root = syn.ensure_recording(request.config.cache.mkdir("mfl_synthetic"), cfg)  # cached between runs
     _, _, kp3d = syn.load_ground_truth(root)
     summary = ex.extract(root, tmp_path / "run", ex.ExtractConfig(

@@ -83,9 +83,9 @@ def test_infer_image_with_a_sample_camera(models, tmp_path):
 
 
 def test_infer_recording_writes_one_ply_per_frame(models, tmp_path):
-    from mousefacelift.data import synthetic
+    from mousefacelift.data import procedural
 
-    rec = synthetic.ensure_recording(tmp_path / "rec", synthetic.SyntheticConfig(n_frames=3, resolution_scale=0.25))
+    rec = procedural.ensure_recording(tmp_path / "rec", procedural.ProceduralConfig(n_frames=3, resolution_scale=0.25))
     out = tmp_path / "seq"
     code = cli.main(["infer", "--recording", str(rec), "--frames", "0:2", "--gslrm", str(models / "gslrm"),
                      "--out", str(out), "--turntable-frames", "2"])

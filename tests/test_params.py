@@ -163,7 +163,7 @@ def real_notebooks():
     ("01_data_extraction", "split_fractions", [0.9, 0.2, -0.1], r"split_fractions\[2\] = -0.1 .* in \[0, 1\]"),
     ("01_data_extraction", "skip_edges", 0.5, r"skip_edges = 0.5 .* in \[0, 0.5\) "
                                               r"\(it sets ExtractConfig.selection.skip_edges\)"),
-    ("01_data_extraction", "synthetic_frames", 0, r"\(it sets SyntheticConfig.n_frames\)"),
+    ("01_data_extraction", "synthetic_frames", 0, r"\(it sets ProceduralConfig.n_frames\)"),
     ("01_data_extraction", "image_size", 7, r"image_size = 7 .* >= 8 \(it sets ExtractConfig.image_size\)"),
 ])
 def test_out_of_range_parameter_fails_before_anything_runs(tmp_path, real_notebooks, stem, key, value, match):

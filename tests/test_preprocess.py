@@ -251,11 +251,11 @@ def test_notebook_03_on_a_procedural_recording(request, tmp_path):
     from pathlib import Path
 
     from mousefacelift.data import extract as ex
-    from mousefacelift.data import synthetic as syn
+    from mousefacelift.data import procedural as syn
     from mousefacelift.data.recording import FrameSelection
 
     root = syn.ensure_recording(request.config.cache.mkdir("mfl_synthetic"),
-                                syn.SyntheticConfig(n_frames=8, resolution_scale=0.25, seed=3))
+                                syn.ProceduralConfig(n_frames=8, resolution_scale=0.25, seed=3))
     run = tmp_path / "run"
     ex.extract(root, run, ex.ExtractConfig(selection=FrameSelection(count=None, stride=1, skip_edges=0.0, cut_frames=()),
                                            image_size=64, split_gap=0, min_mask_pixels=50, progress=False))

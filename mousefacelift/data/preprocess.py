@@ -249,10 +249,10 @@ def keypoint_errors(view: View, K_src: torch.Tensor, w2c_src: torch.Tensor, poin
 
 def ground_truth_keypoints(recording_dir: str | os.PathLike) -> np.ndarray | None:
     """Keypoints [F, J, 3] (world mm) of a procedural recording, or None for a real one."""
-    from . import synthetic
+    from . import procedural
 
     try:
-        _, _, kp = synthetic.load_ground_truth(recording_dir)
+        _, _, kp = procedural.load_ground_truth(recording_dir)
     except ValueError:
         log.info("%s has no ground-truth keypoints (not procedural): reprojection error is NaN", recording_dir)
         return None

@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from mousefacelift import cameras
-from mousefacelift.data import mouse_model as mm
-from mousefacelift.data import synthetic as syn
+from mousefacelift.data.procedural import geometry as geo
+from mousefacelift.data.procedural import mouse as mm
+from mousefacelift.data import procedural as syn
+from mousefacelift.data.procedural import generate as gen
 
 N_FRAMES = 30
-SMALL = syn.SyntheticConfig(n_frames=N_FRAMES, resolution_scale=0.25, seed=3)
+SMALL = syn.ProceduralConfig(n_frames=N_FRAMES, resolution_scale=0.25, seed=3)
 
 
 def _read_video(path) -> np.ndarray:
@@ -88,14 +90,14 @@ def test_opencv_and_pickle_read_the_recording(rec):
     gt = np.load(rec / "ground_truth" / "keypoints3d.npz")["keypoints3d"]
     assert gt.shape == (N_FRAMES, 22, 3)
     meta = json.loads((rec / "ground_truth" / "params.json").read_text())
-    assert syn.SyntheticConfig.from_dict(meta["config"]) == SMALL
+    assert syn.ProceduralConfig.from_dict(meta["config"]) == SMALL
     assert meta["keypoint_names"][:3] == ["left_ear_tip", "right_ear_tip", "nose"]
 
 
 def test_real_rig_geometry():
     """Default rig: the reference's camera centres, optical axes through the arena axis at 36-70 mm,
     zero roll, fx from the table and fy ~ 1.004 fx."""
-    w2c, K = syn.rig_cameras(syn.SyntheticConfig())
+    w2c, K = syn.rig_cameras(syn.ProceduralConfig())
     C = cameras.camera_centers(w2c)
     dist, elev, _ = cameras.spherical_coords(C)
     np.testing.assert_allclose(dist.numpy(), [246.1, 414.5, 363.7, 340.0, 318.3, 305.7], atol=0.2)
@@ -108,7 +110,7 @@ def test_real_rig_geometry():
         assert (p[:2] - 55.0).norm() < 1e-6 and 36.0 <= p[2] <= 70.0
     assert (w2c[:, 0, 2].abs() < 1e-12).all()  # camera x axis horizontal: zero roll
     assert (K[:, 1, 1] / K[:, 0, 0] - 1.004).abs().max() < 0.001
-    assert syn.image_size(syn.SyntheticConfig()) == (1152, 1024)
+    assert syn.image_size(syn.ProceduralConfig()) == (1152, 1024)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +150,7 @@ def test_render_matches_a_per_pixel_reference_through_new_cam():
     written to new_cam.pkl: pixel index (j, i) is covered when the ray R^T K^-1 (j, i, 1) from the
     camera centre passes within r of the sphere's centre. An off-by-half-pixel K would flip a ring
     of ~30 pixels per view."""
-    cfg = dataclasses.replace(syn.SyntheticConfig(n_frames=1, resolution_scale=0.5), scene=dataclasses.replace(
+    cfg = dataclasses.replace(syn.ProceduralConfig(n_frames=1, resolution_scale=0.5), scene=dataclasses.replace(
         syn.SceneConfig(), shadows=False))
     w2c, K = syn.rig_cameras(cfg)
     sc = syn.build_scene(cfg, w2c, K)
@@ -236,10 +238,10 @@ def test_body_processes_and_frame_batches_change_nothing_but_speed(tmp_path):
         for v in (0, 4):
             va, vb = _read_video(a / sub / f"{v}.mp4"), _read_video(b / sub / f"{v}.mp4")
             assert va.shape == vb.shape and np.abs(va.astype(int) - vb.astype(int)).mean() < 0.01
-    rig = syn._Rig.build(cfg)
+    rig = gen._Rig.build(cfg)
     scene = syn.build_scene(cfg, rig.w2c, rig.K)
-    ref = list(syn._rendered_frames(cfg, rig, scene))
-    got = list(syn._rendered_frames(fast, syn._Rig.build(fast), scene))
+    ref = list(gen._rendered_frames(cfg, rig, scene))
+    got = list(gen._rendered_frames(fast, gen._Rig.build(fast), scene))
     assert [r[0] for r in got] == list(range(5))
     for (_, rgb0, m0, kp0, _), (_, rgb1, m1, kp1, _) in zip(ref, got):
         assert np.array_equal(m0, m1) and np.array_equal(kp0, kp1)
@@ -279,18 +281,18 @@ def test_cache_reuses_the_folder_and_ignores_partial_runs(tmp_path, monkeypatch)
 
 
 def test_from_dict_rejects_unknown_keys_with_the_closest_name():
-    cfg = syn.SyntheticConfig.from_dict({"n_frames": 7, "motion": {"rear_fraction": 0.2},
+    cfg = syn.ProceduralConfig.from_dict({"n_frames": 7, "motion": {"rear_fraction": 0.2},
                                          "rig": {"centers": [[0, 0, 100], [100, 0, 100]],
                                                  "targets": [[0, 50, 0], [50, 50, 0]], "fx": [900, 900],
                                                  "cx": [10, 10], "cy": [10, 10]}})
     assert cfg.n_frames == 7 and cfg.motion.rear_fraction == 0.2 and cfg.rig.centers[1] == (100, 0, 100)
-    assert syn.SyntheticConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert syn.ProceduralConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="did you mean 'resolution_scale'"):
-        syn.SyntheticConfig.from_dict({"resolution_scal": 0.5})
+        syn.ProceduralConfig.from_dict({"resolution_scal": 0.5})
     with pytest.raises(ValueError, match="did you mean 'rear_fraction'"):
-        syn.SyntheticConfig.from_dict({"motion": {"rear_fractoin": 0.1}})
+        syn.ProceduralConfig.from_dict({"motion": {"rear_fractoin": 0.1}})
     with pytest.raises(TypeError, match="n_frames"):
-        syn.SyntheticConfig.from_dict({"n_frames": 2.5})
+        syn.ProceduralConfig.from_dict({"n_frames": 2.5})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,7 +301,7 @@ def test_from_dict_rejects_unknown_keys_with_the_closest_name():
 def test_motion_statistics():
     """Over 60,000 frames (10 min at 100 fps): rearing 6-20% of frames, median speed 50-120 mm/s,
     the body origin within 90 mm of the arena centre and mostly near the wall."""
-    pose = syn.simulate_motion(syn.SyntheticConfig(), 60000, torch.Generator().manual_seed(0))
+    pose = syn.simulate_motion(syn.ProceduralConfig(), 60000, torch.Generator().manual_seed(0))
     speed = np.hypot(np.diff(pose.x), np.diff(pose.y)) * 100.0
     r = np.hypot(pose.x - 55.0, pose.y - 55.0)
     rear = pose.rearing.mean()
@@ -310,7 +312,7 @@ def test_motion_statistics():
     assert r.max() <= 90.0 and (r > 50.0).mean() > 0.7
     assert np.degrees(pose.pitch[pose.rearing]).min() >= 0.5 * 45.0
     assert np.degrees(pose.pitch).max() <= 90.0 + 1e-9
-    a, b = (syn.simulate_motion(syn.SyntheticConfig(), 500, torch.Generator().manual_seed(4)) for _ in range(2))
+    a, b = (syn.simulate_motion(syn.ProceduralConfig(), 500, torch.Generator().manual_seed(4)) for _ in range(2))
     for k, v in a.as_dict().items():
         np.testing.assert_array_equal(v, getattr(b, k))
 
@@ -333,7 +335,7 @@ def _inside_reference(shapes: mm.MouseShapes, p: torch.Tensor) -> torch.Tensor:
 
 def _two_poses() -> mm.PoseTrack:
     """Frame 0 walking; frame 1 the same place and heading, rearing at 70 deg with tail and head turned."""
-    one = syn.simulate_motion(syn.SyntheticConfig(), 1, torch.Generator().manual_seed(1))
+    one = syn.simulate_motion(syn.ProceduralConfig(), 1, torch.Generator().manual_seed(1))
     pose = mm.PoseTrack(**{k: np.repeat(v, 2) for k, v in one.as_dict().items()})
     pose.pitch[1], pose.head_yaw[1] = math.radians(70), -0.3
     return pose
@@ -342,14 +344,14 @@ def _two_poses() -> mm.PoseTrack:
 @pytest.mark.parametrize("frame", [0, 1])
 def test_ray_hits_match_marching(frame):
     pose = _two_poses()
-    shapes, kp = mm.build_mouse(pose, frame, syn.SyntheticConfig().body)
-    q = mm.to_quadrics(shapes, dtype=torch.float64)
+    shapes, kp = mm.build_mouse(pose, frame, syn.ProceduralConfig().body)
+    q = geo.to_quadrics(shapes, dtype=torch.float64)
     g = torch.Generator().manual_seed(frame)
     origin = torch.tensor([pose.x[frame] + 150.0, pose.y[frame] - 200.0, 120.0], dtype=torch.float64)
     target = torch.as_tensor(kp, dtype=torch.float64)[torch.randint(0, 22, (200,), generator=g)]
     dirs = target + 8.0 * torch.randn(200, 3, generator=g, dtype=torch.float64) - origin
     dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    t_fast = mm.ray_hits(q, origin, dirs).min(-1).values
+    t_fast = geo.ray_hits(q, origin, dirs).min(-1).values
     step = 0.1
     ts = torch.arange(160.0, 400.0, step, dtype=torch.float64)
     hit = _inside_reference(shapes, origin + ts[:, None, None] * dirs)               # [T, N]
@@ -362,13 +364,13 @@ def test_ray_hits_match_marching(frame):
     assert _inside_reference(shapes, torch.as_tensor(kp)).all()
     # the batched (tiled) form agrees with the single-origin form
     pieces = torch.arange(len(q.k))[None].repeat(2, 1)
-    t_b = mm.ray_hits_batched(q, origin[None].repeat(2, 1), dirs.view(2, 100, 3), pieces).min(-1).values
+    t_b = geo.ray_hits_batched(q, origin[None].repeat(2, 1), dirs.view(2, 100, 3), pieces).min(-1).values
     torch.testing.assert_close(t_b.reshape(-1), t_fast)
 
 
 def test_rearing_lifts_the_nose():
     pose = _two_poses()
-    body = syn.SyntheticConfig().body
+    body = syn.ProceduralConfig().body
     _, kp0 = mm.build_mouse(pose, 0, body)
     shapes, kp1 = mm.build_mouse(pose, 1, body)
     nose = mm.KEYPOINT_NAMES.index("nose")
@@ -384,9 +386,9 @@ def test_surface_samples_lie_on_the_outer_surface(rec):
     again = syn.sample_surface(pose, 5, 4000, torch.Generator().manual_seed(0), body=SMALL.body)
     torch.testing.assert_close(pts, again)
     shapes, _ = mm.build_mouse(pose, 5, SMALL.body)
-    q = mm.to_quadrics(shapes, dtype=torch.float64)
-    assert not mm.contains(q, pts, margin=-1e-3).any()                  # not inside any piece
-    assert mm.contains(q, pts, margin=1e-3).any(-1).all()                # but on one
+    q = geo.to_quadrics(shapes, dtype=torch.float64)
+    assert not geo.contains(q, pts, margin=-1e-3).any()                  # not inside any piece
+    assert geo.contains(q, pts, margin=1e-3).any(-1).all()                # but on one
     assert (pts[:, 2] >= 0).all()
 
 
@@ -397,7 +399,7 @@ def test_surface_samples_are_uniform_on_a_sphere():
         ell_center=c[None], ell_rot=np.eye(3)[None], ell_axes=np.full((1, 3), 10.0),
         cap_a=c[None], cap_b=c[None] + [0.0, 0.0, 1.0], cap_r=np.array([1.0]),
         albedo=np.ones((2, 3)), tex_amp=np.zeros(2), tex_R=np.stack([np.eye(3)] * 2), tex_t=np.zeros((2, 3)))
-    pts = mm.sample_surface_points(shapes, 20000, torch.Generator().manual_seed(0))
+    pts = geo.sample_surface_points(shapes, 20000, torch.Generator().manual_seed(0))
     frac = torch.histc(pts[:, 2] - 20.0, bins=4, min=-10.0, max=10.0) / len(pts)
     assert (frac - 0.25).abs().max() < 0.02
     assert (((pts - torch.as_tensor(c)).norm(dim=-1) - 10.0).abs() < 1e-9).all()
