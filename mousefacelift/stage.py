@@ -48,13 +48,27 @@ def _plain(value):
     return value
 
 
-def record_results(stage: str, results: dict) -> Path:
-    """The last cell of every notebook: write its headline results to ``results/<stage>.json`` in
-    the run folder; `mfl run` copies them into manifest.json and `mfl list` shows them."""
+def record_results(stage: str, results: dict, headline: tuple[str, ...] | list[str] = ()) -> Path:
+    """The last cell of every notebook: write its results to ``results/<stage>.json`` in the run
+    folder; `mfl run` copies them into manifest.json. ``headline`` names the keys of ``results``
+    that summarise the notebook (its own measurements, never a parameter or a baseline), in the
+    order `mfl run`, `mfl list` and report.html show them; they go to
+    ``results/<stage>.headline.json``. A headline key missing from ``results`` is a KeyError."""
+    missing = [k for k in headline if k not in results]
+    if missing:
+        raise KeyError(f"record_results({stage!r}): headline keys {missing} are not in the results "
+                       f"(have: {', '.join(results)})")
     path = Path(RESULTS_DIR) / f"{stage}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_plain(results), indent=1, sort_keys=True))
+    if headline:
+        headline_path(path).write_text(json.dumps(list(headline)))
     return path
+
+
+def headline_path(results_path: Path) -> Path:
+    """``results/<stage>.headline.json`` beside ``results/<stage>.json``: the headline keys, in order."""
+    return results_path.with_name(results_path.stem + ".headline.json")
 
 
 def warn_schedule_change(checkpoint: Path, step: int, saved: dict, current: dict, keys: tuple[str, ...],
