@@ -39,8 +39,9 @@ test: setup
 test-gpu: setup
 	$(BIN)/python -m pytest -q -m gpu
 
+# JupyterLab on the repository: notebooks/ to open, runs/ to read executed notebooks and artifacts
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)"
 
 bench: setup
 	$(BIN)/mfl bench

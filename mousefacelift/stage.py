@@ -123,3 +123,44 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+INTERACTIVE_RUN = "interactive"         # runs/interactive/: where notebooks opened by hand write
+INTERACTIVE_PARAMS = "params/demo.yaml"  # their settings: the demo's, which a laptop runs in minutes
+
+
+def interactive_session(namespace: dict, stage: str, params_file: str | None = INTERACTIVE_PARAMS,
+                        run: str = INTERACTIVE_RUN) -> Path | None:
+    """The cell after the parameters cell. Under `mfl run` (the working directory is a run folder:
+    it holds manifest.json) it does nothing and returns None. In a notebook opened by hand (e.g. in
+    `make lab`, working directory ``notebooks/``), it
+
+    1. sets this notebook's parameters in ``namespace`` (the notebook's ``globals()``) to the values
+       ``params_file`` gives them (relative to the repository; None keeps the parameters cell's),
+       checked as `mfl run` checks them, and prints what it changed;
+    2. changes the working directory to ``runs/<run>/`` of the repository, so the notebook writes
+       its artifacts there and reads what earlier notebooks wrote there, never into ``notebooks/``.
+
+    -> the run folder it moved to."""
+    from . import params as params_mod
+
+    here = Path.cwd()
+    if (here / "manifest.json").is_file():
+        return None
+    root = here.parent if here.name == "notebooks" else here
+    if not (root / "notebooks").is_dir():  # started elsewhere: the repository this package lives in
+        root = Path(__file__).resolve().parent.parent
+    changed = {}
+    if params_file:
+        notebooks = {p.stem: p for p in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
+        values = params_mod.resolve(root / params_file, notebooks)[stage]
+        params_mod.check_ranges(root / params_file, {stage: values})
+        values = params_mod.resolve_paths({stage: values}, base=root, params_path=root / params_file)[0][stage]
+        changed = {k: v for k, v in values.items() if namespace.get(k) != v}
+        namespace.update(values)
+    target = root / "runs" / run
+    target.mkdir(parents=True, exist_ok=True)
+    os.chdir(target)
+    print(f"Interactive session: working in {target}"
+          + (f"; {params_file} sets " + ", ".join(f"{k}={v!r}" for k, v in changed.items()) if changed else ""))
+    return target
