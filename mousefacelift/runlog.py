@@ -98,6 +98,25 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+HEADLINE_KEYS = ("psnr_fg", "ssim_fg", "mask_iou", "n_written", "reprojection_mean_px", "centre_within_5mm")
+
+
+def headline(entry: dict, params: dict | None = None) -> dict:
+    """{key: value} of a notebook's headline: the keys its ``record_results(..., headline=...)``
+    declared. For runs recorded before notebooks declared one: the protocol's primary numbers
+    among its results, else its other numbers, never one that is a parameter of the notebook
+    (``params``, as in the manifest) or a baseline."""
+    if "headline" in entry:
+        return entry["headline"]
+    params = params or {}
+    nums = {k: v for k, v in entry.get("results", {}).items() if isinstance(v, (int, float))
+            and not isinstance(v, bool) and k not in params and "baseline" not in k}
+    primary = [k for k in nums if k in HEADLINE_KEYS or k.endswith(tuple("_" + h for h in HEADLINE_KEYS))]
+    order = sorted(primary, key=lambda k: [h in k for h in HEADLINE_KEYS].index(True)) + \
+        [k for k in nums if k not in primary]
+    return {k: nums[k] for k in order[:4]}
+
+
 def format_headline(headline: dict, limit: int = 4) -> str:
     """``key=value, ...`` of a notebook's declared headline results (numbers to 4 significant digits)."""
     parts = []

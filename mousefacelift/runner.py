@@ -3,7 +3,8 @@
 A run folder ``runs/<name>/`` holds the executed notebooks ``NN_*.ipynb``, every artifact the
 stages wrote (the notebooks run with it as working directory), ``manifest.json`` (params, git
 commit, package versions, device, per-notebook status and timing, recorded results) and
-``report.html`` (an index linking an HTML export of each executed notebook).
+``report.html`` (each notebook's headline results, figure thumbnails and HTML exports, see
+:mod:`mousefacelift.report`), and ``logs/NN_name.log``, each notebook's cell log.
 
 Steps of a run:
  1. find the notebooks, select them (--only), validate every params key against their
@@ -28,7 +29,6 @@ whenever the manifest is next written or listed.
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import logging
 import os
@@ -42,6 +42,8 @@ from pathlib import Path
 
 from . import locks, runlog
 from . import params as params_mod
+from .report import export_html, write_report  # noqa: F401  (mfl report, tests)
+from .runlog import headline
 from .stage import RESULTS_DIR, headline_path
 
 log = logging.getLogger(__name__)
@@ -409,78 +411,6 @@ def _run_notebooks(plan: RunPlan, verbose: bool = False, console: runlog.Console
 def run(params_file: str | Path, verbose: bool = False, console: runlog.Console | None = None, **kwargs) -> dict:
     """Plan (validate everything) and execute. See :func:`plan_run` for the keyword arguments."""
     return execute(plan_run(params_file, **kwargs), verbose, console)
-
-
-# ----------------------------------------------------------------------------------------------
-# Reports
-# ----------------------------------------------------------------------------------------------
-def export_html(nb_path: Path, out_path: Path) -> None:
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    # nbconvert warns about every figure without alt text (all of matplotlib's): not ours to fix
-    quiet = logging.getLogger(f"{__name__}.nbconvert")
-    quiet.setLevel(logging.ERROR)
-    body, _ = HTMLExporter(log=quiet).from_notebook_node(nbformat.read(str(nb_path), as_version=4))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(body)
-
-
-HEADLINE_KEYS = ("psnr_fg", "ssim_fg", "mask_iou", "n_written", "reprojection_mean_px", "centre_within_5mm")
-
-
-def headline(entry: dict, params: dict | None = None) -> dict:
-    """{key: value} of a notebook's headline: the keys its ``record_results(..., headline=...)``
-    declared. For runs recorded before notebooks declared one: the protocol's primary numbers
-    among its results, else its other numbers, never one that is a parameter of the notebook
-    (``params``, as in the manifest) or a baseline."""
-    if "headline" in entry:
-        return entry["headline"]
-    params = params or {}
-    nums = {k: v for k, v in entry.get("results", {}).items() if isinstance(v, (int, float))
-            and not isinstance(v, bool) and k not in params and "baseline" not in k}
-    primary = [k for k in nums if k in HEADLINE_KEYS or k.endswith(tuple("_" + h for h in HEADLINE_KEYS))]
-    order = sorted(primary, key=lambda k: [h in k for h in HEADLINE_KEYS].index(True)) + \
-        [k for k in nums if k not in primary]
-    return {k: nums[k] for k in order[:4]}
-
-
-def _headline(entry: dict, params: dict | None = None, limit: int = 4) -> str:
-    return runlog.format_headline(headline(entry, params), limit)
-
-
-def write_report(run_dir: Path) -> Path:
-    """report.html: one row per notebook with status, time, headline results and a link to its
-    HTML export (html/NN_name.html). A notebook whose export fails is listed with the reason."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    rows = []
-    for stem, entry in manifest["notebooks"].items():
-        nb = run_dir / f"{stem}.ipynb"
-        link = html.escape(stem)
-        if nb.is_file():
-            try:
-                export_html(nb, run_dir / "html" / f"{stem}.html")
-                link = f'<a href="html/{html.escape(stem)}.html">{html.escape(stem)}</a>'
-            except Exception as e:  # an export problem must not hide the run's own outcome
-                log.warning("HTML export of %s failed: %s", nb, e)
-                link += f" (HTML export failed: {html.escape(str(e))})"
-        err = f"<br><small>{html.escape(entry.get('error', ''))}</small>" if entry.get("error") else ""
-        rows.append(f"<tr><td>{link}</td><td class='{entry.get('status')}'>{entry.get('status')}{err}</td>"
-                    f"<td>{entry.get('duration_s', '')}</td>"
-                    f"<td>{html.escape(_headline(entry, manifest.get('params', {}).get(stem)))}</td></tr>")
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>run {html.escape(manifest['name'])}</title>
-<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
-.ok{{color:#070}} .failed{{color:#b00}} .interrupted{{color:#b60}}</style></head><body>
-<h1>mouse-facelift run: {html.escape(manifest['name'])}</h1>
-<p>params: <code>{html.escape(manifest['params_file'])}</code> &middot; commit <code>{html.escape(str(manifest.get('git_commit')))}</code>
-{'(dirty)' if manifest.get('git_dirty') else ''} &middot; status <b>{html.escape(manifest['status'])}</b>
-&middot; started {html.escape(manifest.get('started', ''))}</p>
-<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>results</th></tr>
-{''.join(rows)}
-</table><p>Manifest: <a href="manifest.json">manifest.json</a></p></body></html>"""
-    path = run_dir / "report.html"
-    path.write_text(doc)
-    return path
 
 
 def list_runs(runs_root: str | Path = "runs") -> list[dict]:

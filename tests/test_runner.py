@@ -1,6 +1,7 @@
 """The papermill runner on small notebooks made here (the real ones are run by test_notebooks.py)."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -171,14 +172,23 @@ def test_figures_are_kept_when_the_environment_says_agg(tmp_path, monkeypatch):
     images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]
     assert len(images) == 1
+    # report.html: a thumbnail of the figure, the export without code cells and the one with them
+    run = tmp_path / "runs" / "agg"
+    report = (run / "report.html").read_text()
+    assert '<img src="html/thumbs/01_plot_0.png"' in report and 'href="html/01_plot.code.html"' in report
+    from PIL import Image
+    assert max(Image.open(run / "html" / "thumbs" / "01_plot_0.png").size) == 220
+    editor = 'jp-InputArea-editor"'  # the class of a code cell's source in nbconvert's HTML
+    assert editor not in (run / "html" / "01_plot.html").read_text()
+    code_cells = [c for c in executed.cells if c.cell_type == "code"]
+    assert (run / "html" / "01_plot.code.html").read_text().count(editor) == len(code_cells) == 4
 
 
 def test_report_rewrites_the_html_of_a_run_folder(project, capsys):
     assert run_cli(project, "--name", "rep", "--only", "01") == 0
     run = project / "runs" / "rep"
     (run / "report.html").unlink()
-    for f in (run / "html").iterdir():
-        f.unlink()
+    shutil.rmtree(run / "html")
     assert cli.main(["report", str(run)]) == 0
     assert "01_make" in (run / "report.html").read_text() and (run / "html" / "01_make.html").is_file()
     assert cli.main(["report", str(project / "runs")]) == 2
