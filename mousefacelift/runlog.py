@@ -33,11 +33,16 @@ def execute_options() -> dict:
       per refresh;
     - the kernel talks over local sockets (IPC) instead of TCP on the loopback interface, which is
       both private and the reason ipykernel stops warning that TCP traffic is unencrypted (TCP
-      remains on systems without Unix sockets)."""
+      remains on systems without Unix sockets, or where Jupyter's runtime folder has too long a
+      path for one)."""
     from traitlets.config import Config
 
+    from jupyter_core.paths import jupyter_runtime_dir
+
     options: dict = {"coalesce_streams": True}
-    if os.name == "posix":
+    # the sockets are files beside the connection file: <runtime dir>/kernel-<uuid>-ipc-<n>, and a
+    # socket path may have about 100 characters (104 on macOS, 108 on Linux)
+    if os.name == "posix" and len(jupyter_runtime_dir()) + 50 < 100:
         options["config"] = Config({"KernelManager": {"transport": "ipc"}})
     return options
 

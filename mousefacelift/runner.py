@@ -419,6 +419,11 @@ def list_runs(runs_root: str | Path = "runs") -> list[dict]:
     manifest), overrides (``--set``) and results ({notebook: headline results})."""
     rows = []
     root = Path(runs_root)
+    try:  # the notebooks' parameter names: a run recorded before headlines were declared shows none of them
+        declared = {stem: set(params_mod.notebook_parameters(path))
+                    for stem, path in find_notebooks(repo_root() / "notebooks").items()}
+    except (RunError, params_mod.ParamsError, OSError, ValueError):
+        declared = {}
     for m in sorted([*root.glob("*/manifest.json"), *root.glob("*/*/manifest.json")]):
         name = m.parent.relative_to(root).as_posix()
         try:
@@ -429,7 +434,8 @@ def list_runs(runs_root: str | Path = "runs") -> list[dict]:
             rows.append({"name": name, "status": "unreadable manifest", "duration_s": None, "headline": ""})
             continue
         params = man.get("params", {})
-        results = {s: headline(e, params.get(s)) for s, e in man.get("notebooks", {}).items() if e.get("results")}
+        results = {s: headline(e, {**dict.fromkeys(declared.get(s, ())), **params.get(s, {})})
+                   for s, e in man.get("notebooks", {}).items() if e.get("results")}
         heads = [f"{s[:2]}: {runlog.format_headline(h, 3)}" for s, h in results.items()]
         rows.append({"name": name, "status": man.get("status"), "started": man.get("started"),
                      "duration_s": man.get("duration_s"), "headline": "; ".join(heads), "params": params,

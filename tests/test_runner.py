@@ -428,3 +428,11 @@ def test_sweep_names():
     assert members[0].overrides == ["04_m.lr=1e-4", "06_g.lr=1", "06_g.n_inputs=[1,3]"]
     with pytest.raises(ValueError, match="two or more"):
         sweep.expand(["p.yaml"], ["06_g.lr=1e-4"])
+
+
+def test_a_headline_is_the_declared_one_else_never_a_parameter_or_a_baseline():
+    from mousefacelift.runlog import headline
+
+    results = {"steps": 100, "baseline_psnr_fg": 8.2, "test_psnr_fg": 7.6, "n_frames": 20, "loss_last": 0.1}
+    assert headline({"results": results}, {"steps": 100, "n_frames": None}) == {"test_psnr_fg": 7.6, "loss_last": 0.1}
+    assert headline({"results": results, "headline": {"loss_last": 0.1}}) == {"loss_last": 0.1}
