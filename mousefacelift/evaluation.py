@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cameras, metrics
+from . import cameras, metrics, perceptual
 from .data import samples as samples_io
 from .gaussians import Gaussians
 from .gslrm.data import prepare_images
@@ -40,7 +40,7 @@ from .training import keyed_generator
 
 log = logging.getLogger(__name__)
 
-METRICS = ("psnr_fg", "psnr_full", "ssim_fg", "mask_iou", "lpips")
+METRICS = ("psnr_fg", "psnr_full", "ssim_fg", "mask_iou", "st_lpips", "lpips")
 
 
 @dataclass
@@ -54,6 +54,10 @@ class EvalConfig:
     n_examples: int = 1           # samples whose images (and Gaussians) are kept for figures
     min_opacity: float = 0.01     # Gaussians fainter than this are dropped for Chamfer and PLY
     surface_points: int = 5000    # samples of the true surface per frame (3D error)
+    st_lpips_net: str = "alex"    # ST-LPIPS backbone: "alex", "vgg" or "" (off: the column is NaN)
+    st_lpips_weights: str = ""    # its weights file ("": the one inside the installed stlpips-pytorch package)
+    bf16: bool = False            # bf16 autocast of the GS-LRM transformer (CUDA only; training validation
+    #                               follows its run, the notebooks score in fp32)
 
 
 @dataclass
@@ -110,34 +114,65 @@ def _names(names: list[str], cfg: EvalConfig) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def reconstruct_and_render(model, rgb: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, target_w2c: torch.Tensor,
-                           target_K: torch.Tensor, backend: str = "auto"):
-    """GS-LRM on input views, rendered at target views (on white).
+                           target_K: torch.Tensor, backend: str = "auto", bf16: bool = False):
+    """GS-LRM on input views, rendered at target views (on white; RGB clamped to [0, 1]).
 
     rgb [B, Vi, 3, S, S] on white; c2w [B, Vi, 4, 4]; K [B, Vi, 3, 3]; target_w2c [B, Vt, 4, 4];
-    target_K [B, Vt, 3, 3] -> (GaussianOutput, rgb [B, Vt, 3, S, S], alpha [B, Vt, 1, S, S])."""
+    target_K [B, Vt, 3, 3] -> (GaussianOutput, rgb [B, Vt, 3, S, S], alpha [B, Vt, 1, S, S]).
+    ``bf16``: autocast the transformer on CUDA (ignored on the CPU)."""
     dev = next(model.parameters()).device
     S = rgb.shape[-1]
-    out = model(rgb.to(dev), c2w.to(dev), K.to(dev))
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda"):
+        out = model(rgb.to(dev), c2w.to(dev), K.to(dev))
     r = out.render(target_w2c.to(dev), target_K.to(dev), S, S, backend=backend)
     return out, r.rgb.permute(0, 1, 4, 2, 3).clamp(0, 1), r.alpha.permute(0, 1, 4, 2, 3)
 
 
+def st_lpips_model(cfg: EvalConfig, device: str | torch.device = "cpu") -> perceptual.STLPIPS | None:
+    """The ST-LPIPS network that ``cfg`` names on ``device`` (cached), or None (off, or weights
+    missing: see :func:`st_lpips_status`)."""
+    return perceptual.create(cfg.st_lpips_net, cfg.st_lpips_weights, device)[0]
+
+
+def st_lpips_status(cfg: EvalConfig) -> dict:
+    """For metrics.json: {"name": "ST-LPIPS (<net>)", "available", "weights" or "reason"}."""
+    model, why = perceptual.create(cfg.st_lpips_net, cfg.st_lpips_weights)
+    out = {"name": f"ST-LPIPS ({cfg.st_lpips_net or 'off'})", "available": model is not None}
+    if model is None:
+        out["reason"] = why
+    else:
+        out["weights"] = str(perceptual.find_weights(cfg.st_lpips_net, cfg.st_lpips_weights))
+    return out
+
+
 def score(pred_rgb: torch.Tensor, pred_alpha: torch.Tensor, gt_rgb: torch.Tensor, gt_alpha: torch.Tensor,
-          lpips=None) -> dict[str, torch.Tensor]:
-    """Protocol metrics; [..., 3|1, H, W] -> each [...] on the CPU; "lpips" is NaN without a model."""
+          lpips=None, st_lpips=None) -> dict[str, torch.Tensor]:
+    """Protocol metrics; [..., 3|1, H, W] -> each [...] on the CPU; "lpips" (LPIPS-VGG) and
+    "st_lpips" (:class:`mousefacelift.perceptual.STLPIPS`, masked as in :func:`perceptual.st_lpips_fg`)
+    are NaN without their model."""
     m = metrics.image_metrics(pred_rgb.float(), pred_alpha.float(), gt_rgb.to(pred_rgb).float(),
-                              gt_alpha.to(pred_rgb).float())
+                              gt_alpha.to(pred_rgb).float(), st_lpips)
     lead = pred_rgb.shape[:-3]
+    m.setdefault("st_lpips", torch.full(lead, float("nan")))
     m["lpips"] = lpips(pred_rgb.float(), gt_rgb.to(pred_rgb).float()) if lpips is not None else \
         torch.full(lead, float("nan"))
     return {k: v.detach().cpu() for k, v in m.items()}
 
 
-def _row(question: str, label: str, s: dict, n_inputs: int, inputs: list[int], target: int, m: dict, idx) -> dict:
-    return {"question": question, "model": label, "sample": s["name"],
-            "frame": s["provenance"].get("frame_index", -1), "n_inputs": n_inputs,
-            "inputs": " ".join(str(s["view_ids"][v]) for v in inputs), "target_view": s["view_ids"][target],
+def view_row(question: str, label: str, sample: str, frame: int, inputs: list, target, m: dict, idx) -> dict:
+    """One scored view, the row format of every evaluation (GS-LRM, MVDiffusion, baselines): question,
+    model, sample, frame (the cluster of the bootstrap), n_inputs, inputs (ids joined by spaces),
+    target_view, target_is_input, and each metric of ``m`` at index ``idx`` (m: name -> tensor)."""
+    return {"question": question, "model": label, "sample": sample, "frame": frame, "n_inputs": len(inputs),
+            "inputs": " ".join(str(v) for v in inputs), "target_view": target,
             "target_is_input": target in inputs, **{k: float(v[idx]) for k, v in m.items()}}
+
+
+def sample_row(question: str, label: str, s: dict, n_inputs: int, inputs: list[int], target: int, m: dict, idx) -> dict:
+    """:func:`view_row` for a sample of :func:`load_eval_sample`, inputs and target as view positions."""
+    row = view_row(question, label, s["name"], s["provenance"].get("frame_index", -1),
+                   [s["view_ids"][v] for v in inputs], s["view_ids"][target], m, idx)
+    return {**row, "n_inputs": n_inputs}
 
 
 def reconstruction_rows(model, data_root: str | os.PathLike, names: list[str], n_inputs: list[int], cfg: EvalConfig,
@@ -159,10 +194,10 @@ def reconstruction_rows(model, data_root: str | os.PathLike, names: list[str], n
                 ii = torch.tensor([p[0] for p in chunk])              # [B, n]
                 tt = torch.tensor([p[1] for p in chunk])              # [B, 1]
                 _, rgb, alpha = reconstruct_and_render(model, s["rgb"][ii], s["c2w"][ii], s["K"][ii], s["w2c"][tt],
-                                                       s["K"][tt], cfg.backend)
-                m = score(rgb, alpha, s["rgb"][tt], s["alpha"][tt], lpips)  # each [B, 1]
+                                                       s["K"][tt], cfg.backend, cfg.bf16)
+                m = score(rgb, alpha, s["rgb"][tt], s["alpha"][tt], lpips, st_lpips_model(cfg, rgb.device))  # [B, 1]
                 for b, (inputs, targets) in enumerate(chunk):
-                    res.rows.append(_row("reconstruction", label, s, n, inputs, targets[0], m, (b, 0)))
+                    res.rows.append(sample_row("reconstruction", label, s, n, inputs, targets[0], m, (b, 0)))
                     preds[targets[0]], alphas[targets[0]] = rgb[b, 0].cpu(), alpha[b, 0].cpu()
             if i < cfg.n_examples:
                 title = f"{label}: {n} input view(s), each view held out in turn"
@@ -221,12 +256,13 @@ def _end_to_end_object(res: EvalResult, i: int, s: dict, gen: torch.Tensor, imgs
     check_plan([ref], targets)  # the reference is the only real input
     uu, tt = torch.tensor(used), torch.tensor(targets)
     out, rgb, alpha = reconstruct_and_render(model, g_rgb[uu][None], s["c2w"][uu][None], s["K"][uu][None],
-                                             s["w2c"][tt][None], s["K"][tt][None], cfg.backend)
-    m = score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips)   # each [Vt]
-    mg = score(g_rgb[tt], g_alpha[tt], s["rgb"][tt], s["alpha"][tt], lpips)
+                                             s["w2c"][tt][None], s["K"][tt][None], cfg.backend, cfg.bf16)
+    st = st_lpips_model(cfg, rgb.device)
+    m = score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips, st)   # each [Vt]
+    mg = score(g_rgb[tt], g_alpha[tt], s["rgb"][tt], s["alpha"][tt], lpips, st_lpips_model(cfg))
     for a, t in enumerate(targets):
-        res.rows.append(_row("end_to_end", label, s, 1, [ref], t, m, a))
-        res.rows.append(_row("mvdiffusion", label, s, 1, [ref], t, mg, a))
+        res.rows.append(sample_row("end_to_end", label, s, 1, [ref], t, m, a))
+        res.rows.append(sample_row("mvdiffusion", label, s, 1, [ref], t, mg, a))
     if i < cfg.n_examples:
         res.examples.append({"name": s["name"], "title": f"end to end from view {s['view_ids'][ref]}",
                              "gt": s["rgb"][tt], "pred": rgb[0].cpu(), "gt_alpha": s["alpha"][tt],
@@ -316,19 +352,50 @@ def chamfer_rows(model, data_root: str | os.PathLike, names: list[str], cfg: Eva
 
 
 def degradation_rows(data_root: str | os.PathLike, names: list[str], image_size: int, cfg: EvalConfig,
-                     degradations: tuple[str, ...] = metrics.DEGRADATIONS) -> list[dict]:
+                     degradations: tuple[str, ...] = metrics.DEGRADATIONS,
+                     device: str | torch.device = "cpu") -> list[dict]:
     """The scale of the metrics: every view of every test sample at ``image_size`` (the GS-LRM's),
-    scored against a degraded copy of itself (:func:`metrics.degradation_metrics`). One row per
-    (sample, view, degradation) with question "degraded_gt" and the degradation as "model"; no model,
-    no inputs (n_inputs 0). LPIPS is not computed here (NaN)."""
+    scored against a degraded copy of itself (:func:`metrics.degradation_metrics`, on ``device``). One
+    row per (sample, view, degradation) with question "degraded_gt" and the degradation as "model"; no
+    model, no inputs (n_inputs 0). ST-LPIPS as configured in ``cfg``; LPIPS-VGG is not computed here (NaN)."""
     rows = []
+    st = st_lpips_model(cfg, device)
     for name in _names(names, cfg):
         s = load_eval_sample(Path(data_root) / name, image_size)
         for d in degradations:
-            m = metrics.degradation_metrics(s["rgb"], s["alpha"], d)     # each [V]
+            m = metrics.degradation_metrics(s["rgb"].to(device), s["alpha"].to(device), d, st)     # each [V]
+            m = {k: v.cpu() for k, v in m.items()}
+            m.setdefault("st_lpips", torch.full_like(m["psnr_fg"], float("nan")))
             m["lpips"] = torch.full_like(m["psnr_fg"], float("nan"))
             for v in range(s["rgb"].shape[0]):
-                rows.append(_row("degraded_gt", d, s, 0, [], v, m, v))
+                rows.append(sample_row("degraded_gt", d, s, 0, [], v, m, v))
+    return rows
+
+
+def shift_vs_blur_rows(data_root: str | os.PathLike, names: list[str], image_size: int, cfg: EvalConfig,
+                       lpips=None, device: str | torch.device = "cpu") -> list[dict]:
+    """The property ST-LPIPS was published for: every view of every test sample against (a) itself
+    moved by one pixel (image and alpha, the mean of the four directions, as "shift_1px") and (b)
+    itself blurred by the Gaussian whose PSNR_fg equals (a)'s (:func:`metrics.blur_sigma_for_psnr`),
+    so both errors have the same MSE over GT-foreground pixels. Rows as :func:`degradation_rows`
+    (question "shift_vs_blur", model "shift_1px" or "blur_equal_mse", column "blur_sigma_px"), with
+    LPIPS-VGG when ``lpips`` is given."""
+    rows = []
+    st = st_lpips_model(cfg, device)
+    for name in _names(names, cfg):
+        s = load_eval_sample(Path(data_root) / name, image_size)
+        rgb, alpha = s["rgb"].to(device), s["alpha"].to(device)                  # [V, 3|1, S, S]
+        copies = metrics.degraded_copies(rgb, alpha, "shift_1px")
+        runs = [score(c_rgb, c_alpha, rgb, alpha, lpips, st) for c_rgb, c_alpha in copies]
+        shifted = {k: torch.stack([r[k] for r in runs]).mean(0) for k in runs[0]}  # each [V]
+        sigmas = [metrics.blur_sigma_for_psnr(rgb[v], alpha[v], float(shifted["psnr_fg"][v]))
+                  for v in range(rgb.shape[0])]
+        blurred = [(metrics.gaussian_blur(rgb[v], sg), metrics.gaussian_blur(alpha[v], sg))
+                   for v, sg in enumerate(sigmas)]
+        m = score(torch.stack([b[0] for b in blurred]), torch.stack([b[1] for b in blurred]), rgb, alpha, lpips, st)
+        for v in range(rgb.shape[0]):
+            rows.append({**_row("shift_vs_blur", "shift_1px", s, 0, [], v, shifted, v), "blur_sigma_px": 0.0})
+            rows.append({**_row("shift_vs_blur", "blur_equal_mse", s, 0, [], v, m, v), "blur_sigma_px": sigmas[v]})
     return rows
 
 
@@ -336,36 +403,52 @@ def degradation_rows(data_root: str | os.PathLike, names: list[str], image_size:
 # Summaries and figures
 # ----------------------------------------------------------------------------------------------
 def summarize_rows(rows: list[dict], by: tuple[str, ...] = ("question", "model", "n_inputs"),
-                   metric_names: tuple[str, ...] = METRICS) -> list[dict]:
-    """Group rows by ``by`` -> one flat dict per group: the keys, "n_rows", and for each metric
-    ``<m>`` (mean), ``<m>_ci95``, ``<m>_n`` from :func:`metrics.summarize` (undefined views left out)."""
+                   metric_names: tuple[str, ...] = METRICS, cluster: str = "sample", n_boot: int = 2000,
+                   seed: int = 0) -> list[dict]:
+    """Group rows by ``by`` -> one flat dict per group: the keys, "n_rows", "n_frames", and for each
+    metric ``<m>`` (mean), ``<m>_ci95`` (half-width of the 95% bootstrap interval clustered by the
+    rows' ``cluster`` key, :func:`metrics.bootstrap_ci`: views of one frame are resampled together),
+    ``<m>_ci95_views`` (the naive per-view normal interval of :func:`metrics.summarize`, which treats
+    views as independent) and ``<m>_n`` (undefined views left out). ``cluster=""``: the naive
+    interval in ``<m>_ci95`` too."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in by), []).append(r)
     out = []
     for key, rs in groups.items():
         d = {**dict(zip(by, key)), "n_rows": len(rs)}
+        if cluster:
+            d["n_frames"] = len({r[cluster] for r in rs})
         for m in metric_names:
             if m in rs[0]:
                 s = metrics.summarize([r[m] for r in rs])
-                d.update({m: s["mean"], f"{m}_ci95": s["ci95"], f"{m}_n": s["n"]})
+                ci = metrics.bootstrap_ci([r[m] for r in rs], [r[cluster] for r in rs], n_boot, seed)["ci95"] \
+                    if cluster else s["ci95"]
+                d.update({m: s["mean"], f"{m}_ci95": ci, f"{m}_ci95_views": s["ci95"], f"{m}_n": s["n"]})
         out.append(d)
     return out
 
 
-def paired_difference(rows_a: list[dict], rows_b: list[dict], metric: str = "psnr_fg") -> dict:
+def paired_difference(rows_a: list[dict], rows_b: list[dict], metric: str = "psnr_fg", n_boot: int = 2000,
+                      seed: int = 0) -> dict:
     """``metric`` of a minus b on the views both scored (matched on question, sample, n_inputs,
-    inputs, target view) -> {"n_inputs": {N: summarize(differences)}, "n_pairs"}."""
+    inputs, target view) -> {"n_inputs": {N: summarize(differences) with "ci95" the bootstrap
+    interval clustered by sample (:func:`metrics.bootstrap_ci`) and "ci95_views" the naive one},
+    "n_pairs"}."""
     def key(r):
         return (r["question"], r["sample"], r["n_inputs"], r["inputs"], r["target_view"])
 
     b = {key(r): r for r in rows_b}
-    diffs: dict[int, list[float]] = {}
+    diffs: dict[int, list[tuple[str, float]]] = {}
     for r in rows_a:
         if key(r) in b:
-            diffs.setdefault(r["n_inputs"], []).append(r[metric] - b[key(r)][metric])
-    return {"metric": metric, "n_pairs": sum(len(v) for v in diffs.values()),
-            "n_inputs": {n: metrics.summarize(v) for n, v in sorted(diffs.items())}}
+            diffs.setdefault(r["n_inputs"], []).append((r["sample"], r[metric] - b[key(r)][metric]))
+    out = {}
+    for n, pairs in sorted(diffs.items()):
+        s = metrics.summarize([d for _, d in pairs])
+        ci = metrics.bootstrap_ci([d for _, d in pairs], [c for c, _ in pairs], n_boot, seed)
+        out[n] = {**s, "ci95_views": s["ci95"], "ci95": ci["ci95"], "n_frames": ci["n_clusters"]}
+    return {"metric": metric, "n_pairs": sum(len(v) for v in diffs.values()), "n_inputs": out}
 
 
 def comparison_grid(gt: torch.Tensor, pred: torch.Tensor, gain: float = 4.0) -> np.ndarray:
@@ -389,7 +472,8 @@ def metrics_document(summaries: list[dict], lpips_reason: str, **sections) -> di
 
 
 __all__ = ["EvalConfig", "EvalResult", "view_plans", "check_plan", "load_eval_sample", "reconstruct_and_render",
-           "score", "reconstruction_rows", "end_to_end_rows", "gaussians_from_output", "to_world_mm",
-           "chamfer_to_surface", "true_surface", "reconstruct_sample", "chamfer_rows", "summarize_rows",
+           "score", "view_row", "sample_row", "reconstruction_rows", "end_to_end_rows", "gaussians_from_output",
+           "to_world_mm", "chamfer_to_surface", "true_surface", "reconstruct_sample", "chamfer_rows", "degradation_rows",
+           "shift_vs_blur_rows", "st_lpips_model", "st_lpips_status", "summarize_rows",
            "paired_difference",
            "comparison_grid", "metrics_document"]

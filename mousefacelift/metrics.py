@@ -1,10 +1,13 @@
 """The evaluation protocol (DESIGN.md); every number in a report comes from here.
 
-Protocol ``mousefacelift-eval`` v1:
+Protocol ``mousefacelift-eval`` v2 (v1 plus ST-LPIPS; the v1 metrics are unchanged):
 * held-out frames (test split) and, for reconstruction, target views that were NOT inputs;
 * PSNR_fg: MSE over pixels whose GT alpha > 0.5 (primary); PSNR_full: whole image on white;
 * SSIM_fg: the SSIM map (11x11 Gaussian window, sigma 1.5) averaged over GT-foreground pixels;
 * mask IoU: rendered alpha > 0.5 vs GT alpha > 0.5;
+* ST-LPIPS (shift-tolerant LPIPS, AlexNet by default; :mod:`mousefacelift.perceptual`, weights shipped by
+  the ``stlpips-pytorch`` package) over the union of GT and rendered silhouettes, both images white
+  outside it (:func:`mousefacelift.perceptual.st_lpips_fg`); lower is better, 0 for identical images;
 * LPIPS-VGG only when the VGG16 backbone weights exist locally, otherwise unavailable (None);
 * procedural data: Chamfer distance (mm) between opacity-weighted Gaussian centres and samples of
   the true surface.
@@ -27,8 +30,9 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = {"name": "mousefacelift-eval", "version": 1,
-            "primary": "psnr_fg", "fg_threshold": 0.5, "ssim_window": 11, "ssim_sigma": 1.5}
+PROTOCOL = {"name": "mousefacelift-eval", "version": 2,
+            "primary": "psnr_fg", "fg_threshold": 0.5, "ssim_window": 11, "ssim_sigma": 1.5,
+            "st_lpips": "union of GT and rendered alpha > 0.5, both white outside it, layer maps averaged over it"}
 
 
 def _fg(gt_alpha: torch.Tensor) -> torch.Tensor:
@@ -115,11 +119,18 @@ def chamfer_mm(points: torch.Tensor, surface: torch.Tensor, weights: torch.Tenso
 
 
 def image_metrics(pred_rgb: torch.Tensor, pred_alpha: torch.Tensor, gt_rgb: torch.Tensor,
-                  gt_alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+                  gt_alpha: torch.Tensor, st_lpips=None) -> dict[str, torch.Tensor]:
     """All per-view image metrics at once. pred_rgb/gt_rgb [..., 3, H, W] on white,
-    alphas [..., 1, H, W] -> {"psnr_fg", "psnr_full", "ssim_fg", "mask_iou"}: each [...]."""
-    return {"psnr_fg": psnr_fg(pred_rgb, gt_rgb, gt_alpha), "psnr_full": psnr_full(pred_rgb, gt_rgb),
-            "ssim_fg": ssim_fg(pred_rgb, gt_rgb, gt_alpha), "mask_iou": mask_iou(pred_alpha, gt_alpha)}
+    alphas [..., 1, H, W] -> {"psnr_fg", "psnr_full", "ssim_fg", "mask_iou"}: each [...], and
+    "st_lpips" (:func:`mousefacelift.perceptual.st_lpips_fg`) when an ST-LPIPS network is given."""
+    m = {"psnr_fg": psnr_fg(pred_rgb, gt_rgb, gt_alpha), "psnr_full": psnr_full(pred_rgb, gt_rgb),
+         "ssim_fg": ssim_fg(pred_rgb, gt_rgb, gt_alpha), "mask_iou": mask_iou(pred_alpha, gt_alpha)}
+    if st_lpips is not None:
+        from .perceptual import st_lpips_fg
+
+        with torch.no_grad():
+            m["st_lpips"] = st_lpips_fg(st_lpips, pred_rgb, gt_rgb, gt_alpha, pred_alpha, PROTOCOL["fg_threshold"])
+    return m
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,11 +196,34 @@ def _parse_degradation(name: str) -> tuple[str, float]:
     return "flat_colour", 0.0
 
 
-def degradation_metrics(gt_rgb: torch.Tensor, gt_alpha: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
-    """:func:`image_metrics` of the degraded GT against the GT, averaged over the copies of
-    :func:`degraded_copies` (the four directions of a shift). [...]-shaped."""
-    runs = [image_metrics(rgb, alpha, gt_rgb, gt_alpha) for rgb, alpha in degraded_copies(gt_rgb, gt_alpha, name)]
+def degradation_metrics(gt_rgb: torch.Tensor, gt_alpha: torch.Tensor, name: str,
+                        st_lpips=None) -> dict[str, torch.Tensor]:
+    """:func:`image_metrics` of the degraded GT against the GT (with "st_lpips" when an ST-LPIPS
+    network is given), averaged over the copies of :func:`degraded_copies` (the four directions of a
+    shift). [...]-shaped."""
+    runs = [image_metrics(rgb, alpha, gt_rgb, gt_alpha, st_lpips)
+            for rgb, alpha in degraded_copies(gt_rgb, gt_alpha, name)]
     return {k: torch.stack([r[k] for r in runs]).mean(0) for k in runs[0]}
+
+
+def blur_sigma_for_psnr(gt_rgb: torch.Tensor, gt_alpha: torch.Tensor, target_psnr: float, max_sigma: float = 16.0,
+                        iters: int = 30) -> float:
+    """The Gaussian blur (``blur_Spx``: image and alpha blurred by sigma px) of one GT view whose
+    PSNR_fg against the GT is ``target_psnr`` dB, by bisection on sigma in (0, ``max_sigma``] (PSNR_fg
+    falls as sigma grows). gt_rgb [3, H, W] on white, gt_alpha [1, H, W] -> sigma (px); ``max_sigma``
+    when even that blur stays above the target, NaN without GT foreground."""
+    def psnr_at(sigma):
+        return psnr_fg(gaussian_blur(gt_rgb, sigma), gt_rgb, gt_alpha).item()
+
+    if not math.isfinite(target_psnr) or math.isnan(psnr_at(max_sigma)):
+        return math.nan
+    lo, hi = 0.0, max_sigma
+    if psnr_at(hi) >= target_psnr:
+        return hi
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if psnr_at(mid) > target_psnr else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 def summarize(values: list[float] | torch.Tensor) -> dict:
@@ -203,6 +237,42 @@ def summarize(values: list[float] | torch.Tensor) -> dict:
     std = ok.std(unbiased=True).item() if n > 1 else 0.0
     return {"mean": ok.mean().item(), "ci95": 1.96 * std / math.sqrt(n) if n > 1 else None, "n": n,
             "n_undefined": int(v.numel()) - n}
+
+
+def bootstrap_ci(values: list[float] | torch.Tensor, clusters: list, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """Mean and percentile-bootstrap confidence interval clustered by ``clusters`` (e.g. the frame of
+    each view): whole clusters are resampled with replacement, all their values together, so views
+    of one frame, which are not independent, count once as a unit. values [n] (NaN entries left
+    out and counted), clusters [n] hashable labels; the generator is keyed by ``seed``.
+
+    -> {"mean", "lo", "hi", "ci95": (hi - lo) / 2, "n", "n_clusters", "n_undefined"} (None entries
+    without values; a single cluster gives no interval)."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if v.numel() != len(clusters):
+        raise ValueError(f"bootstrap_ci: {v.numel()} values but {len(clusters)} cluster labels")
+    ok = torch.isfinite(v)
+    labels = [c for c, k in zip(clusters, ok.tolist()) if k]
+    v = v[ok]
+    n = int(v.numel())
+    out = {"mean": None, "lo": None, "hi": None, "ci95": None, "n": n, "n_clusters": len(set(labels)),
+           "n_undefined": int(ok.numel()) - n}
+    if n == 0:
+        return out
+    out["mean"] = v.mean().item()
+    ids = {c: i for i, c in enumerate(dict.fromkeys(labels))}
+    idx = torch.tensor([ids[c] for c in labels])
+    C = len(ids)
+    if C < 2:
+        return out
+    sums = torch.zeros(C, dtype=torch.float64).index_add_(0, idx, v)            # per cluster
+    counts = torch.zeros(C, dtype=torch.float64).index_add_(0, idx, torch.ones_like(v))
+    from .training import keyed_generator
+    pick = torch.randint(C, (n_boot, C), generator=keyed_generator(seed, C, n))  # [n_boot, C]
+    means = sums[pick].sum(1) / counts[pick].sum(1)
+    q = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    out.update(lo=q[0].item(), hi=q[1].item(), ci95=((q[1] - q[0]) / 2).item())
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

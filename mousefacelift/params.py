@@ -42,11 +42,12 @@ RUNNER_KEYS = ("from_run",)  # set by `mfl run` itself, never from a YAML
 
 # Parameters naming files or folders outside the run: relative ones are resolved against the
 # directory `mfl run` is started from (see resolve_paths); True: it must exist (False: a missing
-# file is allowed, LPIPS is then off or reported unavailable). A parameter not listed here is passed
+# file is allowed: LPIPS is then off or reported unavailable, ST-LPIPS reported unavailable in 07 and
+# an error in 06 when its loss weight is > 0). A parameter not listed here is passed
 # as given; the artifact paths of notebook 07 (RUN_PATHS) name what earlier stages wrote and stay
 # relative to the run folder (then --from-run), as their parameters cell says.
 INPUT_PATHS = {"recording_path": True, "init_from": True, "prompt_embeds_path": True, "init_checkpoint": True,
-               "lpips_vgg_path": False}
+               "lpips_vgg_path": False, "st_lpips_weights": False}
 RUN_PATHS = ("gslrm_dir", "gslrm_synthetic_dir", "mvdiffusion_dir")
 
 # The library configs that notebook parameters feed, for range checks before anything runs: a
@@ -72,6 +73,7 @@ RENAMED = {
     "06_gslrm_finetune": {"loss_l2": "TrainConfig.loss.l2", "loss_masked_l2": "TrainConfig.loss.masked_l2",
                           "loss_masked_ssim": "TrainConfig.loss.masked_ssim",
                           "loss_background": "TrainConfig.loss.background", "loss_lpips": "TrainConfig.loss.lpips",
+                          "loss_st_lpips": "TrainConfig.loss.st_lpips",
                           "overfit": "TrainConfig.overfit_samples"},
 }
 

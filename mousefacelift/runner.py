@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 KERNEL_NAME = "mousefacelift"
 PACKAGES = ("mousefacelift", "torch", "torchvision", "numpy", "diffusers", "gsplat", "lpips", "papermill",
-            "opencv-python", "matplotlib", "wandb")
+            "opencv-python", "matplotlib", "wandb", "stlpips-pytorch")
 
 
 class RunError(RuntimeError):

@@ -125,7 +125,7 @@ def test_a_perfect_model_scores_only_targets(data, monkeypatch):
     res = reconstruction_rows(tiny_gslrm(), root, names[:1], [2], EvalConfig())
     s = evaluation.load_eval_sample(root / names[0], SIZE)
 
-    def oracle(model, rgb, c2w, K, tw2c, tK, backend="auto"):
+    def oracle(model, rgb, c2w, K, tw2c, tK, backend="auto", bf16=False):
         idx = [int(torch.cdist(cameras.camera_centers(tw2c[b].double()), cameras.camera_centers(s["w2c"].double()))
                    .argmin()) for b in range(tw2c.shape[0])]
         return None, s["rgb"][idx][:, None], s["alpha"][idx][:, None]
@@ -207,7 +207,9 @@ def test_summarize_rows_and_paired_difference():
     s = summarize_rows(rows, metric_names=("psnr_fg",))
     one = next(d for d in s if d["n_inputs"] == 1)
     assert one["n_rows"] == 3 and one["psnr_fg"] == 11.0 and one["psnr_fg_n"] == 2
-    assert one["psnr_fg_ci95"] == pytest.approx(1.96 * math.sqrt(2) / math.sqrt(2))
+    assert one["psnr_fg_ci95_views"] == pytest.approx(1.96 * math.sqrt(2) / math.sqrt(2))
+    assert one["psnr_fg_ci95"] is None and one["n_frames"] == 1  # one frame: no clustered interval
+    assert summarize_rows(rows, metric_names=("psnr_fg",), cluster="")[0]["psnr_fg_ci95"] == one["psnr_fg_ci95_views"]
     other = [{**r, "model": "synthetic", "psnr_fg": r["psnr_fg"] - 1.5} for r in rows]
     p = paired_difference(rows, other)
     assert p["n_pairs"] == 4 and p["n_inputs"][1]["mean"] == pytest.approx(1.5) and p["n_inputs"][1]["n"] == 2
@@ -270,3 +272,24 @@ def test_end_to_end_rows_do_not_depend_on_the_generation_batch(tmp_path):
     # and a different seed gives different views, so the comparison above is not vacuous
     other = end_to_end_rows(pipe, gslrm, tmp_path, names, SamplerConfig(steps=2), EvalConfig(generation_batch=3, seed=4))
     assert not torch.allclose(one.examples[0]["generated"], other.examples[0]["generated"], atol=1e-3)
+
+
+def test_scale_rows_carry_st_lpips_and_the_shift_vs_blur_pairs_match_in_psnr(data):
+    root, names = data
+    size = 32  # the 16 px spheres resized: ST-LPIPS (Alex) needs >= 29 px
+    if evaluation.st_lpips_model(EvalConfig()) is None:
+        pytest.skip("stlpips-pytorch is not installed")
+    rows = evaluation.degradation_rows(root, names[:1], size, EvalConfig(), ("shift_1px", "blur_2px"))
+    assert all(math.isfinite(r["st_lpips"]) and r["st_lpips"] > 0 for r in rows)
+    off = evaluation.degradation_rows(root, names[:1], size, EvalConfig(st_lpips_net=""), ("blur_2px",))
+    assert all(math.isnan(r["st_lpips"]) for r in off)
+    pairs = evaluation.shift_vs_blur_rows(root, names[:1], size, EvalConfig())
+    shift = [r for r in pairs if r["model"] == "shift_1px"]
+    blur = [r for r in pairs if r["model"] == "blur_equal_mse"]
+    assert len(shift) == len(blur) == 6 and {r["question"] for r in pairs} == {"shift_vs_blur"}
+    for s, b in zip(shift, blur):
+        assert (s["sample"], s["target_view"]) == (b["sample"], b["target_view"]) and b["blur_sigma_px"] > 0
+        assert b["psnr_fg"] == pytest.approx(s["psnr_fg"], abs=0.01)   # the same MSE over GT foreground
+    mean = {d["model"]: d for d in summarize_rows(pairs)}
+    print({m: (round(d["psnr_fg"], 2), round(d["ssim_fg"], 3), round(d["st_lpips"], 4)) for m, d in mean.items()})
+    assert mean["shift_1px"]["st_lpips"] < 0.5 * mean["blur_equal_mse"]["st_lpips"]  # measured 0.0085 vs 0.079

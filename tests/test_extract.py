@@ -163,6 +163,30 @@ def test_missing_and_border_frames_are_skipped_with_reason(tmp_path):
     assert not (tmp_path / "run" / "data" / "samples" / "sample_000002").exists()
 
 
+def test_split_frames_in_several_blocks():
+    """split_blocks = 4: each quarter of the recording gets its own train, val and test block, so the
+    test split spans 4 separate stretches; gaps follow every boundary (also train after test), no
+    frame is in two splits, and split_blocks = 1 is the old split."""
+    frames = list(range(2000))
+    cfg = ex.ExtractConfig(split_fractions=(0.8, 0.1, 0.1), split_gap=10, split_blocks=4)
+    sp = ex.split_frames(frames, cfg)
+    runs = {}
+    for name in ("train", "val", "test"):
+        fs = sorted(f for f in frames if sp[f] == name)
+        runs[name] = [fs[0]] + [b for a, b in zip(fs, fs[1:]) if b != a + 1]   # starts of contiguous runs
+    assert runs["test"] == [460, 960, 1460, 1960] and runs["val"] == [410, 910, 1410, 1910]
+    assert runs["train"] == [0, 510, 1010, 1510]
+    assert all(sp[f] is None for f in range(500, 510))  # the gap after a test block
+    for a, b in zip(frames, frames[1:]):  # different splits never touch: gap frames lie between
+        if sp[a] and sp[b]:
+            assert sp[a] == sp[b]
+    one = ex.ExtractConfig(split_fractions=(0.8, 0.1, 0.1), split_gap=10)
+    assert ex.split_frames(frames, one) == ex.split_frames(frames, ex.ExtractConfig(
+        split_fractions=(0.8, 0.1, 0.1), split_gap=10, split_blocks=1))
+    assert sorted(f for f in frames if ex.split_frames(frames, one)[f] == "test")[0] == 1810
+    assert "split_blocks" not in one.output_dict() and cfg.output_dict()["split_blocks"] == 4  # old hashes kept
+
+
 def test_split_frames():
     frames = list(range(0, 1000, 10))
     cfg = ex.ExtractConfig(split_fractions=(0.8, 0.1, 0.1), split_gap=30)

@@ -1,6 +1,7 @@
 """GS-LRM data, losses and training: checkpoints, exact resume, skip rules, evaluation, overfit."""
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -75,6 +76,41 @@ def test_choose_views():
     assert len(tgt) == 6 and set(tgt) == set(range(6))
     with pytest.raises(ValueError, match="no target views"):
         choose_views(6, DataConfig(input_views=6), _generator(0))
+
+
+def test_random_number_of_input_views_is_keyed_by_step_and_shared_by_the_batch(data_root):
+    """min_input_views: each step draws N from min..max with a (seed, step) generator: the same N for
+    every sample of the step (the batch stacks), the same N again on resume, every N drawn; the
+    default (0) keeps the fixed number and the same views as before."""
+    from mousefacelift.gslrm.data import step_input_views
+    cfg = DataConfig(input_views=5, min_input_views=1, augment=False)
+    counts = [step_input_views(cfg, 3, s) for s in range(60)]
+    assert set(counts) == {1, 2, 3, 4, 5} and counts == [step_input_views(cfg, 3, s) for s in range(60)]
+    ds = GSLRMDataset(data_root, data_root / "splits/train.txt", 16, cfg, seed=3)
+    for step in range(6):
+        items = [ds[(i, step)] for i in range(3)]
+        assert {len(it["input_views"]) for it in items} == {counts[step]}
+        for it in items:
+            assert len(it["target_views"]) == 6 - counts[step]
+            assert not set(it["input_views"].tolist()) & set(it["target_views"].tolist())
+    fixed = DataConfig(input_views=5, augment=False)
+    assert step_input_views(fixed, 3, 7) == 5
+    old = GSLRMDataset(data_root, data_root / "splits/train.txt", 16, fixed, seed=3)[(1, 4)]
+    assert old["input_views"].tolist() == choose_views(6, fixed, _generator(3, 4, 1))[0]
+    with pytest.raises(ValueError, match="min_input_views=6 exceeds input_views=5"):
+        DataConfig(input_views=5, min_input_views=6)
+
+
+def test_training_with_a_random_number_of_views_resumes_exactly(data_root, tmp_path):
+    """The tiny model trains with N drawn per step (batch 2: the samples of a step share N) and a run
+    stopped and resumed gives the uninterrupted run's weights."""
+    data = DataConfig(input_views=5, min_input_views=1)
+    full = train(_cfg(data_root, tmp_path / "full", data=data, batch_size=2, steps=4))
+    train(_cfg(data_root, tmp_path / "part", data=data, batch_size=2, steps=4, stop_at_step=2))
+    part = train(_cfg(data_root, tmp_path / "part", data=data, batch_size=2, steps=4))
+    assert full["step"] == part["step"] == 4 and all(map(math.isfinite, full["losses"]))
+    wa, wb = read_checkpoint(full["checkpoint"])["model"], read_checkpoint(part["checkpoint"])["model"]
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-6
 
 
 def test_dataset_resizes_with_intrinsics_and_augments_all_views_alike(data_root):
@@ -230,16 +266,21 @@ def test_nonfinite_guard(data_root, tmp_path):
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
 
 
-def test_evaluate_scores_only_held_out_views(data_root):
+def test_evaluate_is_the_evaluation_scorer_on_held_out_views(data_root):
+    """Training validation, notebook 06 and notebook 07 score through one function: evaluate() gives
+    exactly the rows of evaluation.reconstruction_rows (each view held out in turn, RGB clamped)."""
+    from mousefacelift import evaluation as ev
     torch.manual_seed(0)
     model = GSLRM(GSLRMConfig.tiny(image_size=16, layers=1, width=64, heads=2))
-    ds = GSLRMDataset(data_root, data_root / "splits/train.txt", 16,
-                      DataConfig(input_views=4, targets_include_inputs=True, augment=False))
-    res = evaluate(model, ds, batch_size=2)
-    assert res["n_views"] == 3 * 2  # 2 held-out views per sample, the 4 inputs excluded
-    for row in res["per_view"]:
-        inputs, _ = choose_views(6, ds.cfg, _generator(ds.seed, 0, row["index"]))
-        assert row["view"] not in inputs
+    names = [sample_name(i) for i in range(3)]
+    cfg = ev.EvalConfig(seed=3, n_examples=0)
+    res = evaluate(model, data_root, names, 4, cfg)
+    assert res["n_views"] == 3 * 6 and not any(r["target_is_input"] for r in res["per_view"])
+    ref = ev.reconstruction_rows(model, data_root, names, [4], cfg, label="val").rows
+    assert [r["psnr_fg"] for r in res["per_view"]] == [r["psnr_fg"] for r in ref]
+    assert res["psnr_fg"] == pytest.approx(sum(r["psnr_fg"] for r in ref) / len(ref))
+    for r in res["per_view"]:
+        assert str(r["target_view"]) not in r["inputs"].split() and len(r["inputs"].split()) == 4
     assert 0 <= res["mask_iou"] <= 1 and res["psnr_fg"] > 0
 
 
@@ -275,11 +316,11 @@ def test_split_stream_separates_log_lines_from_progress_updates():
 
 def test_launch_inprocess_writes_config_log_summary_and_validates_on_val_root(data_root, tmp_path):
     from mousefacelift.gslrm.launch import CONFIG_FILE, LOG_FILE, launch
-    val_root = make_blob_samples(tmp_path / "val_data", 1, 32, seed=5)  # 1 sample: 1 held-out view at 5 inputs
+    val_root = make_blob_samples(tmp_path / "val_data", 1, 32, seed=5)  # 1 sample: each of its 6 views held out
     cfg = _cfg(data_root, tmp_path / "run", steps=2, val_split="splits/train.txt", val_data_root=str(val_root))
     s = launch(cfg, "inprocess")
     assert s["step"] == 2 and s["param_update_step"] == 2 and len(s["losses"]) == 2
-    assert s["val"]["n_views"] == 1  # the val root's single sample, not the 3 training samples
+    assert s["val"]["n_views"] == 6  # the val root's single sample, not the 3 training samples
     assert TrainConfig.from_json(tmp_path / "run" / CONFIG_FILE) == cfg  # the config round-trips
     assert "saved" in (tmp_path / "run" / LOG_FILE).read_text()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 2
@@ -317,23 +358,14 @@ def test_launch_failure_raises_with_the_log_tail(data_root, tmp_path):
         launch(cfg, "inprocess", nproc_per_node=2)
 
 
-def test_predict_sample_matches_evaluate_and_exports_the_scene(data_root, tmp_path):
-    from mousefacelift.gaussians import Gaussians
-    from mousefacelift.gslrm.predict import predict_sample
-    torch.manual_seed(0)
-    model = GSLRM(GSLRMConfig.tiny(image_size=16, layers=1, width=64, heads=2))
-    ds = GSLRMDataset(data_root, data_root / "splits/train.txt", 16,
-                      DataConfig(input_views=4, targets_include_inputs=True, augment=False))
-    rows = evaluate(model, ds)["per_view"]
-    p = predict_sample(model, ds, 1)
-    assert p.rgb.shape == (6, 3, 16, 16) and p.alpha.shape == (6, 1, 16, 16) and len(p.held_out) == 2
-    assert len(p.gaussians) == 2 + 4 * 16 * 16  # global + one per input pixel
-    for j in p.held_out.tolist():  # the same numbers as evaluate() for the held-out views
-        row = next(r for r in rows if r["index"] == 1 and r["view"] == int(p.target_views[j]))
-        assert abs(row["psnr_fg"] - float(p.scores["psnr_fg"][j])) < 1e-4
-        assert abs(row["mask_iou"] - float(p.scores["mask_iou"][j])) < 1e-6
-    sample = ds[1]  # the exported scene renders the same image
-    r = p.gaussians.render(sample["target_w2c"], sample["target_K"], 16, 16, background=(1.0, 1.0, 1.0))
-    assert torch.allclose(r.rgb[0].permute(0, 3, 1, 2), p.rgb, atol=1e-5)
-    back = Gaussians.read_ply(p.gaussians.write_ply(tmp_path / "scene.ply"))
-    assert len(back) == len(p.gaussians) and torch.allclose(back.means, p.gaussians.means, atol=1e-6)
+def test_st_lpips_term_switches_on_after_the_warm_up(data_root, tmp_path):
+    from mousefacelift import perceptual
+
+    if perceptual.find_weights("alex") is None:
+        pytest.skip(f"needs {perceptual.PACKAGE}")
+    cfg = _cfg(data_root, tmp_path, steps=2, model=GSLRMConfig.tiny(image_size=32, layers=1, width=64, heads=2),
+               loss=LossConfig(st_lpips=0.5, perceptual_warmup_steps=1))
+    s = train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["st_lpips"] for r in rows][0] == 0 and rows[1]["st_lpips"] > 0  # off at step 0, on at step 1
+    assert s["applied_step_ratio"] == 1.0 and all(map(torch.isfinite, torch.tensor(s["losses"])))

@@ -396,6 +396,20 @@ def test_evaluate_uses_the_protocol_on_held_out_views_only(tmp_path):
             return composite(torch.stack([data[i]["images"] for i in range(len(generator))]), (1.0, 1.0, 1.0))
     res = evaluate(Oracle(), data, SamplerConfig(steps=1), seed=0, max_objects=0)
     assert res["n_objects"] == 3 and res["psnr_fg"] > 100 and res["mask_iou"] == 1.0
+    assert res["copy_fraction"] == 0.0  # its own views: never closer to the reference mask
+
+    class Copier(Oracle):  # paints the reference view into every camera
+        def __call__(self, reference, reference_w2c, w2c, K, config, generator):
+            real = super().__call__(reference, reference_w2c, w2c, K, config, generator)
+            return real[:, ref_v:ref_v + 1].expand_as(real).clone()
+    res = evaluate(Copier(), data, SamplerConfig(steps=1), seed=0, max_objects=0)
+    # every view whose mask differs from the reference's is a copy; the others cannot tell (NaN, left out)
+    differs = [r["reference_mask_iou"] < 1 for r in res["per_view"]]
+    assert 0 < sum(differs) < len(differs) and res["copy_fraction"] == 1.0
+    assert all(math.isnan(r["copies"]) for r, d in zip(res["per_view"], differs) if not d)
+    assert res["copy_mask_iou"] == 1.0 and res["copy_psnr_fg"] > 100
+    assert res["mask_iou"] == pytest.approx(res["reference_mask_iou"])  # it earns exactly what copying earns
+    assert res["copy_margin_iou"] == pytest.approx(1.0 - res["mask_iou"]) and res["mask_iou"] < 0.99
 
 
 def test_validation_grid_layout():
@@ -486,3 +500,27 @@ def test_quality_vs_steps_reports_each_setting(tmp_path):
                             SamplerConfig(guidance_scale=1.0), max_objects=1, samplers=["ddim", "dpm"])
     assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 1), ("dpm", 1)]
     assert all(0 <= r["mask_iou"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("embedding", [False, True])
+def test_camera_embedding_carries_the_camera_beside_conv_in(tmp_path, embedding):
+    """With the ray channels of conv_in zeroed, the camera still changes the prediction through the
+    per-view timestep code when camera_embedding is on, and not at all when it is off; dropped
+    (zero) rays give a zero code; the option survives save/load."""
+    from mousefacelift.mvdiffusion import MVDiffusionModel
+    torch.manual_seed(0)
+    model = MVDiffusionModel.from_dataclass(MVDiffusionConfig.tiny(image_size=8, camera_embedding=embedding), seed=1).eval()
+    with torch.no_grad():
+        model.unet.conv_in.weight[:, 8:] = 0  # [noisy 4 ; reference 4 ; rays 6]: the map itself is silenced
+    noisy, ref = torch.randn(1, 6, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    rays_a, rays_b = torch.randn(1, 6, 6, 8, 8), torch.randn(1, 6, 6, 8, 8) * 2 + 1
+    with torch.no_grad():
+        a, b = (model(noisy, torch.tensor([500]), ref, r) for r in (rays_a, rays_b))
+        none, zero = model(noisy, torch.tensor([500]), ref, None), model(noisy, torch.tensor([500]), ref, 0 * rays_a)
+    assert ((a - b).abs().max() > 1e-4) == embedding
+    torch.testing.assert_close(none, zero)
+    model.save_pretrained(tmp_path / "m")
+    back = MVDiffusionModel.from_pretrained(tmp_path / "m")
+    assert bool(back.unet.config.time_cond_proj_dim) == embedding
+    with pytest.raises(ValueError, match="needs camera_conditioning"):
+        MVDiffusionConfig.tiny(camera_embedding=True, camera_conditioning=False)

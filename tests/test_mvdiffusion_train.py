@@ -14,8 +14,9 @@ from diffusers import DDPMScheduler
 
 from mousefacelift.data import samples
 from mousefacelift.mvdiffusion import MVDiffusionConfig, MVDiffusionPipeline, SamplerConfig, evaluate
-from mousefacelift.mvdiffusion.train import (TrainConfig, augment, config_from_dict, launch, main, min_snr_weight,
-                                            train)
+from mousefacelift.mvdiffusion.train import (TrainConfig, augment, build_pipeline, config_from_dict, launch, main,
+                                            min_snr_weight, swap_reference, train, training_loss)
+from mousefacelift.training import keyed_generator
 from test_mvdiffusion import make_samples
 
 
@@ -57,6 +58,49 @@ def test_augment_keeps_alpha_and_composites_one_background_per_object(tmp_path):
     assert seen == {(0.0,), (1.0,)}  # each object has one background colour, and both were drawn
     fg = img[:, :, 3:4] == 1
     torch.testing.assert_close(out[:, :, :3][fg.expand_as(out[:, :, :3])], img[:, :, :3][fg.expand_as(img[:, :, :3])])
+
+
+def test_swap_reference_trades_one_drawn_view_with_the_reference_slot():
+    B, V, ref = 64, 4, 1
+    views = torch.arange(V, dtype=torch.float64).view(1, V, 1, 1, 1).expand(B, V, 1, 2, 2)
+    w2c = torch.arange(V, dtype=torch.float64).view(1, V, 1, 1).expand(B, V, 4, 4)
+    K = w2c[..., :3, :3]
+    a, b, c = swap_reference(views, w2c, K, ref, keyed_generator(0, 5))
+    drawn = a[:, ref, 0, 0, 0].long()
+    assert set(drawn.tolist()) == set(range(V))  # every view reaches the slot
+    for i in range(B):
+        want = list(range(V))
+        want[ref], want[int(drawn[i])] = int(drawn[i]), ref
+        assert a[i, :, 0, 0, 0].tolist() == want and b[i, :, 0, 0].tolist() == want and c[i, :, 0, 0].tolist() == want
+    again = swap_reference(views, w2c, K, ref, keyed_generator(0, 5))[0]
+    assert torch.equal(again, a)  # keyed: a resumed run draws the same
+    with pytest.raises(ValueError, match="prompt embeddings"):
+        swap_reference(views, w2c, K, ref, keyed_generator(0), "prompt_embeds")
+
+
+@pytest.mark.parametrize("on_reference", [True, False])
+def test_loss_on_generated_views_only_ignores_the_reference_slot(data, on_reference):
+    """Without loss_on_reference the gradient reaches no prediction of the reference view; with it,
+    every view's prediction gets one."""
+    cfg = tiny_config(data, "x", loss_on_reference=on_reference, random_reference=True)
+    pipe = build_pipeline(cfg)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    class Fixed(torch.nn.Module):  # predicts a learnable tensor, so its gradient shows which views count
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(2, 3, 4, 16, 16))
+
+        def forward(self, noisy, t, ref, rays, labels):
+            return self.p
+    ds = samples.SampleDataset(cfg.data_root, cfg.train_split, cfg.views)
+    batch = {k: torch.stack([ds[i][k] for i in range(2)]) for k in ("images", "w2c", "K")}
+    model = Fixed()
+    training_loss(model, pipe, sched, batch, cfg, 0, 0).backward()
+    per_view = model.p.grad.abs().sum(dim=(0, 2, 3, 4))
+    ref_v = pipe.model.config.reference_view
+    assert (per_view[ref_v] > 0) == on_reference
+    assert all(per_view[v] > 0 for v in range(3) if v != ref_v)
 
 
 def test_config_from_dict_rejects_unknown_keys(tmp_path):

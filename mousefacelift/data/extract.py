@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -67,9 +68,12 @@ class ExtractConfig:
     split_mode: str = "temporal"  # "temporal" (contiguous blocks with a gap) | "random" (seeded permutation)
     split_fractions: tuple[float, float, float] = bounded((0.8, 0.1, 0.1), min=0, max=1)  # train, val, test
     split_gap: int = bounded(100, min=0)  # temporal split: frames dropped at the start of the val and test blocks
+    split_blocks: int = bounded(1, min=1)  # temporal split: the range is cut into this many chunks, each split
+    #                                        train/val/test, so val and test span separate parts of the recording
     split_seed: int = 42  # random split: permutation seed
     chunk_size: int = bounded(8, min=1)  # frames decoded per chunk (memory: chunk_size x V full frames)
-    workers: int | None = bounded(None, min=1)  # decoding threads (None: one per camera)
+    workers: int | None = bounded(None, min=1)  # decoding threads and frame-processing threads (None: one per
+    #                                            camera for decoding, one per core, at most 8, for processing)
     progress: bool = True  # tqdm progress bar
     allow_calibration_failure: bool = False  # extract even when the calibration check fails (logged in
     #                                          extraction.json; see data/calibration_check.py)
@@ -96,6 +100,8 @@ class ExtractConfig:
         d = dataclasses.asdict(self)
         for k in self.RUNTIME_KEYS:
             d.pop(k)
+        if d["split_blocks"] == 1:  # the one-block split of earlier folders: their hash stays as it was
+            d.pop("split_blocks")
         return d
 
     @classmethod
@@ -307,9 +313,12 @@ def process_frame(frame: Frame, rec: Recording, config: ExtractConfig, rec_scale
 def split_frames(frames: list[int], config: ExtractConfig) -> dict[int, str | None]:
     """Assign each frame to "train" / "val" / "test", or None when it falls in a temporal gap.
 
-    temporal: the frame range [first, last] is cut into consecutive blocks by ``split_fractions``;
-    frames within ``split_gap`` frames after a block boundary belong to no split (100 fps
-    neighbours are near-duplicates). random: a permutation seeded by ``split_seed``."""
+    temporal: the frame range [first, last] is cut into ``split_blocks`` equal chunks, and each chunk
+    into consecutive train / val / test blocks by ``split_fractions``; frames within ``split_gap``
+    frames after a block boundary (also where a chunk's train block follows the previous chunk's
+    test block) belong to no split (100 fps neighbours are near-duplicates). With one chunk the
+    test split is the last stretch of the recording; with several it spans separate parts of it.
+    random: a permutation seeded by ``split_seed``."""
     frames = sorted(frames)
     if not frames:
         return {}
@@ -320,12 +329,15 @@ def split_frames(frames: list[int], config: ExtractConfig) -> dict[int, str | No
         n_train, n_val = round(f_train * len(frames)), round(f_val * len(frames))
         names = ["train"] * n_train + ["val"] * n_val + ["test"] * (len(frames) - n_train - n_val)
         return {frames[p]: names[i] for i, p in enumerate(perm)}
-    lo, span = frames[0], frames[-1] - frames[0] + 1
-    b1, b2 = lo + f_train * span, lo + (f_train + f_val) * span
+    first, total = frames[0], frames[-1] - frames[0] + 1
+    span = total / config.split_blocks
     out: dict[int, str | None] = {}
     for f in frames:
+        c = min(int((f - first) // span), config.split_blocks - 1)     # the chunk of f
+        lo = first + c * span
+        b1, b2 = lo + f_train * span, lo + (f_train + f_val) * span
         if f < b1:
-            out[f] = "train"
+            out[f] = "train" if c == 0 or f >= lo + config.split_gap else None
         elif f < b2:
             out[f] = "val" if f >= b1 + config.split_gap else None
         else:
@@ -462,21 +474,33 @@ def extract(recording_dir: str | os.PathLike, out_dir: str | os.PathLike, config
         rec_scale, focus = recording_scale(rec.w2c, config.target_distance)
         log.info("recording scale %.6g (focus point %s mm)", rec_scale, focus.tolist())
 
-    # decode sequentially and process frame by frame
-    for frame in read_frames(rec, todo, chunk_size=config.chunk_size, workers=config.workers,
-                             progress=config.progress):
+    # decode in order; check, warp and write each frame on a pool of threads (OpenCV's warps, blurs
+    # and PNG encoder release the GIL), at most 2 x threads frames in flight
+    def one(frame: Frame) -> dict:
         f = frame.index
         reason = frame_skip_reason(frame.mask, config.min_mask_pixels, config.border_margin,
                                    config.border_contact_max, config.border_thin_fraction)
         if reason is not None:
             log.info("frame %d skipped: %s", f, reason)
-            status[f] = {"frame": f, "status": "skipped", "reason": reason, "split": split_of[f]}
-            continue
+            return {"frame": f, "status": "skipped", "reason": reason, "split": split_of[f]}
         pf = process_frame(frame, rec, config, rec_scale)
         samples.write_sample(samples_dir / samples.sample_name(f), pf.images, pf.w2c, pf.K, pf.view_ids,
                              {**pf.provenance, "split": split_of[f], "config_hash": digest})
-        status[f] = {"frame": f, "status": "written", "reused": False, "split": split_of[f],
-                     "residual_rms_mm": pf.residual_rms_mm}
+        return {"frame": f, "status": "written", "reused": False, "split": split_of[f],
+                "residual_rms_mm": pf.residual_rms_mm}
+
+    threads = config.workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: list = []
+        for frame in read_frames(rec, todo, chunk_size=config.chunk_size, workers=config.workers,
+                                 progress=config.progress):
+            pending.append(pool.submit(one, frame))
+            while len(pending) > 2 * threads:
+                done = pending.pop(0).result()
+                status[done["frame"]] = done
+        for fut in pending:
+            done = fut.result()
+            status[done["frame"]] = done
 
     # splits, report
     split_files = {}

@@ -18,11 +18,12 @@ hit, tiles of 16 px culled by the pieces' screen boxes); the mask is "the mouse 
 Same config and seed -> identical ground-truth bytes and identical decoded frames.
 
 Frames are independent (sensor noise and keypoint confidences come from generators keyed by the
-frame), so ``workers`` processes render them side by side while this process writes them in order,
-one encoder thread per video. One process on one H200 renders about 14 frames/s at 576x512: the GPU
-work of a frame is about 2 ms, the rest is Python and kernel launches (about 1000 per frame), so
-processes scale it. On a busy 2-core CPU, one torch thread: the demo, 6 cameras x 120 frames at
-576x512, takes 17-24 s.
+frame). One frame alone is about 2 ms of GPU work on an H200 but about 1000 kernel launches (70 ms
+of Python), so frames are rendered ``render_batch`` at a time (the pieces of all frames in one
+set of quadrics, one shadow map per frame: a batch costs about the launches of one frame), while
+``workers`` processes build the bodies and keypoints ahead (CPU work) and one encoder thread per
+video writes them in order. On a busy 2-core CPU, one torch thread: the demo, 6 cameras x 120
+frames at 576x512, takes 17-24 s.
 
 Entry points: :func:`generate_recording`, :func:`ensure_recording` (cached by config hash),
 :func:`simulate_motion`, :func:`sample_surface`, :func:`contact_sheet`, :func:`demo_config`.
@@ -38,6 +39,7 @@ import math
 import os
 import pickle
 import shutil
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +105,7 @@ class SceneConfig:
         check_ranges(self)
 
 
-RUNTIME_KEYS = ("workers",)  # SyntheticConfig knobs that change speed, not the files (left out of the hash)
+RUNTIME_KEYS = ("workers", "render_batch")  # SyntheticConfig knobs that change speed, not the files (left out of the hash)
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,10 @@ class SyntheticConfig:
     device: str = "cpu"                             # the render device, e.g. "cpu" or "cuda"
     cpu_threads: int = bounded(1, min=0)            # torch CPU threads while generating (small ops: 1 is
                                                     # fastest on a shared machine; 0 = leave torch's setting)
-    workers: int = bounded(0, min=0)                # render processes beside the writer (0: render in this
-                                                    # process); speed only: the files are identical for any value
+    workers: int = bounded(0, min=0)                # processes that build bodies and keypoints ahead of the
+                                                    # renderer (0: this process); speed only, same files
+    render_batch: int = bounded(8, min=1)           # frames per render call (fewer kernel launches per frame);
+                                                    # speed only: same files up to float rounding (tested)
     chunk_elements: int = bounded(2 ** 21, min=1)   # ray-piece pairs per batched intersection (memory bound)
     keypoint_confidence: tuple[float, float] = bounded((0.9, 1.0), min=0, max=1)
     video_codec: str = "h264"                       # "h264" (imageio-ffmpeg) or "mp4v" (OpenCV)
@@ -288,9 +292,10 @@ def _tiles_hit(boxes: torch.Tensor, ty: int, tx: int) -> torch.Tensor:
 
 
 def _cast_tiles(q: mm.Quadrics, origins: torch.Tensor, dirs: torch.Tensor, over: torch.Tensor,
-                budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+                budget: int, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest hits of K ray bundles (origins [K, 3], dirs [K, n, 3]) against the pieces each bundle
-    touches (over [K, Q] bool) -> t [K, n] (inf: miss, in units of |dir|), quadric index [K, n].
+    touches (over [K, Q] bool: piece i of the bundle is q's piece offset[k] + i; offset [K] long,
+    default 0) -> t [K, n] (inf: miss, in units of |dir|), index into q [K, n].
     Bundles are grouped by piece count in powers of two so that padding wastes little; each batched
     call holds at most ``budget`` ray-piece pairs."""
     K, n = dirs.shape[:2]
@@ -306,6 +311,8 @@ def _cast_tiles(q: mm.Quadrics, origins: torch.Tensor, dirs: torch.Tensor, over:
             continue
         order = over[sel].to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[:, :P_here]
         valid = over[sel].gather(1, order)
+        if offset is not None:
+            order = order + offset[sel].unsqueeze(-1)
         per = max(1, budget // (n * P_here))
         for i in range(0, len(sel), per):
             k = sel[i:i + per]
@@ -315,29 +322,71 @@ def _cast_tiles(q: mm.Quadrics, origins: torch.Tensor, dirs: torch.Tensor, over:
     return t_out, j_out
 
 
-def _shadow_map(cfg: SyntheticConfig, q: mm.Quadrics, light: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard shadow of the mouse on the floor, sampled every cfg.scene.shadow_grid_mm -> (map [Gy, Gx]
-    float 0/1, extent [x0, y0, x1, y1] mm of the corner samples). The light is a point 100 m away
-    along ``light`` (directional in effect; float64 keeps the far origin exact), the grid is cast in
-    tiles like a camera image."""
+def _concat_quadrics(shapes: list[mm.MouseShapes], qs: list[mm.Quadrics],
+                     device: torch.device) -> tuple[mm.Quadrics, int]:
+    """The pieces of B frames (shapes and their float32 quadrics) in one Quadrics on ``device`` (frame
+    b's Q pieces at b*Q .. (b+1)*Q - 1; ``piece`` offset into the frames' concatenated MouseShapes
+    pieces) -> (quadrics, Q)."""
+    Q, n_pieces = len(qs[0].k), len(shapes[0].albedo)
+    if any(len(x.k) != Q for x in qs):
+        raise ValueError("frames of one recording must have the same pieces (one BodyConfig)")
+    fields = {}
+    for f in dataclasses.fields(mm.Quadrics):
+        parts = [torch.as_tensor(getattr(x, f.name)) + (b * n_pieces if f.name == "piece" else 0)
+                 for b, x in enumerate(qs)]
+        fields[f.name] = torch.cat(parts).to(device, non_blocking=True)
+    return mm.Quadrics(**fields), Q
+
+
+def _shadow_maps(cfg: SyntheticConfig, q: mm.Quadrics, light: torch.Tensor,
+                 B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hard shadows of B frames' mice (q: their pieces concatenated, Q = len(q) / B each) on the floor,
+    sampled every cfg.scene.shadow_grid_mm -> (maps [B, Gy, Gx] float 0/1, lo [B, 2] mm: the floor
+    point of sample (0, 0) of each map, hi [B, 2] mm: the far corner of the samples that can be in
+    shadow; beyond it a map is 0). The light is a point 100 m away along ``light`` (directional
+    in effect; float64 keeps the far origin exact); each frame's grid starts at its own footprint,
+    all grids share the largest footprint's size and are cast in tiles like camera images."""
     q = dataclasses.replace(q, **{f.name: getattr(q, f.name).double() if getattr(q, f.name).is_floating_point()
                                   else getattr(q, f.name) for f in dataclasses.fields(q)})
-    L = q.center.mean(0) + 1e5 * light.double()
-    box = q.box.reshape(-1, 3)
-    foot = L[:2] + (box[:, :2] - L[:2]) * (L[2] / (L[2] - box[:, 2:]))       # corners seen from L on z = 0
-    lo, step = foot.amin(0) - 1.0, cfg.scene.shadow_grid_mm
-    ty, tx = (((foot.amax(0) + 1.0 - lo) / step).ceil().long() // TILE + 1).tolist()[::-1]
-    gx = lo[0] + step * torch.arange(tx * TILE, device=lo.device, dtype=lo.dtype)
-    gy = lo[1] + step * torch.arange(ty * TILE, device=lo.device, dtype=lo.dtype)
-    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1] + (torch.zeros(len(gy), len(gx), dtype=lo.dtype,
-                                                                                   device=lo.device),), -1)
-    dirs = _to_tiles(grid.unsqueeze(0), TILE)[0].reshape(ty * tx, TILE * TILE, 3) - L
-    corners = L[:2] + (q.box[..., :2] - L[:2]) * (L[2] / (L[2] - q.box[..., 2:]))   # [Q, 8, 2]
-    boxes = torch.cat([(corners.amin(1) - lo) / step - 1, (corners.amax(1) - lo) / step + 1], -1)
-    over = _tiles_hit(boxes.unsqueeze(0), ty, tx)[0].reshape(ty * tx, -1)
-    t, _ = _cast_tiles(q, L.expand(ty * tx, 3), dirs, over, cfg.chunk_elements)
-    hit = (t < 1.0).float().view(ty, tx, TILE, TILE).permute(0, 2, 1, 3).reshape(ty * TILE, tx * TILE)
-    return hit.to(light.dtype), torch.stack([gx[0], gy[0], gx[-1], gy[-1]]).to(light.dtype)
+    Q = len(q.k) // B
+    L = q.center.view(B, Q, 3).mean(1) + 1e5 * light.double()                   # [B, 3]
+    Lb = L[:, None, None]
+    box = q.box.view(B, Q, 8, 3)
+    foot = Lb[..., :2] + (box[..., :2] - Lb[..., :2]) * (Lb[..., 2:] / (Lb[..., 2:] - box[..., 2:]))  # [B, Q, 8, 2]
+    lo, step = foot.amin((1, 2)) - 1.0, cfg.scene.shadow_grid_mm                # [B, 2]
+    tiles = ((foot.amax((1, 2)) + 1.0 - lo) / step).ceil().long() // TILE + 1  # [B, 2] (x, y)
+    tx, ty = tiles.amax(0).tolist()
+    gx = lo[:, :1] + step * torch.arange(tx * TILE, device=lo.device, dtype=lo.dtype)   # [B, Gx]
+    gy = lo[:, 1:] + step * torch.arange(ty * TILE, device=lo.device, dtype=lo.dtype)   # [B, Gy]
+    Gy, Gx = gy.shape[1], gx.shape[1]
+    grid = torch.stack([gx[:, None, :].expand(B, Gy, Gx), gy[:, :, None].expand(B, Gy, Gx),
+                        torch.zeros(B, Gy, Gx, dtype=lo.dtype, device=lo.device)], -1)
+    dirs = _to_tiles(grid, TILE).reshape(B, ty * tx, TILE * TILE, 3) - Lb
+    boxes = torch.cat([(foot.amin(2) - lo[:, None]) / step - 1, (foot.amax(2) - lo[:, None]) / step + 1], -1)
+    over = _tiles_hit(boxes, ty, tx).reshape(B * ty * tx, Q)
+    offset = (torch.arange(B, device=lo.device) * Q).repeat_interleave(ty * tx)
+    t, _ = _cast_tiles(q, L.repeat_interleave(ty * tx, 0), dirs.reshape(B * ty * tx, TILE * TILE, 3), over,
+                       cfg.chunk_elements, offset)
+    hit = (t < 1.0).float().view(B, ty, tx, TILE, TILE).permute(0, 1, 3, 2, 4).reshape(B, Gy, Gx)
+    hi = lo + step * (tiles * TILE - 1)
+    return hit.to(light.dtype), lo.to(light.dtype), hi.to(light.dtype)
+
+
+def _bilinear(maps: torch.Tensor, b: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """maps [B, H, W], map index b [N] long, uv [N, 2] (x, y) in samples -> [N] bilinear values
+    (samples outside a map count as 0, like grid_sample's zero padding with align_corners)."""
+    _, H, W = maps.shape
+    i0 = uv.floor()
+    fx, fy = (uv - i0).unbind(-1)
+    x0, y0 = i0.long().unbind(-1)
+    flat, out = maps.reshape(-1), torch.zeros_like(fx)
+    for dx, wx in ((0, 1 - fx), (1, fx)):
+        for dy, wy in ((0, 1 - fy), (1, fy)):
+            x, y = x0 + dx, y0 + dy
+            inside = (x >= 0) & (x < W) & (y >= 0) & (y < H)
+            v = flat[(b * H + y.clamp(0, H - 1)) * W + x.clamp(0, W - 1)]
+            out = out + torch.where(inside, wx * wy * v, torch.zeros_like(v))
+    return out
 
 
 def _shade(cfg: SyntheticConfig, sc: Scene, q: mm.Quadrics, tex: dict, p: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
@@ -353,51 +402,68 @@ def _shade(cfg: SyntheticConfig, sc: Scene, q: mm.Quadrics, tex: dict, p: torch.
 
 
 def render_frame(cfg: SyntheticConfig, sc: Scene, shapes: mm.MouseShapes) -> tuple[torch.Tensor, torch.Tensor]:
-    """One frame of every camera -> rgb [V, H, W, 3] float in [0, 1] (before sensor noise) and
-    mask [V, H, W] bool (the mouse is the nearest hit in at least half of the pixel's rays).
+    """One frame of every camera -> rgb [V, H, W, 3] float in [0, 1], mask [V, H, W] bool
+    (:func:`render_frames` of one frame)."""
+    rgb, mask = render_frames(cfg, sc, [shapes])
+    return rgb[0], mask[0]
+
+
+def render_frames(cfg: SyntheticConfig, sc: Scene, shapes: list[mm.MouseShapes],
+                  quadrics: list[mm.Quadrics] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """B frames of every camera (their shapes, and optionally their float32 CPU quadrics
+    ``mm.to_quadrics(shape)``, made ahead by workers) -> rgb [B, V, H, W, 3] float in [0, 1] (before sensor noise) and
+    mask [B, V, H, W] bool (the mouse is the nearest hit in at least half of the pixel's rays).
+    Frames are independent: a frame renders the same in any batch (up to float rounding of batched
+    kernels; tests pin it), and a batch costs about as many kernel launches as one frame.
 
     1. cull: screen boxes of every piece -> tiles touched and their piece lists (padded to P);
-    2. shadow: a floor shadow map, looked up (bilinear = soft edge) by floor pixels near it;
-    3. cast the rays of every touched tile against its pieces, nearest hit in front of the floor;
-    4. shade hits, pool the s x s rays of each pixel, and write the tiles into the frame."""
+    2. shadow: a floor shadow map per frame, looked up (bilinear = soft edge) by floor pixels near it;
+    3. cast the rays of every touched tile against its frame's pieces, nearest hit in front of the floor;
+    4. shade hits, pool the s x s rays of each pixel, and write the tiles into the frames."""
     s, dev = cfg.supersample, sc.dirs.device
     w, h = image_size(cfg)
     V, ty, tx, n = sc.floor_t.shape
-    q = mm.to_quadrics(shapes, device=dev)
-    tex = {k: torch.as_tensor(getattr(shapes, a), dtype=torch.float32, device=dev)
+    B = len(shapes)
+    q, Q = _concat_quadrics(shapes, quadrics or [mm.to_quadrics(x) for x in shapes], dev)
+    tex = {k: torch.as_tensor(np.concatenate([getattr(x, a) for x in shapes]), dtype=torch.float32, device=dev)
            for k, a in (("albedo", "albedo"), ("amp", "tex_amp"), ("R", "tex_R"), ("t", "tex_t"))}
-    # 1. culling
-    over = _tiles_hit(_screen_boxes(sc, q.box), ty, tx)                    # [V, Ty, Tx, Q]
+    # 1. culling: images are indexed b * V + v
+    boxes = _screen_boxes(sc, q.box).view(V, B, Q, 4).transpose(0, 1).reshape(B * V, Q, 4)
+    over = _tiles_hit(boxes, ty, tx)                                      # [B*V, Ty, Tx, Q]
     active = over.any(-1)
     if cfg.scene.shadows:
-        smap, ext = _shadow_map(cfg, q, sc.light)
-        rect = torch.stack([torch.stack([ext[i], ext[j], torch.zeros_like(ext[0])]) for i, j in ((0, 1), (2, 1), (0, 3), (2, 3))])
-        active |= _tiles_hit(_screen_boxes(sc, rect.unsqueeze(0)), ty, tx)[..., 0]
-    vk, yk, xk = active.nonzero(as_tuple=True)
-    frame = sc.frame0.clone()
-    maskt = torch.zeros(V, ty, tx, TILE, TILE, dtype=torch.bool, device=dev)
-    if len(vk):
+        smap, lo, hi = _shadow_maps(cfg, q, sc.light, B)
+        corner = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]], device=dev)
+        ext = torch.where(corner.bool(), hi.unsqueeze(1), lo.unsqueeze(1))          # [B, 4, 2] shadowed area
+        rect = torch.cat([ext, torch.zeros_like(ext[..., :1])], -1)
+        rect_boxes = _screen_boxes(sc, rect).transpose(0, 1).reshape(B * V, 1, 4)
+        active |= _tiles_hit(rect_boxes, ty, tx)[..., 0]
+    ik, yk, xk = active.nonzero(as_tuple=True)
+    bk, vk = ik.div(V, rounding_mode="floor"), ik.remainder(V)
+    frame = sc.frame0.repeat(B, 1, 1, 1, 1, 1)                               # [B*V, Ty, Tx, TILE, TILE, 3]
+    maskt = torch.zeros(B * V, ty, tx, TILE, TILE, dtype=torch.bool, device=dev)
+    if len(ik):
         col = sc.background[vk, yk, xk].clone()                               # [K, n, 3]
         ft = sc.floor_t[vk, yk, xk]                                           # [K, n]
         # 2. shadows
         if cfg.scene.shadows:
-            g = (sc.floor_xy[vk, yk, xk] - ext[:2]) / (ext[2:] - ext[:2]).clamp_min(1e-6) * 2 - 1
-            val = torch.nn.functional.grid_sample(smap[None, None], g.view(1, -1, 1, 2), align_corners=True)
-            shade = 1 - (1 - cfg.scene.ambient / (cfg.scene.ambient + cfg.scene.diffuse * sc.light[2])) * val.view(-1, n)
+            uv = (sc.floor_xy[vk, yk, xk] - lo[bk].unsqueeze(1)) / cfg.scene.shadow_grid_mm
+            val = _bilinear(smap, bk.unsqueeze(1).expand(-1, n).reshape(-1), uv.reshape(-1, 2)).view(-1, n)
+            shade = 1 - (1 - cfg.scene.ambient / (cfg.scene.ambient + cfg.scene.diffuse * sc.light[2])) * val
             col = col * torch.where(torch.isfinite(ft), shade, torch.ones_like(shade)).unsqueeze(-1)
         # 3. ray casting
         o, d = sc.origins[vk], sc.dirs[vk, yk, xk]
-        t, j = _cast_tiles(q, o, d, over[vk, yk, xk], cfg.chunk_elements)
+        t, j = _cast_tiles(q, o, d, over[ik, yk, xk], cfg.chunk_elements, bk * Q)
         hit = t < ft
         kk, rr = hit.nonzero(as_tuple=True)
         p = o[kk] + t[kk, rr, None] * d[kk, rr]
         col[kk, rr] = _shade(cfg, sc, q, tex, p, j[kk, rr])
         # 4. pool s x s rays per pixel and write the tiles
-        K = len(vk)
-        frame[vk, yk, xk] = col.view(K, TILE, s, TILE, s, 3).mean((2, 4))
-        maskt[vk, yk, xk] = hit.float().view(K, TILE, s, TILE, s).mean((2, 4)) >= 0.5
-    rgb = frame.permute(0, 1, 3, 2, 4, 5).reshape(V, ty * TILE, tx * TILE, 3)[:, :h, :w]
-    mask = maskt.permute(0, 1, 3, 2, 4).reshape(V, ty * TILE, tx * TILE)[:, :h, :w]
+        K = len(ik)
+        frame[ik, yk, xk] = col.view(K, TILE, s, TILE, s, 3).mean((2, 4))
+        maskt[ik, yk, xk] = hit.float().view(K, TILE, s, TILE, s).mean((2, 4)) >= 0.5
+    rgb = frame.permute(0, 1, 3, 2, 4, 5).reshape(B, V, ty * TILE, tx * TILE, 3)[:, :, :h, :w]
+    mask = maskt.permute(0, 1, 3, 2, 4).reshape(B, V, ty * TILE, tx * TILE)[:, :, :h, :w]
     return rgb.clamp_(0, 1), mask
 
 
@@ -475,6 +541,8 @@ class _VideoSet:
         self.pending: list = []
 
     def _write_one(self, v: int, frame: np.ndarray) -> None:
+        if frame.ndim == 2:
+            frame = np.repeat(frame[..., None], 3, axis=-1)
         if self.codec == "h264":
             self.writers[v].send(np.ascontiguousarray(frame))
         else:
@@ -483,8 +551,6 @@ class _VideoSet:
     def write(self, frames: np.ndarray, max_pending: int = 4) -> None:
         """frames [V, H, W, 3] RGB or [V, H, W] gray, uint8 (not modified afterwards). Returns once
         at most ``max_pending`` earlier frames are still being encoded; raises an encoder's error."""
-        if frames.ndim == 3:
-            frames = np.repeat(frames[..., None], 3, axis=-1)
         self.pending.append([t.submit(self._write_one, v, f) for v, (t, f) in enumerate(zip(self.threads, frames))])
         while len(self.pending) > max_pending:
             for fut in self.pending.pop(0):
@@ -506,89 +572,88 @@ NOISE_STREAM, KEYPOINT_STREAM = 1, 2  # keyed_generator(seed, stream, frame)
 
 
 @dataclass
-class _Renderer:
-    """Everything a process needs to render any frame of the recording on its own."""
+class _Rig:
+    """What the CPU side of a frame needs: the config, cameras w2c [V, 4, 4] and K [V, 3, 3]
+    (float64, at the image size) and the motion."""
     cfg: SyntheticConfig
     w2c: torch.Tensor
     K: torch.Tensor
     pose: PoseTrack
-    scene: Scene | None  # None: cameras and motion only (a writer whose frames come from workers)
 
     @classmethod
-    def build(cls, cfg: SyntheticConfig, with_scene: bool = True) -> "_Renderer":
+    def build(cls, cfg: SyntheticConfig) -> "_Rig":
         w2c, K = rig_cameras(cfg)
         cameras.check_rotation(w2c[:, :3, :3], what="synthetic rig")
-        pose = simulate_motion(cfg, cfg.n_frames, torch.Generator().manual_seed(cfg.seed))
-        return cls(cfg, w2c, K, pose, build_scene(cfg, w2c, K) if with_scene else None)
+        return cls(cfg, w2c, K, simulate_motion(cfg, cfg.n_frames, torch.Generator().manual_seed(cfg.seed)))
 
-    def frame(self, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Frame f -> rgb [V, H, W, 3] uint8 (with sensor noise), mask [V, H, W] uint8 (0 / 255),
-        keypoints2d [V, 22, 3], keypoints3d [22, 3]. Depends on (config, f) only."""
-        cfg = self.cfg
-        shapes, kp3d = mm.build_mouse(self.pose, f, cfg.body)
-        rgb, mask = render_frame(cfg, self.scene, shapes)
-        img = rgb.mul_(255.0)
-        if cfg.scene.sensor_noise_std > 0:
-            g = keyed_generator(cfg.seed, NOISE_STREAM, f, device=img.device)
-            img.add_(torch.randn(img.shape, generator=g, device=img.device).mul_(cfg.scene.sensor_noise_std))
-        kp2d = keypoints_2d(cfg, self.w2c, self.K, shapes, kp3d, keyed_generator(cfg.seed, KEYPOINT_STREAM, f))
-        return (img.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy(),
-                mask.to(torch.uint8).mul_(255).cpu().numpy(), kp2d, kp3d)
+    def body(self, f: int) -> tuple[mm.MouseShapes, mm.Quadrics, np.ndarray, np.ndarray]:
+        """Frame f's CPU side -> (shapes, their float32 quadrics, keypoints2d [V, 22, 3],
+        keypoints3d [22, 3]); depends on (config, f) only."""
+        shapes, kp3d = mm.build_mouse(self.pose, f, self.cfg.body)
+        kp2d = keypoints_2d(self.cfg, self.w2c, self.K, shapes, kp3d,
+                            keyed_generator(self.cfg.seed, KEYPOINT_STREAM, f))
+        return shapes, mm.to_quadrics(shapes), kp2d, kp3d
 
 
-def _render_worker(cfg: SyntheticConfig, frames: list[int], results) -> None:
-    """A render process: frames in order onto the ``results`` queue as (f, outputs), or
-    (f, error text) on failure."""
-    import traceback
-
-    f = -1
-    try:
-        torch.set_num_threads(max(1, cfg.cpu_threads))
-        renderer = _Renderer.build(cfg)
-        for f in frames:
-            results.put((f, renderer.frame(f)))
-    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
-        results.put((f, traceback.format_exc()))
+_WORKER_RIG: _Rig | None = None  # the rig of a CPU worker process (set by its initializer)
 
 
-def _rendered_frames(cfg: SyntheticConfig, renderer: _Renderer):
-    """Yield (f, outputs of :meth:`_Renderer.frame`) for f = 0 .. n_frames - 1 in order: from this
-    process, or from ``cfg.workers`` spawned processes (frame f on worker f mod workers; a small
-    reorder buffer puts them back in order)."""
-    import multiprocessing as mp
-    import queue
+def _init_worker(cfg: SyntheticConfig) -> None:
+    global _WORKER_RIG
+    torch.set_num_threads(1)
+    _WORKER_RIG = _Rig.build(cfg)
 
+
+def _worker_body(f: int) -> tuple[mm.MouseShapes, mm.Quadrics, np.ndarray, np.ndarray]:
+    """:meth:`_Rig.body` in a worker, the quadrics as numpy arrays (plain pickles: tensors would
+    travel as shared-memory handles, one file descriptor each)."""
+    shapes, q, kp2d, kp3d = _WORKER_RIG.body(f)
+    return shapes, mm.Quadrics(**{k: v.numpy() for k, v in vars(q).items()}), kp2d, kp3d
+
+
+def _bodies(rig: _Rig):
+    """Yield frame f's :meth:`_Rig.body` for f = 0 .. n_frames - 1 in order: from this process, or
+    computed ahead by ``cfg.workers`` spawned processes (bodies and keypoints are CPU work; the
+    rendering stays in this process, one context on the device)."""
+    cfg = rig.cfg
     if cfg.workers <= 0:
         for f in range(cfg.n_frames):
-            yield f, renderer.frame(f)
+            yield rig.body(f)
         return
-    ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    results = ctx.Queue(maxsize=4 * cfg.workers)
-    procs = [ctx.Process(target=_render_worker, args=(cfg, list(range(w, cfg.n_frames, cfg.workers)), results),
-                         daemon=True) for w in range(cfg.workers)]
-    for p in procs:
-        p.start()
-    try:
-        ready: dict[int, tuple] = {}
-        for f in range(cfg.n_frames):
-            while f not in ready:
-                try:
-                    g, out = results.get(timeout=5.0)
-                except queue.Empty:
-                    if not all(p.is_alive() or p.exitcode == 0 for p in procs):
-                        codes = [p.exitcode for p in procs]
-                        raise RuntimeError(f"a render process died (exit codes {codes}) while frame {f} was due; "
-                                           "set workers: 0 to render in this process and see the error") from None
-                    continue
-                if isinstance(out, str):
-                    raise RuntimeError(f"render process failed at frame {g}:\n{out}")
-                ready[g] = out
-            yield f, ready.pop(f)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-            p.join()
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: CUDA cannot be forked; a worker that dies raises BrokenProcessPool here, never hangs
+    with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(cfg,)) as pool:
+        yield from pool.map(_worker_body, range(cfg.n_frames), chunksize=max(1, min(16, cfg.n_frames // (4 * cfg.workers))))
+
+
+def _rendered_frames(cfg: SyntheticConfig, rig: _Rig, scene: Scene, seconds: dict | None = None):
+    """Yield (f, rgb [V, H, W, 3] uint8 with sensor noise, mask [V, H, W] uint8 0/255,
+    keypoints2d [V, 22, 3], keypoints3d [22, 3]) for f = 0 .. n_frames - 1 in order, rendering
+    ``cfg.render_batch`` frames per call. Each frame depends on (config, f) only. ``seconds``, when
+    given, accumulates the time spent waiting for bodies ("bodies") and rendering ("render")."""
+    seconds = {} if seconds is None else seconds
+    batch, f0, t0 = [], 0, time.perf_counter()
+    for f, body in enumerate(_bodies(rig)):
+        batch.append(body)
+        if len(batch) < cfg.render_batch and f < cfg.n_frames - 1:
+            continue
+        t1 = time.perf_counter()
+        seconds["bodies"] = seconds.get("bodies", 0.0) + t1 - t0
+        rgb, mask = render_frames(cfg, scene, [b[0] for b in batch], [b[1] for b in batch])
+        img = rgb.mul_(255.0)
+        if cfg.scene.sensor_noise_std > 0:
+            for i in range(len(batch)):
+                g = keyed_generator(cfg.seed, NOISE_STREAM, f0 + i, device=img.device)
+                img[i].add_(torch.randn(img.shape[1:], generator=g, device=img.device).mul_(cfg.scene.sensor_noise_std))
+        img = img.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+        mask = mask.to(torch.uint8).mul_(255).cpu().numpy()
+        seconds["render"] = seconds.get("render", 0.0) + time.perf_counter() - t1
+        for i, (_, _, kp2d, kp3d) in enumerate(batch):
+            yield f0 + i, img[i], mask[i], kp2d, kp3d
+        f0, batch, t0 = f + 1, [], time.perf_counter()
 
 
 def generate_recording(out_dir: str | os.PathLike, config: SyntheticConfig) -> Path:
@@ -621,26 +686,37 @@ def _generate(out_dir: Path, config: SyntheticConfig) -> Path:
     cfg = config
     w, h = image_size(cfg)
     # 1. cameras and motion
-    renderer = _Renderer.build(cfg, with_scene=cfg.workers <= 0)
-    w2c, K, pose = renderer.w2c, renderer.K, renderer.pose
+    rig = _Rig.build(cfg)
+    w2c, K, pose = rig.w2c, rig.K, rig.pose
     V = len(w2c)
-    log.info("rendering %d frames x %d cameras at %dx%d on %s (%s) into %s", cfg.n_frames, V, w, h, cfg.device,
+    log.info("rendering %d frames x %d cameras at %dx%d on %s, %d frames per call, bodies in %s, into %s",
+             cfg.n_frames, V, w, h, cfg.device, cfg.render_batch,
              f"{cfg.workers} processes" if cfg.workers > 0 else "this process", tmp)
+    scene = build_scene(cfg, w2c, K)
     videos = _VideoSet(tmp / "videos_undist", V, (w, h), cfg.rig.fps, cfg.video_codec, cfg.video_gop, cfg.video_crf)
     masks = _VideoSet(tmp / "simpleclick_undist", V, (w, h), cfg.rig.fps, cfg.video_codec, cfg.video_gop,
                       cfg.video_crf)
     kp3d = np.zeros((cfg.n_frames, len(KEYPOINT_NAMES), 3))
     kp2d = np.zeros((V, cfg.n_frames, len(KEYPOINT_NAMES), 3))
+    seconds, start = {"encoders": 0.0}, time.perf_counter()
     try:
         # 2. frames
-        for f, (rgb, mask, kp2d_f, kp3d_f) in tqdm(_rendered_frames(cfg, renderer), total=cfg.n_frames,
-                                                   desc="synthetic recording", leave=False):
-            videos.write(rgb)
-            masks.write(mask)
+        for f, rgb, mask, kp2d_f, kp3d_f in tqdm(_rendered_frames(cfg, rig, scene, seconds), total=cfg.n_frames,
+                                                 desc="synthetic recording", leave=False):
+            # encoders may lag a whole batch behind, so the next batch renders while they work
+            t = time.perf_counter()
+            videos.write(rgb, max_pending=2 * cfg.render_batch)
+            masks.write(mask, max_pending=2 * cfg.render_batch)
+            seconds["encoders"] += time.perf_counter() - t
             kp2d[:, f], kp3d[f] = kp2d_f, kp3d_f
+        t = time.perf_counter()
     finally:
         videos.close()
         masks.close()
+    seconds["encoders"] += time.perf_counter() - t
+    log.info("%d frames in %.1f s (%.1f frames/s): waiting for bodies %.1f s, rendering %.1f s, waiting for "
+             "encoders %.1f s", cfg.n_frames, time.perf_counter() - start, cfg.n_frames / (time.perf_counter() - start),
+             seconds.get("bodies", 0.0), seconds.get("render", 0.0), seconds["encoders"])
     # 3. cameras, keypoints, ground truth
     K_cv = cameras.K_to_opencv(K)
     cams = [{"K": K_cv[v].numpy().copy(), "R": w2c[v, :3, :3].numpy().copy(), "T": w2c[v, :3, 3].numpy().copy()}

@@ -1,7 +1,9 @@
 """GS-LRM training data: sample folders -> (input views, held-out target views) batches.
 
 Randomness is stateless: the view split and the augmentation of sample ``i`` at training step
-``s`` come from a generator seeded with ``(seed, s, i)``, and the sample order of step ``s`` from
+``s`` come from a generator seeded with ``(seed, s, i)``, the number of input views of step ``s``
+(when it varies, :attr:`DataConfig.min_input_views`) from one seeded with ``(seed, s)``, and the
+sample order of step ``s`` from
 a per-epoch permutation seeded with ``(seed, epoch)``. So a resumed run sees exactly the batches an
 uninterrupted run would, with no data-loader state to save, and each DDP rank takes its own
 slice of the same global batch.
@@ -24,7 +26,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataConfig:
-    input_views: int = bounded(5, min=1)   # views given to the model (in fixed view order)
+    input_views: int = bounded(5, min=1)   # views given to the model (in fixed view order); the most when varied
+    min_input_views: int = bounded(0, min=0)  # > 0: each step draws its number of input views uniformly from
+    #                                          min_input_views..input_views (one model for N = 1..5); 0: fixed
     fixed_targets: list[int] = field(default_factory=list)  # held-out views; [] = random per step
     targets_include_inputs: bool = False   # also supervise the input views
     augment: bool = True                   # brightness/contrast jitter, same for all views of a sample
@@ -33,26 +37,46 @@ class DataConfig:
 
     def __post_init__(self):
         check_ranges(self)
+        if self.min_input_views > self.input_views:
+            raise ValueError(f"DataConfig.min_input_views={self.min_input_views} exceeds "
+                             f"input_views={self.input_views}: "
+                             "set min_input_views <= input_views (or 0 for a fixed number)")
 
 
-def choose_views(n_views: int, cfg: DataConfig, gen: torch.Generator) -> tuple[list[int], list[int]]:
+INPUT_COUNT_STREAM = 11  # key of the generator that draws a step's number of input views
+
+
+def step_input_views(cfg: DataConfig, seed: int, step: int) -> int:
+    """The number of input views of training step ``step``: ``cfg.input_views``, or, when
+    ``cfg.min_input_views`` > 0, a uniform draw from min_input_views..input_views keyed by (seed, step)
+    only, so every sample of the step's batch (on every DDP rank) has the same count and stacks,
+    and a resumed run draws the same."""
+    if not cfg.min_input_views:
+        return cfg.input_views
+    g = keyed_generator(seed, step, INPUT_COUNT_STREAM)
+    return cfg.min_input_views + int(torch.randint(cfg.input_views - cfg.min_input_views + 1, (), generator=g))
+
+
+def choose_views(n_views: int, cfg: DataConfig, gen: torch.Generator,
+                 n_inputs: int | None = None) -> tuple[list[int], list[int]]:
     """-> (input view indices, target view indices), each sorted (fixed view order).
 
-    Targets are the held-out views (fixed or drawn with ``gen``), followed, when
-    ``targets_include_inputs``, by the inputs."""
-    if not 0 < cfg.input_views <= n_views:
-        raise ValueError(f"DataConfig.input_views={cfg.input_views} must be in 1..{n_views}")
+    ``n_inputs`` inputs (None: ``cfg.input_views``); targets are the held-out views (fixed or drawn
+    with ``gen``), followed, when ``targets_include_inputs``, by the inputs."""
+    n_in = cfg.input_views if n_inputs is None else n_inputs
+    if not 0 < n_in <= n_views:
+        raise ValueError(f"{n_in} input views (DataConfig.input_views={cfg.input_views}) must be in 1..{n_views}")
     if cfg.fixed_targets:
         held = sorted(cfg.fixed_targets)
         if any(not 0 <= v < n_views for v in held):
             raise ValueError(f"DataConfig.fixed_targets={held} outside 0..{n_views - 1}")
-        inputs = [v for v in range(n_views) if v not in held][:cfg.input_views]
-        if len(inputs) < cfg.input_views:
-            raise ValueError(f"{cfg.input_views} input views + fixed_targets {held} exceed {n_views} views")
+        inputs = [v for v in range(n_views) if v not in held][:n_in]
+        if len(inputs) < n_in:
+            raise ValueError(f"{n_in} input views + fixed_targets {held} exceed {n_views} views")
     else:
         perm = torch.randperm(n_views, generator=gen).tolist()
-        inputs = sorted(perm[:cfg.input_views])
-        held = sorted(perm[cfg.input_views:])
+        inputs = sorted(perm[:n_in])
+        held = sorted(perm[n_in:])
     targets = held + (inputs if cfg.targets_include_inputs else [])
     if not targets:
         raise ValueError("no target views: all views are inputs; set targets_include_inputs=True or use "
@@ -108,7 +132,7 @@ class GSLRMDataset(torch.utils.data.Dataset):
         i, step = key if isinstance(key, tuple) else (key, 0)
         s = read_sample(self.root / self.names[i])
         gen = keyed_generator(self.seed, step, i)
-        inputs, targets = choose_views(s.images.shape[0], self.cfg, gen)
+        inputs, targets = choose_views(s.images.shape[0], self.cfg, gen, step_input_views(self.cfg, self.seed, step))
         rgb, alpha, K = prepare_images(s.images, s.K, self.image_size)
         if self.cfg.augment:
             rgb = augment_colors(rgb, alpha, self.cfg, gen)

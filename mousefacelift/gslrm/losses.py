@@ -1,14 +1,22 @@
-"""GS-LRM training losses: global L2, masked L2, masked SSIM, background, optional LPIPS-VGG.
+"""GS-LRM training losses: global L2, masked L2, masked SSIM, background, optional perceptual
+terms (ST-LPIPS, LPIPS-VGG).
 
 Every term is returned in a dict (for logging) next to the weighted total ``"loss"``.
 Images are [B, V, 3, H, W] in [0, 1] composited on white; alphas [B, V, 1, H, W] in [0, 1].
 "Foreground" means GT alpha > ``mask_threshold``.
 
+ST-LPIPS (:mod:`mousefacelift.perceptual`, shift-tolerant LPIPS) needs no download: its weights ship
+with the ``stlpips-pytorch`` package (or a copied file, ``st_lpips_weights``); a missing file is an
+error when its weight is > 0. It compares each rendered target view with its target over the whole
+image (both on white), as FaceLift's perceptual term does; the network is frozen, in eval mode, and
+runs in fp32 with autocast off.
+
 LPIPS needs the torchvision VGG16 backbone weights (``vgg16-397923af.pth``); our machines cannot
 download them, so the term is on only when ``lpips_vgg_path`` names an existing file (and
 lpips is installed), and off - with a logged reason - otherwise. It is also off for the first
 ``perceptual_warmup_steps`` steps (out-of-domain perceptual losses exploded gradients in the
-earlier attempt).
+earlier attempt). Both perceptual terms share that warm-up: FaceLift's recipe switches its
+perceptual loss (VGG19, weight 0.5) on after the first 500 steps, the default here.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .. import metrics
+from .. import metrics, perceptual
 from ..configs import bounded, check_ranges
 
 log = logging.getLogger(__name__)
@@ -33,13 +41,18 @@ class LossConfig:
     background: float = bounded(1.0, min=0)  # weight of mean(alpha_render * (1 - alpha_gt))
     lpips: float = bounded(0.0, min=0)  # weight of LPIPS-VGG (needs lpips_vgg_path)
     lpips_vgg_path: str = ""            # torchvision vgg16 weights file; "" or missing = LPIPS off
-    perceptual_warmup_steps: int = bounded(500, min=0)  # LPIPS off for steps < this
+    st_lpips: float = bounded(0.0, min=0)  # weight of ST-LPIPS on the rendered targets (0: off)
+    st_lpips_net: str = "alex"          # ST-LPIPS backbone: "alex" or "vgg"
+    st_lpips_weights: str = ""          # ST-LPIPS weights file ("": the installed stlpips-pytorch package's)
+    perceptual_warmup_steps: int = bounded(500, min=0)  # ST-LPIPS and LPIPS off for steps < this (FaceLift: 500)
     mask_threshold: float = bounded(0.5, min=0, max=1)  # GT alpha above this is foreground
     ssim_window: int = bounded(11, min=1)  # Gaussian window size of SSIM
     ssim_sigma: float = bounded(1.5, gt=0)  # Gaussian window sigma of SSIM
 
     def __post_init__(self):
         check_ranges(self)
+        if self.st_lpips_net not in perceptual.NETS:
+            raise ValueError(f"LossConfig.st_lpips_net={self.st_lpips_net!r}: choose one of {perceptual.NETS}")
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -81,12 +94,20 @@ class GSLRMLoss(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.lpips = load_lpips(cfg)
+        # ST-LPIPS: (net, weights file) when on; the network itself is fetched per device at each call
+        # (one frozen instance per device, shared with the metric) and is no submodule of this loss
+        self.st_lpips: tuple[str, str] | None = None
+        if cfg.st_lpips > 0:
+            perceptual.load(cfg.st_lpips_net, cfg.st_lpips_weights)  # a missing file fails here, not at step 500
+            self.st_lpips = (cfg.st_lpips_net, str(perceptual.find_weights(cfg.st_lpips_net, cfg.st_lpips_weights)))
+            log.info("ST-LPIPS loss on (weight %g, %s, from step %d), weights %s", cfg.st_lpips, cfg.st_lpips_net,
+                     cfg.perceptual_warmup_steps, self.st_lpips[1])
 
     def forward(self, rgb: torch.Tensor, alpha: torch.Tensor, gt_rgb: torch.Tensor, gt_alpha: torch.Tensor,
                 step: int) -> dict[str, torch.Tensor]:
         """rgb, gt_rgb [B, V, 3, H, W] on white; alpha, gt_alpha [B, V, 1, H, W]; step = the
         training step (for the perceptual warm-up). -> {"loss", "l2", "masked_l2",
-        "masked_ssim", "background", "lpips", "psnr_fg"}; "masked_ssim" is 1 - SSIM_fg."""
+        "masked_ssim", "background", "st_lpips", "lpips", "psnr_fg"}; "masked_ssim" is 1 - SSIM_fg."""
         cfg = self.cfg
         rgb, alpha = rgb.float(), alpha.float()
         fg = gt_alpha > cfg.mask_threshold                                    # [B, V, 1, H, W]
@@ -97,13 +118,16 @@ class GSLRMLoss(nn.Module):
             "masked_ssim": 1 - masked_ssim(rgb, gt_rgb, fg, cfg.ssim_window, cfg.ssim_sigma),
             "background": (alpha * (1 - gt_alpha)).mean(),
         }
+        terms["st_lpips"] = torch.zeros((), device=rgb.device)
+        if self.st_lpips is not None and step >= cfg.perceptual_warmup_steps:
+            terms["st_lpips"] = perceptual.load(*self.st_lpips, device=rgb.device)(rgb, gt_rgb).mean()
         terms["lpips"] = torch.zeros((), device=rgb.device)
         if self.lpips is not None and step >= cfg.perceptual_warmup_steps:
             self.lpips.to(rgb.device)
             flat = lambda t: t.reshape(-1, *t.shape[-3:]) * 2 - 1  # noqa: E731
             terms["lpips"] = self.lpips(flat(rgb), flat(gt_rgb)).mean()
         weights = {"l2": cfg.l2, "masked_l2": cfg.masked_l2, "masked_ssim": cfg.masked_ssim,
-                   "background": cfg.background, "lpips": cfg.lpips}
+                   "background": cfg.background, "st_lpips": cfg.st_lpips, "lpips": cfg.lpips}
         terms["loss"] = sum((w * terms[k] for k, w in weights.items() if w > 0), torch.zeros((), device=rgb.device))
         with torch.no_grad():
             terms["psnr_fg"] = -10 * torch.log10(terms["masked_l2"].detach().clamp(min=1e-10))

@@ -30,12 +30,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import metrics
+from .. import evaluation
 from ..configs import bounded, check_ranges, from_dict
 from ..stage import warn_schedule_change
 from ..tracking import Tracker, TrackingConfig
 from ..training import (atomic_save, checkpoint_name, latest_checkpoint, load_latest_checkpoint, prune_checkpoints,
                         rng_state, set_rng_state)
+from ..data.samples import read_split
 from .data import DataConfig, GSLRMDataset, StepBatchSampler, collate
 from .losses import GSLRMLoss, LossConfig
 from .model import GSLRM, GSLRMConfig, load_model_state, read_checkpoint
@@ -141,40 +142,22 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Validation
+# Validation: the evaluation protocol's scorer (mousefacelift.evaluation), one home for every score
 # ----------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model: GSLRM, dataset: GSLRMDataset, batch_size: int = 1, max_samples: int = 0,
-             bf16: bool = False) -> dict:
-    """Render the target views that were NOT inputs and score them against the GT.
+def evaluate(model: GSLRM, data_root: str | os.PathLike, names: list[str], n_inputs: int,
+             cfg: evaluation.EvalConfig) -> dict:
+    """Every view of each sample held out in turn and rendered from ``n_inputs`` other views
+    (:func:`mousefacelift.evaluation.reconstruction_rows`, the scorer of notebooks 06 and 07).
 
-    -> {"psnr_fg", "psnr_full", "ssim_fg", "mask_iou", "n_views", "per_view": [{index, view, ...}]},
-    the metrics of :mod:`mousefacelift.metrics` (the evaluation protocol): PSNR_fg over GT
-    alpha > 0.5, SSIM_fg, mask IoU of rendered alpha > 0.5 vs GT alpha > 0.5. Means over views
-    (views where a metric is undefined, e.g. no GT foreground, are left out of its mean).
-    """
-    device = next(model.parameters()).device
+    -> the overall summary of :func:`mousefacelift.evaluation.summarize_rows` ("psnr_fg",
+    "psnr_fg_ci95", ..., "n_rows"), plus "n_views" (scored views) and "per_view" (the rows)."""
     was_training = model.training
     model.eval()
-    n = len(dataset) if not max_samples else min(max_samples, len(dataset))
-    rows = []
-    for start in range(0, n, batch_size):
-        b = collate([dataset[i] for i in range(start, min(n, start + batch_size))])
-        b = {k: v.to(device) for k, v in b.items()}
-        S = b["target_images"].shape[-1]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-            g = model(b["input_images"], b["input_c2w"], b["input_K"])
-        r = g.render(b["target_w2c"], b["target_K"], S, S)
-        m = metrics.image_metrics(r.rgb.permute(0, 1, 4, 2, 3), r.alpha.permute(0, 1, 4, 2, 3),
-                                  b["target_images"], b["target_alpha"])  # each [B, Vt]
-        for bi, vi in (~b["target_is_input"]).nonzero().tolist():
-            rows.append({"index": int(b["index"][bi]), "view": int(b["target_views"][bi, vi]),
-                         **{k: float(v[bi, vi]) for k, v in m.items()}})
+    rows = evaluation.reconstruction_rows(model, data_root, names, [n_inputs], cfg, label="val").rows
     model.train(was_training)
     if not rows:
-        raise ValueError("evaluate: no held-out target views (all targets were inputs)")
-    means = {k: metrics.summarize([r[k] for r in rows])["mean"] for k in ("psnr_fg", "psnr_full", "ssim_fg", "mask_iou")}
-    return {**means, "n_views": len(rows), "per_view": rows}
+        raise ValueError(f"evaluate: no views scored in {data_root} ({len(names)} samples)")
+    return {**evaluation.summarize_rows(rows, by=())[0], "n_views": len(rows), "per_view": rows}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,14 +327,14 @@ class Trainer:
         return summary
 
     def validate(self) -> dict:
-        """evaluate() on the validation split (rank 0; no augmentation, held-out views only)."""
+        """evaluate() on the validation split (rank 0): each view held out in turn, from
+        ``data.input_views`` other views."""
         if not self.is_main:
             return {}
         cfg = self.cfg
-        val_cfg = dataclasses.replace(cfg.data, augment=False, targets_include_inputs=False)
         root = Path(cfg.val_data_root or cfg.data_root)
-        ds = GSLRMDataset(root, root / cfg.val_split, cfg.model.image_size, val_cfg, seed=cfg.seed)
-        res = evaluate(self.model, ds, cfg.batch_size, cfg.val_max_samples, self.use_bf16)
+        ev_cfg = evaluation.EvalConfig(seed=cfg.seed, max_samples=cfg.val_max_samples, n_examples=0, bf16=self.use_bf16)
+        res = evaluate(self.model, root, read_split(root / cfg.val_split), cfg.data.input_views, ev_cfg)
         self.tracker.log({f"val/{k}": res[k] for k in ("psnr_fg", "ssim_fg", "mask_iou")}, step=self.step)
         log.info("val at step %d: PSNR_fg %.2f dB, SSIM_fg %.3f, IoU %.3f over %d views", self.step,
                  res["psnr_fg"], res["ssim_fg"], res["mask_iou"], res["n_views"])

@@ -10,6 +10,10 @@ What the model sees (one object = V views, contiguous in the batch: the ``(b v)`
   origin of the normalized space). Only the pose relative to the reference camera enters, so one
   model serves any rig. Its ``conv_in`` channels start at zero when a checkpoint is adapted
   (:func:`widen_conv_in`), so a FaceLift UNet starts out unchanged.
+* Optionally (``camera_embedding``, from-scratch models) a per-view camera code as well: the mean and
+  standard deviation of each ray-map channel over the view's pixels (12 numbers, zero when the
+  camera is dropped) enter every view's timestep embedding through diffusers' ``time_cond_proj_dim``
+  (a bias-free projection), so the camera reaches every resolution of the UNet, not only ``conv_in``.
 * Every self-attention (``attn1``) runs :class:`MultiViewAttnProcessor`: "sparse" (FaceLift's
   default) lets view i attend to ``[reference-view tokens ; its own tokens]``, "dense" to all
   views of its object. No new weights: it reuses ``attn1``'s projections.
@@ -57,6 +61,7 @@ class MVDiffusionConfig:
     attention_mode: str = "sparse"          # sparse: [reference ; own] tokens; dense: all views
     reference_view: int = bounded(0, min=0)  # batch position of the reference view in each object
     camera_conditioning: bool = True        # ray map (reference-camera frame) as 6 conv_in channels
+    camera_embedding: bool = False          # also the pooled ray map (12 numbers) in every view's timestep embedding
     block_out_channels: tuple[int, ...] = bounded((64, 128, 256, 256), min=1)
     down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
                                          "CrossAttnDownBlock2D")
@@ -75,6 +80,8 @@ class MVDiffusionConfig:
             raise ValueError(f"attention_mode {self.attention_mode!r} is not one of {ATTENTION_MODES}")
         if self.context not in CONTEXT_MODES:
             raise ValueError(f"context {self.context!r} is not one of {CONTEXT_MODES}")
+        if self.camera_embedding and not self.camera_conditioning:
+            raise ValueError("camera_embedding needs camera_conditioning (it pools the ray map)")
         if not 0 <= self.reference_view < self.num_views:
             raise ValueError(f"reference_view {self.reference_view} must be in [0, {self.num_views})")
         self.block_out_channels = tuple(self.block_out_channels)
@@ -105,7 +112,8 @@ class MVDiffusionConfig:
     def unet_config(self) -> dict:
         """The ``UNet2DConditionModel`` config this describes."""
         cam = RAY_CHANNELS if self.camera_conditioning else 0
-        return dict(sample_size=self.image_size, in_channels=2 * self.image_channels + cam,
+        extra = {"time_cond_proj_dim": 2 * RAY_CHANNELS} if self.camera_embedding else {}
+        return dict(**extra, sample_size=self.image_size, in_channels=2 * self.image_channels + cam,
                     out_channels=self.image_channels, block_out_channels=list(self.block_out_channels),
                     down_block_types=list(self.down_block_types), up_block_types=list(self.up_block_types),
                     mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=self.layers_per_block,
@@ -323,9 +331,13 @@ class MVDiffusionModel(ModelMixin, ConfigMixin):
             raise ValueError(f"the model's per-view context has {ctx.shape[0]} views but the batch has {V}; "
                              "FaceLift's prompt embeddings only serve its 6-view rig")
         ctx = ctx.repeat(B, 1, 1)
+        cond = None
+        if self.unet.config.time_cond_proj_dim:  # camera_embedding: per-view code from the pooled ray map
+            r = rays.float().flatten(3)                                               # [B, V, 6, h*w]
+            cond = torch.cat([r.mean(-1), r.std(-1, unbiased=False)], -1).reshape(B * V, -1).to(noisy.dtype)
         if class_labels is not None:
             class_labels = class_labels.to(noisy.dtype).repeat_interleave(V, dim=0)
-        out = self.unet(x, t, encoder_hidden_states=ctx, class_labels=class_labels,
+        out = self.unet(x, t, encoder_hidden_states=ctx, class_labels=class_labels, timestep_cond=cond,
                         cross_attention_kwargs={"num_views": V}).sample
         return out.view(B, V, -1, h, w)
 

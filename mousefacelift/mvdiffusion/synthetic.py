@@ -23,7 +23,7 @@ import torch
 from ..configs import bounded, check_ranges
 from ..data import samples as samples_io
 from .pipeline import MVDiffusionPipeline, SamplerConfig, composite, resize_views
-from .quality import WHITE, held_out_views, mean_defined, view_metrics
+from .quality import WHITE, generated_rows, rows_summary
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,11 @@ def compare_synthetic(data_root: str | os.PathLike, synthetic_root: str | os.Pat
             log.warning("%s was generated on background %s; PSNR_full assumes white", name, background)
         real = composite(real, WHITE)
         ref_v = int(syn.provenance.get("reference_view", 0))
-        views = held_out_views(len(syn.view_ids), ref_v)
-        m = view_metrics(syn.images[None], real[None], views)
-        rows += [{"sample": name, "view": syn.view_ids[v], **{k: m[k][0, a].item() for k in m}}
-                 for a, v in enumerate(views)]
+        rows += [{**r, "view": r["target_view"]} for r in generated_rows(
+            syn.images, real, ref_v, name, list(syn.view_ids), "synthetic", syn.provenance.get("frame_index", -1))]
         if len(grids) < n_grids:
             grids.append((real[ref_v], syn.images, real))
-    means = {k: mean_defined([r[k] for r in rows]) for k in ("psnr_fg", "mask_iou", "ssim_fg", "psnr_full")}
-    return {**means, "n_samples": len(names), "n_views": len(rows), "per_view": rows,
+    return {**rows_summary(rows), "n_samples": len(names), "n_views": len(rows), "per_view": rows,
             "w2c_max_abs_diff": w2c_diff, "K_max_abs_diff": K_diff, "grids": grids}
 
 

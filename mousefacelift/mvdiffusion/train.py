@@ -4,11 +4,13 @@ One step, for a batch of B objects of V views each (views of an object contiguou
   1. augment: per-object brightness/contrast and a random background colour (white/black/gray)
      composited under alpha, the same for every view of the object and its reference;
   2. encode targets (pixel space: RGBA in [-1, 1]); the reference = view ``reference_view`` (fixed:
-     a random reference view made FaceLift collapse);
+     a random reference view made FaceLift collapse; ``random_reference`` swaps a random view of each
+     object into that slot, so the model must read the cameras instead of the slot order);
   3. ray maps of every view relative to the reference camera, at model resolution;
   4. condition dropout for classifier-free guidance (5% each: reference dropped, camera/class
      dropped, both dropped);
-  5. one timestep per object, noise, v- or epsilon-target, min-SNR-weighted MSE (gamma 5);
+  5. one timestep per object, noise, v- or epsilon-target, min-SNR-weighted MSE (gamma 5), over every
+     view or, without ``loss_on_reference``, over the generated views only;
   6. AdamW + warmup/cosine, grad clip, EMA (diffusers ``EMAModel``).
 
 The training split is decoded once at the model's resolution and kept on the device
@@ -83,6 +85,9 @@ class TrainConfig:
     drop_reference: float = bounded(0.05, min=0, max=1)  # P(reference image dropped)
     drop_camera: float = bounded(0.05, min=0, max=1)  # P(camera ray map and class label dropped)
     drop_both: float = bounded(0.05, min=0, max=1)  # P(both dropped)
+    loss_on_reference: bool = True          # False: the loss leaves out the reference view (a copy of the input)
+    random_reference: bool = False          # a random view of each object takes the reference slot (learned or
+    #                                         zero context only: FaceLift's prompts tie each slot to a camera)
     brightness: float = bounded(0.1, min=0)  # +- additive brightness jitter (per object)
     contrast: float = bounded(0.1, min=0, max=1)  # +- relative contrast jitter (per object)
     backgrounds: tuple[str, ...] = ("white", "black", "gray")  # random background colours
@@ -156,6 +161,25 @@ def augment(images: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch
     return composite(torch.cat([rgb, images[:, :, 3:]], dim=2), bg.view(B, 1, 3, 1, 1))
 
 
+def swap_reference(images: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor, reference_view: int,
+                   g: torch.Generator, context_mode: str = "learned") -> tuple[torch.Tensor, ...]:
+    """Per object, a view drawn with ``g`` trades places with the view in slot ``reference_view``.
+    images [B, V, C, S, S], w2c [B, V, 4, 4], K [B, V, 3, 3] -> the same, reordered alike. Refused for
+    FaceLift's per-view prompt context, which ties each slot to one camera of its rig."""
+    if context_mode == "prompt_embeds":
+        raise ValueError("random_reference needs a model whose views are told apart by their ray maps (context "
+                         "'learned' or 'zero'); FaceLift's prompt embeddings tie each slot to one camera")
+    B, V = images.shape[:2]
+    r = torch.randint(V, (B,), generator=g, device=images.device)
+    order = torch.arange(V, device=images.device).repeat(B, 1)                   # [B, V]
+    order[torch.arange(B, device=images.device), r] = reference_view
+    order[:, reference_view] = r
+
+    def take(x):
+        return torch.gather(x, 1, order.view(B, V, *[1] * (x.dim() - 2)).expand_as(x))
+    return take(images), take(w2c), take(K)
+
+
 def training_loss(model, pipe: MVDiffusionPipeline, noise_sched: DDPMScheduler, batch: dict, cfg: TrainConfig,
                   step: int, rank: int) -> torch.Tensor:
     """The loss of one step (a 0-d tensor on the model's device; nothing is read back to the host).
@@ -167,6 +191,9 @@ def training_loss(model, pipe: MVDiffusionPipeline, noise_sched: DDPMScheduler, 
     # 1. augmentation at model resolution
     images, K = resize_views(batch["images"].to(dev), batch["K"].to(dev, torch.float64), S)
     w2c = batch["w2c"].to(dev, torch.float64)
+    if cfg.random_reference:
+        images, w2c, K = swap_reference(images, w2c, K, ref_v, _generator(cfg.seed, step, rank, 4, dev),
+                                        pipe.model.config.context_mode)
     images = augment(images, cfg, g_aug)
     B, V = images.shape[:2]
     # 2. encode targets and reference
@@ -202,7 +229,11 @@ def training_loss(model, pipe: MVDiffusionPipeline, noise_sched: DDPMScheduler, 
         target = noise
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
         pred = model(noisy, t, ref, rays, labels)
-    per_object = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
+    if cfg.loss_on_reference:
+        per_object = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
+    else:
+        gen = [v for v in range(V) if v != ref_v]
+        per_object = F.mse_loss(pred[:, gen].float(), target[:, gen].float(), reduction="none").mean(dim=(1, 2, 3, 4))
     weight = min_snr_weight(noise_sched.alphas_cumprod, t, cfg.snr_gamma, noise_sched.config.prediction_type)
     return (per_object * weight).mean()
 
@@ -272,9 +303,15 @@ def _validate(pipe, ema, cfg: TrainConfig, val_set, out_dir: Path, step: int) ->
         p = out_dir / "val" / f"step_{step:08d}_obj{j:02d}.png"
         cv2.imwrite(str(p), validation_grid(ref, gen, gt)[..., ::-1])
         paths.append(str(p))
-    log.info("step %d: validation PSNR_fg %.2f dB, mask IoU %.3f over %d objects", step, res["psnr_fg"],
-             res["mask_iou"], res["n_objects"])
-    return {"step": step, "psnr_fg": res["psnr_fg"], "mask_iou": res["mask_iou"], "grids": paths}
+    log.info("step %d: validation PSNR_fg %.2f dB, mask IoU %.3f over %d objects; copy score: %.0f%% of views closer "
+             "to the reference mask (IoU %.3f vs own %.3f; copying the reference scores %.3f)", step, res["psnr_fg"],
+             res["mask_iou"], res["n_objects"], 100 * res["copy_fraction"], res["copy_mask_iou"], res["mask_iou"],
+             res["reference_mask_iou"])
+    return {"step": step, "grids": paths, **{k: res[k] for k in VAL_KEYS}}
+
+
+VAL_KEYS = ("psnr_fg", "mask_iou", "copy_fraction", "copy_margin_iou", "copy_psnr_fg", "copy_mask_iou",
+            "reference_psnr_fg", "reference_mask_iou")  # per validation: logged as val_<key>, kept in the summary
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -352,7 +389,7 @@ def train(cfg: TrainConfig) -> dict:
                 "config": asdict(cfg)}, cfg.keep_checkpoints)
         if rank == 0 and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
             vals.append(_validate(pipe, ema, cfg, val_set, out_dir, step))
-            tracker.log({"val_psnr_fg": vals[-1]["psnr_fg"], "val_mask_iou": vals[-1]["mask_iou"]}, step=step)
+            tracker.log({f"val_{k}": vals[-1][k] for k in VAL_KEYS}, step=step)
     # 5. export with the EMA weights
     pipeline_dir = out_dir / "pipeline"
     if rank == 0 and step >= cfg.steps:
