@@ -45,6 +45,9 @@ def _cmd_run(args) -> int:
     failed = 0
     for i, plan in enumerate(plans):
         n = len(plan.stems)
+        if swept:  # how long the notebooks took in the sweep's earlier runs, else beside the sweep's folder
+            plan.estimates = (runlog.previous_durations(runs_root, plan.params_file.name)
+                              or runlog.previous_durations(args.runs, plan.params_file.name))
         print(f"mfl run{f' {i + 1}/{len(plans)}' if swept else ''}: {n} notebook{'s' * (n != 1)} -> {plan.run_dir} "
               f"(cell logs in {plan.run_dir / 'logs'})")
         try:

@@ -391,7 +391,8 @@ def test_set_values_are_read_as_yaml(project):
 def test_a_sweep_runs_each_value_into_one_folder_and_list_compares_them(project, capsys):
     assert run_cli(project, "--name", "sw", "--only", "01,02", "--sweep", "01_make.n=2,4") == 0
     out = capsys.readouterr().out
-    assert "a sweep of 2 runs" in out and out.count("[2/2] 02_use ... ok") == 2
+    assert "a sweep of 2 runs" in out and out.count("[2/2] 02_use ") == 2
+    assert "[2/2] 02_use (last time " in out.split("mfl run 2/2")[1]  # the first run's durations
     for n, total in ((2, 1), (4, 6)):
         man = json.loads((project / "runs" / "sw" / f"n={n}" / "manifest.json").read_text())
         assert man["params"]["01_make"]["n"] == n and man["notebooks"]["02_use"]["results"] == {"total": total}
