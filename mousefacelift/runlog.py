@@ -24,7 +24,7 @@ LOGS_DIR = "logs"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def execute_options() -> dict:
+def execute_options(kernel_log: Path | None = None) -> dict:
     """Keyword arguments for papermill's nbclient engine:
 
     - ``coalesce_streams``: at the end of each cell, nbclient merges its stdout pieces into one
@@ -34,17 +34,39 @@ def execute_options() -> dict:
     - the kernel talks over local sockets (IPC) instead of TCP on the loopback interface, which is
       both private and the reason ipykernel stops warning that TCP traffic is unencrypted (TCP
       remains on systems without Unix sockets, or where Jupyter's runtime folder has too long a
-      path for one)."""
-    from traitlets.config import Config
-
+      path for one);
+    - with ``kernel_log``, the kernel process's own stdout and stderr (its infrastructure log, e.g.
+      "KeyboardInterrupt caught in kernel" when jupyter_client interrupts it on shutdown, and
+      anything written below Python) are appended to that file instead of the console. Cell
+      outputs are not among them: they travel as messages into the notebook and the cell log."""
     from jupyter_core.paths import jupyter_runtime_dir
+    from traitlets.config import Config
 
     options: dict = {"coalesce_streams": True}
     # the sockets are files beside the connection file: <runtime dir>/kernel-<uuid>-ipc-<n>, and a
     # socket path may have about 100 characters (104 on macOS, 108 on Linux)
     if os.name == "posix" and len(jupyter_runtime_dir()) + 50 < 100:
         options["config"] = Config({"KernelManager": {"transport": "ipc"}})
+    if kernel_log is not None:
+        options["kernel_manager_class"] = _kernel_manager_writing_to(Path(kernel_log))
     return options
+
+
+def _kernel_manager_writing_to(path: Path):
+    """nbclient's kernel manager class, starting the kernel with stdout and stderr appended to ``path``."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelManagerWritingToLog(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            self._kernel_log = path.open("a", encoding="utf-8")  # open while the kernel may be (re)started
+            return await super().start_kernel(**{"stdout": self._kernel_log, "stderr": self._kernel_log, **kw})
+
+        async def cleanup_resources(self, restart: bool = False) -> None:
+            await super().cleanup_resources(restart=restart)
+            if not restart and getattr(self, "_kernel_log", None) is not None:
+                self._kernel_log.close()
+
+    return KernelManagerWritingToLog
 
 
 def log_path(run_dir: Path, stem: str) -> Path:
@@ -57,7 +79,8 @@ def capture(path: Path, verbose: bool = False):
     WARNING) and this process's warnings to ``path`` while the block runs; the console sees the
     cell log only when ``verbose``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    path.write_text("")  # then appended to, by this handler and by the kernel (execute_options)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root, pm_log = logging.getLogger(), logging.getLogger("papermill")
     saved = pm_log.level, pm_log.propagate

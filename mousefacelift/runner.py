@@ -374,7 +374,8 @@ def _run_notebooks(plan: RunPlan, verbose: bool = False, console: runlog.Console
                 log.info("executing %s -> %s", plan.notebooks[stem].name, out)
                 pm.execute_notebook(str(plan.notebooks[stem]), str(out), parameters=nb_params,
                                     cwd=str(plan.run_dir), kernel_name=plan.kernel, log_output=True,
-                                    progress_bar=False, **runlog.execute_options())
+                                    progress_bar=False,
+                                    **runlog.execute_options(None if verbose else cell_log))
             entry["status"] = "ok"
         except pm.PapermillExecutionError as e:
             entry.update(status="failed", error=f"{e.ename}: {e.evalue}", cell=e.cell_index)

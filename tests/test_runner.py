@@ -437,3 +437,15 @@ def test_a_headline_is_the_declared_one_else_never_a_parameter_or_a_baseline():
     results = {"steps": 100, "baseline_psnr_fg": 8.2, "test_psnr_fg": 7.6, "n_frames": 20, "loss_last": 0.1}
     assert headline({"results": results}, {"steps": 100, "n_frames": None}) == {"test_psnr_fg": 7.6, "loss_last": 0.1}
     assert headline({"results": results, "headline": {"loss_last": 0.1}}) == {"loss_last": 0.1}
+
+
+def test_the_kernels_own_output_goes_to_the_cell_log(project, capfd):
+    """What the kernel process writes outside cell outputs (its infrastructure log, C-level output)
+    lands in the cell log, not on the console."""
+    make_notebook(project / "notebooks" / "03_last.ipynb", "x = 1.0",
+                  "import os\nos.write(2, b'below python on stderr\\n')\nos.write(1, b'below python on stdout\\n')")
+    assert run_cli(project, "--name", "k", "--only", "03") == 0
+    out = capfd.readouterr()
+    assert "below python" not in out.out + out.err and len(out.out.splitlines()) == 3
+    log = (project / "runs" / "k" / "logs" / "03_last.log").read_text()
+    assert "below python on stderr" in log and "below python on stdout" in log and "Executing Cell 1" in log
