@@ -394,8 +394,8 @@ def shift_vs_blur_rows(data_root: str | os.PathLike, names: list[str], image_siz
                    for v, sg in enumerate(sigmas)]
         m = score(torch.stack([b[0] for b in blurred]), torch.stack([b[1] for b in blurred]), rgb, alpha, lpips, st)
         for v in range(rgb.shape[0]):
-            rows.append({**_row("shift_vs_blur", "shift_1px", s, 0, [], v, shifted, v), "blur_sigma_px": 0.0})
-            rows.append({**_row("shift_vs_blur", "blur_equal_mse", s, 0, [], v, m, v), "blur_sigma_px": sigmas[v]})
+            rows.append({**sample_row("shift_vs_blur", "shift_1px", s, 0, [], v, shifted, v), "blur_sigma_px": 0.0})
+            rows.append({**sample_row("shift_vs_blur", "blur_equal_mse", s, 0, [], v, m, v), "blur_sigma_px": sigmas[v]})
     return rows
 
 

@@ -105,7 +105,7 @@ class SceneConfig:
         check_ranges(self)
 
 
-RUNTIME_KEYS = ("workers", "render_batch")  # SyntheticConfig knobs that change speed, not the files (left out of the hash)
+RUNTIME_KEYS = ("workers", "render_batch", "chunk_elements")  # SyntheticConfig knobs that change speed, not the files (left out of the hash)
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,8 @@ class SyntheticConfig:
                                                     # renderer (0: this process); speed only, same files
     render_batch: int = bounded(8, min=1)           # frames per render call (fewer kernel launches per frame);
                                                     # speed only: same files up to float rounding (tested)
-    chunk_elements: int = bounded(2 ** 21, min=1)   # ray-piece pairs per batched intersection (memory bound)
+    chunk_elements: int = bounded(2 ** 21, min=1)   # ray-piece pairs per batched intersection (memory bound;
+                                                    # speed only: a GPU renders a batch in fewer calls with 2 ** 25)
     keypoint_confidence: tuple[float, float] = bounded((0.9, 1.0), min=0, max=1)
     video_codec: str = "h264"                       # "h264" (imageio-ffmpeg) or "mp4v" (OpenCV)
     video_gop: int = bounded(250, min=1)            # h264: frames between keyframes (x264's default, as cameras)
