@@ -88,18 +88,21 @@ def write_report(run_dir: Path) -> Path:
         status = entry.get("status")
         err = f"<br><small>{html.escape(entry.get('error', ''))}</small>" if entry.get("error") else ""
         head = headline(entry, manifest.get("params", {}).get(stem)) if entry.get("results") else {}
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(format_headline({k: v}).split('=', 1)[1])}</td></tr>"
-                       for k, v in head.items())
-        sections.append(f"""<section><h2>{name} <span class='{html.escape(str(status))}'>{html.escape(str(status))}</span>
+        values = {k: format_headline({k: v}).split("=", 1)[1] for k, v in head.items()}
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in values.items())
+        status = html.escape(str(status))
+        sections.append(f"""<section><h2>{name} <span class='{status}'>{status}</span>
 <small>{entry.get('duration_s', '')} s &middot; {' &middot; '.join(links)}</small></h2>{err}
 {f'<table>{rows}</table>' if rows else ''}<div class="thumbs">{thumbs}</div></section>""")
+    overrides = "".join(f" <code>--set {html.escape(o)}</code>" for o in manifest.get("overrides", []))
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>run {html.escape(manifest['name'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} td{{padding:2px 10px;border-bottom:1px solid #ddd}}
 h2{{font-size:1.1em;margin:1.5em 0 .3em}} h2 small{{font-weight:normal;color:#555}}
-.thumbs img{{margin:4px;border:1px solid #ccc}} .ok{{color:#070}} .failed{{color:#b00}} .interrupted{{color:#b60}}</style>
+.thumbs img{{margin:4px;border:1px solid #ccc}}
+.ok{{color:#070}} .failed{{color:#b00}} .interrupted{{color:#b60}}</style>
 </head><body>
 <h1>mouse-facelift run: {html.escape(manifest['name'])}</h1>
-<p>params: <code>{html.escape(manifest['params_file'])}</code>{''.join(f' <code>--set {html.escape(o)}</code>' for o in manifest.get('overrides', []))}
+<p>params: <code>{html.escape(manifest['params_file'])}</code>{overrides}
 &middot; commit <code>{html.escape(str(manifest.get('git_commit')))}</code>
 {'(dirty)' if manifest.get('git_dirty') else ''} &middot; status <b>{html.escape(manifest['status'])}</b>
 &middot; started {html.escape(manifest.get('started', ''))}</p>

@@ -52,7 +52,8 @@ def test_a_notebook_run_by_hand_writes_nothing_into_notebooks(repo, monkeypatch)
     from nbclient import NotebookClient
 
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "mousefacelift", "display_name": "Python (mousefacelift)", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "mousefacelift", "display_name": "Python (mousefacelift)",
+                                 "language": "python"}
     params = nbformat.v4.new_code_cell("steps = 5000  # steps\ndevice = 'auto'  # device")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(
