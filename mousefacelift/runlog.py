@@ -48,7 +48,8 @@ def execute_options(kernel_log: Path | None = None) -> dict:
     if os.name == "posix" and len(jupyter_runtime_dir()) + 50 < 100:
         options["config"] = Config({"KernelManager": {"transport": "ipc"}})
     if kernel_log is not None:
-        options["kernel_manager_class"] = _kernel_manager_writing_to(Path(kernel_log))
+        # absolute: papermill changes the working directory to the run folder before the kernel starts
+        options["kernel_manager_class"] = _kernel_manager_writing_to(Path(kernel_log).absolute())
     return options
 
 
