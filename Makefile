@@ -8,9 +8,9 @@ STAMP := $(VENV)/.setup-done
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 KERNEL := mousefacelift
 
-.PHONY: setup demo test test-fast test-gpu lab bench clean-venv
+.PHONY: setup demo test test-fast test-gpu lab bench clean-venv git-drivers
 
-setup: $(STAMP)
+setup: $(STAMP) git-drivers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (mousefacelift)"
-	-$(BIN)/nbdime config-git --enable
 	touch $(STAMP)
+
+# nbdime's git diff/merge drivers for notebooks, registered with the absolute path of this checkout's
+# executables: `git diff` then works in any shell, with or without .venv/bin on PATH.
+NBBIN := $(abspath $(BIN))
+git-drivers: $(STAMP)
+	@$(BIN)/nbdime config-git --enable
+	@git config diff.jupyternotebook.command '"$(NBBIN)/git-nbdiffdriver" diff'
+	@git config merge.jupyternotebook.driver '"$(NBBIN)/git-nbmergedriver" merge %O %A %B %L %P'
+	@git config difftool.nbdime.cmd '"$(NBBIN)/git-nbdifftool" diff "$$LOCAL" "$$REMOTE" "$$BASE"'
+	@git config mergetool.nbdime.cmd '"$(NBBIN)/git-nbmergetool" merge "$$BASE" "$$LOCAL" "$$REMOTE" "$$MERGED"'
 
 demo: setup
 	$(BIN)/mfl run params/demo.yaml
@@ -34,8 +43,9 @@ test-fast: setup
 test-gpu: setup
 	$(BIN)/python -m pytest -q -m gpu
 
+# JupyterLab on the repository: notebooks/ to open, runs/ to read executed notebooks and artifacts
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)"
 
 bench: setup
 	$(BIN)/mfl bench

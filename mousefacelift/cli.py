@@ -1,7 +1,8 @@
 """The `mfl` command.
 
-    mfl run PARAMS.yaml [--only 01,06] [--from-run DIR] [--name NAME] [--overwrite]
-    mfl list [--runs DIR]
+    mfl run PARAMS.yaml [--only 01,06] [--from-run DIR] [--name NAME] [--overwrite] [-v] [--set KEY=VALUE]
+    mfl run PARAMS.yaml --sweep NN_notebook.KEY=V1,V2 [--name SWEEP]     (or several PARAMS.yaml)
+    mfl list [--runs DIR] [--csv | --json]
     mfl bench [--only NAME,...] [--out DIR]
     mfl infer IMAGE --mvdiffusion DIR --gslrm CKPT --out DIR [--camera SAMPLE_DIR:VIEW]
     mfl infer --recording DIR --frames A:B --gslrm CKPT --out DIR
@@ -16,26 +17,50 @@ from pathlib import Path
 
 
 def _cmd_run(args) -> int:
-    from . import runner
+    from . import runlog, runner, sweep
     from .params import ParamsError
 
-    try:
-        plan = runner.plan_run(args.params, only=args.only, from_run=args.from_run, name=args.name,
-                               overwrite=args.overwrite, runs_root=args.runs, notebooks_dir=args.notebooks,
-                               kernel=args.kernel)
-        runner.claim(plan)  # the run folder and its notebooks' locks, held until the run ends
+    swept = len(args.params) > 1 or bool(args.sweep)
+    plans = []
+    try:  # every run is validated and its folder claimed before any notebook runs
+        if swept:
+            folder = args.name or ("-".join(Path(p).stem for p in args.params) + ("-sweep" if args.sweep else ""))
+            runs_root = runner.run_folder(args.runs, folder)
+            members = sweep.expand(args.params, args.sweep, args.set)
+        else:
+            runs_root, members = args.runs, [sweep.Member(args.name, Path(args.params[0]), args.set)]
+        for m in members:
+            plans.append(runner.plan_run(m.params_file, only=args.only, from_run=args.from_run, name=m.name,
+                                         overwrite=args.overwrite, runs_root=runs_root,
+                                         notebooks_dir=args.notebooks, kernel=args.kernel, overrides=m.overrides))
+        for plan in plans:
+            runner.claim(plan)  # the run folder and its notebooks' locks, held until the run ends
     except (ParamsError, runner.RunError) as e:
+        for plan in plans:
+            runner.release(plan)
         print(f"mfl run: {e}\nNothing was executed.", file=sys.stderr)
         return 2
-    print(f"mfl run: {', '.join(plan.stems)} -> {plan.run_dir}")
-    try:
-        manifest = runner.execute(plan)
-    except runner.RunError as e:
-        print(f"mfl run: {e}\nReport: {plan.run_dir / 'report.html'}", file=sys.stderr)
-        return 1
-    seconds = sum(manifest["notebooks"][s].get("duration_s", 0) for s in plan.stems)
-    print(f"mfl run: ok in {seconds:.1f} s. Report: {plan.run_dir / 'report.html'}")
-    return 0
+    if swept:
+        print(f"mfl run: a sweep of {len(plans)} runs -> {runs_root}/ (compare: mfl list --runs {runs_root} --csv)")
+    failed = 0
+    for i, plan in enumerate(plans):
+        n = len(plan.stems)
+        if swept:  # how long the notebooks took in the sweep's earlier runs, else beside the sweep's folder
+            plan.estimates = (runlog.previous_durations(runs_root, plan.params_file.name)
+                              or runlog.previous_durations(args.runs, plan.params_file.name))
+        print(f"mfl run{f' {i + 1}/{len(plans)}' if swept else ''}: {n} notebook{'s' * (n != 1)} -> {plan.run_dir} "
+              f"(cell logs in {plan.run_dir / 'logs'})")
+        try:
+            manifest = runner.execute(plan, args.verbose, runlog.Console(plan.stems, plan.estimates, args.verbose))
+        except runner.RunError as e:
+            print(f"mfl run: {e}\nReport: {plan.run_dir / 'report.html'}", file=sys.stderr)
+            failed += 1
+            continue
+        seconds = sum(manifest["notebooks"][s].get("duration_s", 0) for s in plan.stems)
+        print(f"mfl run: ok in {runlog.format_seconds(seconds)}. Report: {plan.run_dir / 'report.html'}")
+    if swept and failed:
+        print(f"mfl run: {failed} of {len(plans)} runs failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_report(args) -> int:
@@ -53,6 +78,17 @@ def _cmd_list(args) -> int:
     from .runner import list_runs
 
     rows = list_runs(args.runs)
+    if args.csv or args.json:
+        import json
+
+        from .sweep import runs_table, write_csv
+
+        columns, records = runs_table(rows, args.params)
+        if args.json:
+            print(json.dumps(records, indent=1, default=str))
+        else:
+            write_csv(columns, records, sys.stdout)
+        return 0
     if not rows:
         print(f"no runs under {args.runs}/")
         return 0
@@ -120,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="execute the numbered notebooks with a params YAML into runs/<name>/")
-    p.add_argument("params", help="params YAML (e.g. params/demo.yaml)")
+    p.add_argument("params", nargs="+", help="params YAML (e.g. params/demo.yaml); several: a sweep over them")
     p.add_argument("--only", help="comma-separated notebook numbers or names, e.g. 01,06")
     p.add_argument("--from-run", dest="from_run", help="earlier run folder to read missing inputs from")
     p.add_argument("--name", help="run folder name under runs/ (default: the params file's name)")
@@ -128,10 +164,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="folder holding the run folders (default: runs)")
     p.add_argument("--notebooks", default=None, help="folder of numbered notebooks (default: ./notebooks)")
     p.add_argument("--kernel", default=None, help="Jupyter kernel to use (default: the one each notebook names)")
+    p.add_argument("--set", action="append", default=[], metavar="[NN_notebook.]KEY=VALUE",
+                   help="override one parameter (repeatable; VALUE read as YAML; checked like the params file), "
+                        "e.g. --set 06_gslrm_finetune.steps=500")
+    p.add_argument("--sweep", action="append", default=[], metavar="[NN_notebook.]KEY=V1,V2,...",
+                   help="one run per value (repeatable: every combination) into runs/<name>/<key=value>/, "
+                        "e.g. --sweep 06_gslrm_finetune.lr=1e-4,3e-4 (--name: the sweep's folder)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show every cell's log on the console too (it always goes to runs/<name>/logs/)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("list", help="runs with their status, duration and headline results")
     p.add_argument("--runs", default="runs")
+    p.add_argument("--csv", action="store_true", help="a table: one row per run, parameters and headline results "
+                                                       "as columns (NN_notebook.key)")
+    p.add_argument("--json", action="store_true", help="the same table as JSON records")
+    p.add_argument("--params", default="varied", choices=["varied", "all"],
+                   help="parameter columns of --csv/--json: those that differ between the runs or were set "
+                        "with --set/--sweep (default), or every parameter the params files set")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("report", help="(re)write a run folder's report.html and the HTML export of each notebook")
@@ -171,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_doctor)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet = args.command == "run" and not args.verbose  # `mfl run` shows one line per notebook
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return args.func(args)
 
 

@@ -209,13 +209,52 @@ def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     return merged
 
 
-def resolve(params_path: str | Path, notebooks: dict[str, Path]) -> dict[str, dict]:
-    """Validate a params YAML against notebooks {stem: path} and return {stem: parameters to pass}.
+def parse_assignment(text: str, option: str = "--set") -> tuple[str | None, str, str]:
+    """``"06_gslrm_finetune.steps=500"`` -> ``("06_gslrm_finetune", "steps", "500")``; a key without a
+    section (``"seed=3"``) is shared: ``(None, "seed", "3")``. The value stays text (see
+    :func:`yaml_value`). A text without ``=`` or with an empty key raises ParamsError."""
+    key, eq, value = text.partition("=")
+    section, _, name = key.strip().rpartition(".")
+    if not eq or not name:
+        raise ParamsError(f"{option} {text!r}: expected KEY=VALUE or NN_notebook.KEY=VALUE, e.g. "
+                          f"{option} 06_gslrm_finetune.steps=500")
+    return section or None, name, value.strip()
+
+
+def yaml_value(text: str, option: str = "--set"):
+    """A command-line value read as YAML reads it in a params file (``1e-4`` a float, ``true`` a bool,
+    ``[1, 3]`` a list, ``''`` an empty string)."""
+    try:
+        return yaml.load(text, Loader=ParamsLoader) if text else ""
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{option}: value {text!r} is not a YAML value: {e}") from None
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """The params ``data`` (as :func:`load_yaml` returns them) with ``--set`` assignments applied
+    on top, like one more ``base:`` layer: shared keys replace, section keys merge. Nothing is
+    validated here: :func:`resolve` checks the result exactly as it checks a file."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for text in overrides:
+        section, name, value = parse_assignment(text)
+        if section is None:
+            data[name] = yaml_value(value)
+        else:
+            if not isinstance(data.get(section, {}), dict):
+                raise ParamsError(f"--set {text!r}: {section!r} is a shared key, not a notebook section")
+            data.setdefault(section, {})[name] = yaml_value(value)
+    return data
+
+
+def resolve(params_path: str | Path, notebooks: dict[str, Path], overrides: list[str] | tuple[str, ...] = ()
+            ) -> dict[str, dict]:
+    """Validate a params YAML (with command-line ``overrides``, see :func:`apply_overrides`) against
+    notebooks {stem: path} and return {stem: parameters to pass}.
 
     Shared (top-level, non-section) keys go to every notebook that declares them and must be
     declared by at least one; section keys go to their notebook and must be declared by it.
     """
-    data = load_yaml(params_path)
+    data = apply_overrides(load_yaml(params_path), overrides)
     declared = {stem: notebook_parameters(p) for stem, p in notebooks.items()}
     all_names = sorted({n for d in declared.values() for n in d} - set(RUNNER_KEYS))
     shared, sections = {}, {}

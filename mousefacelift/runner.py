@@ -3,7 +3,8 @@
 A run folder ``runs/<name>/`` holds the executed notebooks ``NN_*.ipynb``, every artifact the
 stages wrote (the notebooks run with it as working directory), ``manifest.json`` (params, git
 commit, package versions, device, per-notebook status and timing, recorded results) and
-``report.html`` (an index linking an HTML export of each executed notebook).
+``report.html`` (each notebook's headline results, figure thumbnails and HTML exports, see
+:mod:`mousefacelift.report`), and ``logs/NN_name.log``, each notebook's cell log.
 
 Steps of a run:
  1. find the notebooks, select them (--only), validate every params key against their
@@ -28,7 +29,6 @@ whenever the manifest is next written or listed.
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import logging
 import os
@@ -40,9 +40,11 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from . import locks
+from . import locks, runlog
 from . import params as params_mod
-from .stage import RESULTS_DIR
+from .report import export_html, write_report  # noqa: F401  (mfl report, tests)
+from .runlog import headline
+from .stage import RESULTS_DIR, headline_path
 
 log = logging.getLogger(__name__)
 
@@ -132,18 +134,21 @@ class RunPlan:
     manifest: dict = field(default_factory=dict)
     held: list = field(default_factory=list)  # open lock files of the claimed notebooks (see claim)
     paths_as_given: dict[str, dict] = field(default_factory=dict)  # {stem: {key: relative path as written}}
+    estimates: dict[str, float] = field(default_factory=dict)  # {stem: seconds its last run took}
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, applied over the params file
 
 
 def plan_run(params_file: str | Path, *, only: str | None = None, from_run: str | Path | None = None,
              name: str | None = None, overwrite: bool = False, runs_root: str | Path = "runs",
-             notebooks_dir: str | Path | None = None, kernel: str | None = None) -> RunPlan:
-    """Step 1, without touching anything: validate params, decide the run folder (checked by
-    :func:`claim`)."""
+             notebooks_dir: str | Path | None = None, kernel: str | None = None,
+             overrides: list[str] | tuple[str, ...] = ()) -> RunPlan:
+    """Step 1, without touching anything: validate params (the file with ``overrides``, ``--set``
+    assignments, on top), decide the run folder (checked by :func:`claim`)."""
     params_file = Path(params_file)
     notebooks = find_notebooks(notebooks_dir or (Path("notebooks") if Path("notebooks").is_dir()
                                                  else repo_root() / "notebooks"))
     stems = select(notebooks, only)
-    parameters = params_mod.resolve(params_file, notebooks)
+    parameters = params_mod.resolve(params_file, notebooks, overrides)
     selected = {s: parameters[s] for s in stems}
     params_mod.check_ranges(params_file, selected)
     selected, paths_as_given = params_mod.resolve_paths(selected, params_path=params_file)
@@ -154,7 +159,8 @@ def plan_run(params_file: str | Path, *, only: str | None = None, from_run: str 
         if not (from_run / "manifest.json").is_file():
             raise RunError(f"--from-run {from_run}: not a run folder (no manifest.json)")
     return RunPlan(params_file, run_dir, stems, notebooks, parameters, from_run, kernel, overwrite,
-                   paths_as_given=paths_as_given)
+                   paths_as_given=paths_as_given,
+                   estimates=runlog.previous_durations(runs_root, params_file.name), overrides=list(overrides))
 
 
 def run_folder(runs_root: str | Path, name: str) -> Path:
@@ -201,6 +207,7 @@ def claim(plan: RunPlan) -> None:
                 "name": plan.run_dir.name,
                 "params_file": str(plan.params_file),
                 "params_yaml": plan.params_file.read_text(),
+                "overrides": plan.overrides,  # --set assignments over params_yaml, in order
                 "params": {s: plan.parameters[s] for s in plan.stems},
                 "params_paths_as_given": plan.paths_as_given,  # relative input paths, made absolute in params
                 "from_run": str(plan.from_run) if plan.from_run else None,
@@ -328,14 +335,16 @@ def _prefer_this_environment_kernels() -> None:
         os.environ["JUPYTER_PATH"] = os.pathsep.join([here, *paths])
 
 
-def execute(plan: RunPlan) -> dict:
+def execute(plan: RunPlan, verbose: bool = False, console: runlog.Console | None = None) -> dict:
     """Steps 2-4: claim the run folder (unless the caller did), run the planned notebooks, release
     it; returns the manifest. Raises RunError on a failure after recording it (the executed
-    notebook with its traceback stays in the run folder)."""
+    notebook with its traceback stays in the run folder). ``console`` prints a status line per
+    notebook (default: none); each notebook's cell log goes to ``logs/NN_name.log`` in the run
+    folder, and also to the console when ``verbose``."""
     _prefer_this_environment_kernels()
     claim(plan)
     try:
-        failure = _run_notebooks(plan)
+        failure = _run_notebooks(plan, verbose, console)
     finally:
         release(plan)
     if failure:
@@ -343,7 +352,7 @@ def execute(plan: RunPlan) -> dict:
     return plan.manifest
 
 
-def _run_notebooks(plan: RunPlan) -> str | None:
+def _run_notebooks(plan: RunPlan, verbose: bool = False, console: runlog.Console | None = None) -> str | None:
     """Steps 3-4 for a claimed plan. -> the failure message, or None."""
     import papermill as pm
 
@@ -356,12 +365,17 @@ def _run_notebooks(plan: RunPlan) -> str | None:
         nb_params = dict(plan.parameters[stem])
         if "from_run" in params_mod.notebook_parameters(plan.notebooks[stem]):
             nb_params["from_run"] = str(plan.from_run) if plan.from_run else ""
-        log.info("executing %s -> %s", plan.notebooks[stem].name, out)
+        if console:
+            console.start(stem)
+        cell_log = runlog.log_path(plan.run_dir, stem)
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(plan.notebooks[stem]), str(out), parameters=nb_params,
-                                cwd=str(plan.run_dir), kernel_name=plan.kernel, log_output=True,
-                                progress_bar=False)
+            with runlog.capture(cell_log, verbose):
+                log.info("executing %s -> %s", plan.notebooks[stem].name, out)
+                pm.execute_notebook(str(plan.notebooks[stem]), str(out), parameters=nb_params,
+                                    cwd=str(plan.run_dir), kernel_name=plan.kernel, log_output=True,
+                                    progress_bar=False,
+                                    **runlog.execute_options(None if verbose else cell_log))
             entry["status"] = "ok"
         except pm.PapermillExecutionError as e:
             entry.update(status="failed", error=f"{e.ename}: {e.evalue}", cell=e.cell_index)
@@ -376,7 +390,15 @@ def _run_notebooks(plan: RunPlan) -> str | None:
         results = plan.run_dir / RESULTS_DIR / f"{stem}.json"
         if results.is_file():
             entry["results"] = json.loads(results.read_text())
+            if headline_path(results).is_file():  # declared by the notebook's record_results
+                keys = json.loads(headline_path(results).read_text())
+                entry["headline"] = {k: entry["results"][k] for k in keys if k in entry["results"]}
+            else:
+                entry["headline"] = headline(entry, plan.parameters[stem])
+        entry["log"] = str(cell_log.relative_to(plan.run_dir))
         _write_manifest(plan)
+        if console:
+            console.end(stem, entry, cell_log)
         if failure:
             break
     for stem in plan.stems:  # after a failure, the later notebooks were never started
@@ -387,82 +409,38 @@ def _run_notebooks(plan: RunPlan) -> str | None:
     return failure
 
 
-def run(params_file: str | Path, **kwargs) -> dict:
+def run(params_file: str | Path, verbose: bool = False, console: runlog.Console | None = None, **kwargs) -> dict:
     """Plan (validate everything) and execute. See :func:`plan_run` for the keyword arguments."""
-    return execute(plan_run(params_file, **kwargs))
-
-
-# ----------------------------------------------------------------------------------------------
-# Reports
-# ----------------------------------------------------------------------------------------------
-def export_html(nb_path: Path, out_path: Path) -> None:
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(nb_path), as_version=4))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(body)
-
-
-HEADLINE_KEYS = ("psnr_fg", "ssim_fg", "mask_iou", "n_written", "reprojection_mean_px", "centre_within_5mm")
-
-
-def _headline(results: dict, limit: int = 4) -> str:
-    """The protocol's primary numbers first, then whatever else the notebook recorded."""
-    nums = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    order = [k for k in HEADLINE_KEYS if k in nums] + [k for k in nums if k not in HEADLINE_KEYS]
-    return ", ".join(f"{k}={nums[k]:.4g}" for k in order[:limit])
-
-
-def write_report(run_dir: Path) -> Path:
-    """report.html: one row per notebook with status, time, headline results and a link to its
-    HTML export (html/NN_name.html). A notebook whose export fails is listed with the reason."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    rows = []
-    for stem, entry in manifest["notebooks"].items():
-        nb = run_dir / f"{stem}.ipynb"
-        link = html.escape(stem)
-        if nb.is_file():
-            try:
-                export_html(nb, run_dir / "html" / f"{stem}.html")
-                link = f'<a href="html/{html.escape(stem)}.html">{html.escape(stem)}</a>'
-            except Exception as e:  # an export problem must not hide the run's own outcome
-                log.warning("HTML export of %s failed: %s", nb, e)
-                link += f" (HTML export failed: {html.escape(str(e))})"
-        err = f"<br><small>{html.escape(entry.get('error', ''))}</small>" if entry.get("error") else ""
-        rows.append(f"<tr><td>{link}</td><td class='{entry.get('status')}'>{entry.get('status')}{err}</td>"
-                    f"<td>{entry.get('duration_s', '')}</td>"
-                    f"<td>{html.escape(_headline(entry.get('results', {})))}</td></tr>")
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>run {html.escape(manifest['name'])}</title>
-<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
-.ok{{color:#070}} .failed{{color:#b00}} .interrupted{{color:#b60}}</style></head><body>
-<h1>mouse-facelift run: {html.escape(manifest['name'])}</h1>
-<p>params: <code>{html.escape(manifest['params_file'])}</code> &middot; commit <code>{html.escape(str(manifest.get('git_commit')))}</code>
-{'(dirty)' if manifest.get('git_dirty') else ''} &middot; status <b>{html.escape(manifest['status'])}</b>
-&middot; started {html.escape(manifest.get('started', ''))}</p>
-<table><tr><th>notebook</th><th>status</th><th>seconds</th><th>results</th></tr>
-{''.join(rows)}
-</table><p>Manifest: <a href="manifest.json">manifest.json</a></p></body></html>"""
-    path = run_dir / "report.html"
-    path.write_text(doc)
-    return path
+    return execute(plan_run(params_file, **kwargs), verbose, console)
 
 
 def list_runs(runs_root: str | Path = "runs") -> list[dict]:
-    """One dict per run folder with a manifest: name, status, duration, headline results."""
+    """One dict per run folder with a manifest, the members of sweep folders included (named
+    ``sweep/member``): name, status, start, duration, headline (text), params (as in the
+    manifest), overrides (``--set``) and results ({notebook: headline results})."""
     rows = []
-    for m in sorted(Path(runs_root).glob("*/manifest.json")):
+    root = Path(runs_root)
+    try:  # the notebooks' parameter names: a run recorded before headlines were declared shows none of them
+        declared = {stem: set(params_mod.notebook_parameters(path))
+                    for stem, path in find_notebooks(repo_root() / "notebooks").items()}
+    except (RunError, params_mod.ParamsError, OSError, ValueError):
+        declared = {}
+    for m in sorted([*root.glob("*/manifest.json"), *root.glob("*/*/manifest.json")]):
+        name = m.parent.relative_to(root).as_posix()
         try:
             man = json.loads(m.read_text())
             if any(isinstance(e, dict) and e.get("status") in LIVE for e in man.get("notebooks", {}).values()):
                 man = _reconcile(m.parent)
         except ValueError:
-            rows.append({"name": m.parent.name, "status": "unreadable manifest", "duration_s": None, "headline": ""})
+            rows.append({"name": name, "status": "unreadable manifest", "duration_s": None, "headline": ""})
             continue
-        heads = [f"{s[:2]}: {_headline(e.get('results', {}), 3)}" for s, e in man.get("notebooks", {}).items()
-                 if e.get("results")]
-        rows.append({"name": m.parent.name, "status": man.get("status"),
-                     "started": man.get("started"), "duration_s": man.get("duration_s"), "headline": "; ".join(heads)})
+        params = man.get("params", {})
+        results = {s: headline(e, {**dict.fromkeys(declared.get(s, ())), **params.get(s, {})})
+                   for s, e in man.get("notebooks", {}).items() if e.get("results")}
+        heads = [f"{s[:2]}: {runlog.format_headline(h, 3)}" for s, h in results.items()]
+        rows.append({"name": name, "status": man.get("status"), "started": man.get("started"),
+                     "duration_s": man.get("duration_s"), "headline": "; ".join(heads), "params": params,
+                     "overrides": man.get("overrides", []), "results": results})
     return rows
 
 

@@ -48,13 +48,27 @@ def _plain(value):
     return value
 
 
-def record_results(stage: str, results: dict) -> Path:
-    """The last cell of every notebook: write its headline results to ``results/<stage>.json`` in
-    the run folder; `mfl run` copies them into manifest.json and `mfl list` shows them."""
+def record_results(stage: str, results: dict, headline: tuple[str, ...] | list[str] = ()) -> Path:
+    """The last cell of every notebook: write its results to ``results/<stage>.json`` in the run
+    folder; `mfl run` copies them into manifest.json. ``headline`` names the keys of ``results``
+    that summarise the notebook (its own measurements, never a parameter or a baseline), in the
+    order `mfl run`, `mfl list` and report.html show them; they go to
+    ``results/<stage>.headline.json``. A headline key missing from ``results`` is a KeyError."""
+    missing = [k for k in headline if k not in results]
+    if missing:
+        raise KeyError(f"record_results({stage!r}): headline keys {missing} are not in the results "
+                       f"(have: {', '.join(results)})")
     path = Path(RESULTS_DIR) / f"{stage}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_plain(results), indent=1, sort_keys=True))
+    if headline:
+        headline_path(path).write_text(json.dumps(list(headline)))
     return path
+
+
+def headline_path(results_path: Path) -> Path:
+    """``results/<stage>.headline.json`` beside ``results/<stage>.json``: the headline keys, in order."""
+    return results_path.with_name(results_path.stem + ".headline.json")
 
 
 def warn_schedule_change(checkpoint: Path, step: int, saved: dict, current: dict, keys: tuple[str, ...],
@@ -109,3 +123,44 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+INTERACTIVE_RUN = "interactive"         # runs/interactive/: where notebooks opened by hand write
+INTERACTIVE_PARAMS = "params/demo.yaml"  # their settings: the demo's, which a laptop runs in minutes
+
+
+def interactive_session(namespace: dict, stage: str, params_file: str | None = INTERACTIVE_PARAMS,
+                        run: str = INTERACTIVE_RUN) -> Path | None:
+    """The cell after the parameters cell. Under `mfl run` (the working directory is a run folder:
+    it holds manifest.json) it does nothing and returns None. In a notebook opened by hand (e.g. in
+    `make lab`, working directory ``notebooks/``), it
+
+    1. sets this notebook's parameters in ``namespace`` (the notebook's ``globals()``) to the values
+       ``params_file`` gives them (relative to the repository; None keeps the parameters cell's),
+       checked as `mfl run` checks them, and prints what it changed;
+    2. changes the working directory to ``runs/<run>/`` of the repository, so the notebook writes
+       its artifacts there and reads what earlier notebooks wrote there, never into ``notebooks/``.
+
+    -> the run folder it moved to."""
+    from . import params as params_mod
+
+    here = Path.cwd()
+    if (here / "manifest.json").is_file():
+        return None
+    root = here.parent if here.name == "notebooks" else here
+    if not (root / "notebooks").is_dir():  # started elsewhere: the repository this package lives in
+        root = Path(__file__).resolve().parent.parent
+    changed = {}
+    if params_file:
+        notebooks = {p.stem: p for p in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
+        values = params_mod.resolve(root / params_file, notebooks)[stage]
+        params_mod.check_ranges(root / params_file, {stage: values})
+        values = params_mod.resolve_paths({stage: values}, base=root, params_path=root / params_file)[0][stage]
+        changed = {k: v for k, v in values.items() if namespace.get(k) != v}
+        namespace.update(values)
+    target = root / "runs" / run
+    target.mkdir(parents=True, exist_ok=True)
+    os.chdir(target)
+    print(f"Interactive session: working in {target}"
+          + (f"; {params_file} sets " + ", ".join(f"{k}={v!r}" for k, v in changed.items()) if changed else ""))
+    return target

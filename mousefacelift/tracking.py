@@ -5,6 +5,11 @@ W&B is optional at every level: it is imported only when a tracker is created wi
 (the test default) does nothing at all. Every tracker also appends its scalars to a local
 ``metrics.jsonl`` so curves survive without W&B and notebooks can plot them.
 
+Inside a run folder of `mfl run` (the nearest folder above ``run_dir`` with a ``manifest.json``),
+the W&B run is named ``<mfl run name>/<name>`` (e.g. ``demo/gslrm``) and grouped by the mfl run
+name, so the trainings of one `mfl run` sit together in W&B. Offline runs are written to
+``<run_dir>/wandb/offline-run-*`` (e.g. ``runs/demo/gslrm/wandb/``); ``wandb sync`` uploads them.
+
     tracker = Tracker.create(TrackingConfig(mode="offline"), run_dir="gslrm", name="06", config=params)
     tracker.log({"loss": 0.1}, step=10)
     tracker.finish()
@@ -43,6 +48,20 @@ class Tracker:
         self._wandb_run = wandb_run
         self._jsonl = self.run_dir / "metrics.jsonl"
 
+    @staticmethod
+    def mfl_run_name(run_dir: str | os.PathLike) -> str | None:
+        """The name of the `mfl run` folder holding ``run_dir`` (the nearest folder at or above it
+        with a manifest.json; its recorded name, else the folder's), or None outside run folders."""
+        here = Path(run_dir).resolve()
+        for folder in (here, *here.parents):
+            manifest = folder / "manifest.json"
+            if manifest.is_file():
+                try:
+                    return json.loads(manifest.read_text()).get("name") or folder.name
+                except (OSError, ValueError):
+                    return folder.name
+        return None
+
     @classmethod
     def create(cls, config: TrackingConfig, run_dir: str | os.PathLike, name: str, params: dict | None = None,
                rank: int = 0) -> "Tracker":
@@ -58,9 +77,14 @@ class Tracker:
             except ImportError:
                 log.warning("wandb is not installed: logging to %s only", run_dir / "metrics.jsonl")
             else:
-                wandb_run = wandb.init(project=config.project, entity=config.entity or None, name=name,
+                group = cls.mfl_run_name(run_dir)
+                wandb_run = wandb.init(project=config.project, entity=config.entity or None,
+                                       name=f"{group}/{name}" if group else name, group=group, job_type=name,
                                        mode=config.mode, dir=str(run_dir), config=params or {},
                                        reinit="finish_previous")
+                if config.mode == "offline":
+                    log.info("W&B run %s is offline in %s; upload it with `wandb sync %s`",
+                             wandb_run.name, run_dir / "wandb", run_dir / "wandb" / "offline-run-*")
         return cls(run_dir, wandb_run=wandb_run, enabled=True)
 
     def log(self, scalars: dict, step: int) -> None:

@@ -221,7 +221,8 @@ def test_pipeline_sampling_is_seeded_and_batch_independent():
 def test_save_load_round_trip_is_exact(tmp_path):
     pipe = tiny_pipeline()
     pipe.save_pretrained(tmp_path / "p")
-    assert {p.name for p in (tmp_path / "p").iterdir()} == {"model_index.json", "unet", "scheduler"}
+    assert {p.name for p in (tmp_path / "p").iterdir()} == {"model_index.json", "unet", "scheduler",
+                                                             "pipeline_mousefacelift.py"}
     assert (tmp_path / "p" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     back = MVDiffusionPipeline.from_pretrained(tmp_path / "p")
     for (k, a), (k2, b) in zip(pipe.model.state_dict().items(), back.model.state_dict().items()):
@@ -235,6 +236,40 @@ def test_save_load_round_trip_is_exact(tmp_path):
     assert torch.equal(a, b)
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         MVDiffusionPipeline.from_pretrained(tmp_path / "nowhere")
+
+
+def test_a_saved_pipeline_loads_through_diffusers_own_diffusion_pipeline(tmp_path, monkeypatch, caplog):
+    """DiffusionPipeline.from_pretrained resolves the custom class that model_index.json declares
+    (offline: a local folder), and it samples as ours does; ours still loads the same folder."""
+    import logging
+
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "p")
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_mousefacelift", "MVDiffusionDiffusersPipeline"]
+    diffusers_logging.enable_propagation()  # diffusers' warnings to caplog
+    try:
+        with caplog.at_level(logging.WARNING):
+            hf = DiffusionPipeline.from_pretrained(tmp_path / "p", trust_remote_code=True, low_cpu_mem_usage=False)
+    finally:
+        diffusers_logging.disable_propagation()
+    assert type(hf).__name__ == "MVDiffusionDiffusersPipeline" and isinstance(hf, DiffusionPipeline)  # the class
+    # comes from a copy of pipeline_mousefacelift.py in diffusers' module cache, which imports ours
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
+    assert isinstance(hf.unet, type(pipe.model)) and hf.vae is None and hf.config.codec == "pixel"
+    for (k, a), (k2, b) in zip(pipe.model.state_dict().items(), hf.unet.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    ours = MVDiffusionPipeline.from_pretrained(tmp_path / "p")
+    w2c, K = rig(1, 3, 16)
+    ref = torch.rand(1, 4, 16, 16)
+    cfg = SamplerConfig(steps=2)
+    a = ours(ref, w2c[:, 0], w2c, K, cfg, generator=torch.Generator().manual_seed(0))
+    b = hf(ref, w2c[:, 0], w2c, K, cfg, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == (1, 3, 4, 16, 16)
 
 
 def write_facelift_folder(folder, unet: UNet2DConditionModel, embed_dim: int):

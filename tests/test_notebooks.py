@@ -55,25 +55,54 @@ def test_test_params_validate():
 
 @pytest.fixture(scope="module")  # tests that use it are marked slow (conftest.SLOW_FIXTURES)
 def tiny_run(tmp_path_factory):
-    """Every numbered notebook executed with tests/tiny.yaml into a fresh run folder."""
+    """Every numbered notebook executed with tests/tiny.yaml into a fresh run folder, by `mfl run` in
+    its own process; the console it printed (stdout and stderr, kernels included) is in console.txt."""
     import os
-    from mousefacelift import cli
+    import subprocess
+    import sys
 
     root = tmp_path_factory.mktemp("nbrun")
-    old = os.environ.get("MFL_CACHE_DIR")
-    os.environ["MFL_CACHE_DIR"] = str(root / "cache")
-    try:
-        code = cli.main(["run", str(ROOT / "tests" / "tiny.yaml"), "--runs", str(root / "runs"), "--name", "tiny",
-                         "--notebooks", str(ROOT / "notebooks")])
-    finally:
-        if old is None:
-            os.environ.pop("MFL_CACHE_DIR")
-        else:
-            os.environ["MFL_CACHE_DIR"] = old
+    env = {**os.environ, "MFL_CACHE_DIR": str(root / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "mousefacelift.cli", "run", str(ROOT / "tests" / "tiny.yaml"),
+                           "--runs", str(root / "runs"), "--name", "tiny", "--notebooks", str(ROOT / "notebooks")],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root)
     run = root / "runs" / "tiny"
+    (root / "console.txt").write_text(proc.stdout)
     manifest = json.loads((run / "manifest.json").read_text())
-    assert code == 0, {k: v.get("error") for k, v in manifest["notebooks"].items()}
+    assert proc.returncode == 0, ({k: v.get("error") for k, v in manifest["notebooks"].items()}, proc.stdout[-3000:])
     return run, manifest
+
+
+def test_the_console_shows_one_line_per_notebook(tiny_run):
+    """`make demo` runs the same notebooks: its console must stay short and hold no false warning."""
+    run, manifest = tiny_run
+    lines = (run.parent.parent / "console.txt").read_text().splitlines()
+    assert len(lines) <= 60, "\n".join(lines)
+    assert not [line for line in lines if "WARN" in line.upper()], "\n".join(lines)
+    for i, stem in enumerate(manifest["notebooks"]):
+        line = next(line for line in lines if line.startswith(f"[{i + 1}/{len(NOTEBOOKS)}] {stem}"))
+        assert " ok in " in line and all(f"{k}=" in line for k in list(manifest["notebooks"][stem]["headline"])[:4])
+        log = run / "logs" / f"{stem}.log"
+        assert "Executing Cell 1" in log.read_text()  # the cell log went to the file instead
+
+
+def test_progress_bars_collapse_to_their_final_line(tiny_run):
+    """tqdm refreshes its bars with carriage returns; the executed notebooks keep the last state of each."""
+    import re
+
+    run, _ = tiny_run
+    bar = re.compile(r"\d+%\|")
+    total = 0
+    for path in NOTEBOOKS:
+        nb = json.loads((run / path.name).read_text())
+        for cell in nb["cells"]:
+            for out in cell.get("outputs", []):
+                if out["output_type"] == "stream":
+                    text = "".join(out["text"])
+                    assert not re.search(r"\r[^\n]", text), f"{path.name}: an uncollapsed carriage return"
+                    total += sum(1 for line in text.splitlines() if bar.search(line))
+    assert 0 < total <= 50
 
 
 def results(tiny_run, stem):

@@ -1,6 +1,7 @@
 """The papermill runner on small notebooks made here (the real ones are run by test_notebooks.py)."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -171,14 +172,23 @@ def test_figures_are_kept_when_the_environment_says_agg(tmp_path, monkeypatch):
     images = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]
     assert len(images) == 1
+    # report.html: a thumbnail of the figure, the export without code cells and the one with them
+    run = tmp_path / "runs" / "agg"
+    report = (run / "report.html").read_text()
+    assert '<img src="html/thumbs/01_plot_0.png"' in report and 'href="html/01_plot.code.html"' in report
+    from PIL import Image
+    assert max(Image.open(run / "html" / "thumbs" / "01_plot_0.png").size) == 220
+    editor = 'jp-InputArea-editor"'  # the class of a code cell's source in nbconvert's HTML
+    assert editor not in (run / "html" / "01_plot.html").read_text()
+    code_cells = [c for c in executed.cells if c.cell_type == "code"]
+    assert (run / "html" / "01_plot.code.html").read_text().count(editor) == len(code_cells) == 4
 
 
 def test_report_rewrites_the_html_of_a_run_folder(project, capsys):
     assert run_cli(project, "--name", "rep", "--only", "01") == 0
     run = project / "runs" / "rep"
     (run / "report.html").unlink()
-    for f in (run / "html").iterdir():
-        f.unlink()
+    shutil.rmtree(run / "html")
     assert cli.main(["report", str(run)]) == 0
     assert "01_make" in (run / "report.html").read_text() and (run / "html" / "01_make.html").is_file()
     assert cli.main(["report", str(project / "runs")]) == 2
@@ -283,3 +293,159 @@ def test_a_run_name_resolving_outside_the_runs_folder_is_refused(project, tmp_pa
     (project / "runs" / "link").symlink_to(outside, target_is_directory=True)
     assert run_cli(project, "--name", "link", "--overwrite") == 2
     assert f"resolves to {outside}" in capsys.readouterr().err and list(outside.iterdir()) == []
+
+
+# -- the console: one line per notebook, the cell log in a file -------------------------------------------
+def test_the_console_has_one_line_per_notebook_and_the_cell_log_goes_to_a_file(project, capfd, caplog):
+    (project / "notebooks" / "01_make.ipynb").unlink()  # 01 again, declaring its headline
+    make_notebook(project / "notebooks" / "01_make.ipynb", "seed = 0  # seed\nn = 3  # how many\nfrom_run = ''",
+                  "from pathlib import Path\nfrom mousefacelift.stage import record_results\n"
+                  "Path('data').mkdir(exist_ok=True)\nPath('data/numbers.txt').write_text(str(list(range(n))))\n"
+                  "print('a line of the cell log')\n"
+                  "record_results('01_make', {'n': n, 'seed': seed, 'score': 0.25}, headline=['score'])")
+    assert run_cli(project, "--name", "quiet") == 0
+    out = capfd.readouterr()
+    lines = (out.out + out.err).splitlines()
+    assert len(lines) == 2 + 3, lines  # the run, three notebooks, the report
+    assert lines[1].startswith("[1/3] 01_make ... ok in ") and lines[1].endswith(": score=0.25")
+    assert "elapsed" in lines[1]  # nothing recorded yet for 02 and 03: no estimate of the time left
+    assert lines[2].startswith("[2/3] 02_use ... ok in ") and lines[2].endswith(": total=10")  # an old-style notebook
+    run = project / "runs" / "quiet"
+    assert "a line of the cell log" in (run / "logs" / "01_make.log").read_text()
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["notebooks"]["01_make"]["headline"] == {"score": 0.25}  # declared: never the parameters n, seed
+    assert man["notebooks"]["01_make"]["log"] == "logs/01_make.log"
+    # a second run of the same params file knows how long each notebook took
+    assert run_cli(project, "--name", "again") == 0
+    lines = capfd.readouterr().out.splitlines()
+    assert "(last time " in lines[1] and " left: score=0.25" in lines[1]
+    # the cell log reaches the console's logging handlers only with -v
+    logged = lambda: any("a line of the cell log" in r.getMessage() for r in caplog.records)  # noqa: E731
+    assert not logged()
+    assert run_cli(project, "--name", "loud", "--only", "01", "-v") == 0
+    assert logged()
+
+
+def test_a_failure_names_the_cell_log(project, capfd):
+    (project / "p.yaml").write_text("02_use:\n  fail: true\n")
+    assert run_cli(project, "--name", "bad") == 1
+    out = capfd.readouterr().out.splitlines()
+    assert out[2].startswith("[2/3] 02_use ... FAILED after ") and "ValueError: boom on purpose" in out[2]
+    assert str(project / "runs" / "bad" / "logs" / "02_use.log") in out[2]
+
+
+def test_progress_bars_keep_their_final_line(project):
+    make_notebook(project / "notebooks" / "03_last.ipynb", "x = 1.0",
+                  "import mousefacelift  # as every notebook does first: no IProgress warning\n"
+                  "from tqdm.auto import tqdm\nimport logging, sys, time\n"
+                  "logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True)\n"
+                  "for i in tqdm(range(40), desc='first', mininterval=0):\n"
+                  "    time.sleep(0.01)\n"
+                  "    if i == 20:\n        logging.getLogger('x').info('halfway')\n"
+                  "for i in tqdm(range(30), desc='second', mininterval=0):\n    time.sleep(0.01)")
+    assert run_cli(project, "--name", "bars", "--only", "03") == 0
+    nb = nbformat.read(str(project / "runs" / "bars" / "03_last.ipynb"), as_version=4)
+    streams = {o.name: o.text for o in nb.cells[-1].outputs if o.output_type == "stream"}
+    assert len([o for o in nb.cells[-1].outputs if o.output_type == "stream"]) == 2  # one stdout, one stderr
+    bars = streams["stderr"].splitlines()
+    assert [b.split(":")[0] for b in bars] == ["first", "second"] and "\r" not in streams["stderr"]
+    assert "40/40" in bars[0] and "30/30" in bars[1]
+    assert "IProgress" not in streams["stderr"] and streams["stdout"] == "INFO:x:halfway\n"
+
+
+# -- overrides, sweeps, the table of runs -----------------------------------------------------------------
+def test_set_overrides_a_parameter_and_is_recorded(project):
+    assert run_cli(project, "--name", "s", "--only", "01", "--set", "01_make.n=7", "--set", "seed=4") == 0
+    run = project / "runs" / "s"
+    assert (run / "data" / "numbers.txt").read_text() == str(list(range(7)))
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["params"]["01_make"] == {"seed": 4, "n": 7} and man["overrides"] == ["01_make.n=7", "seed=4"]
+
+
+@pytest.mark.parametrize("assignment, yaml_text", [
+    ("01_make.nn=5", "01_make:\n  nn: 5\n"),          # a misspelled key
+    ("sed=1", "sed: 1\n"),                          # a misspelled shared key
+    ("01_mak.n=5", "01_mak:\n  n: 5\n"),              # a misspelled section
+    ("03_last.x=abc", "03_last:\n  x: abc\n"),        # a wrong type (x is a float)
+])
+def test_set_is_refused_with_the_message_the_yaml_gets(project, capsys, assignment, yaml_text):
+    (project / "p.yaml").write_text(yaml_text)
+    assert run_cli(project, "--name", "y") == 2
+    from_yaml = capsys.readouterr().err
+    (project / "p.yaml").write_text("")
+    assert run_cli(project, "--name", "y", "--set", assignment) == 2
+    assert capsys.readouterr().err == from_yaml and "Nothing was executed" in from_yaml
+    assert not (project / "runs" / "y").exists()
+
+
+def test_set_values_are_read_as_yaml(project):
+    from mousefacelift.params import apply_overrides
+
+    data = apply_overrides({"01_make": {"n": 1}}, ["03_last.x=1e-4", "01_make.seed=3", "flag=true", "l=[1, 3]", "e="])
+    assert data == {"01_make": {"n": 1, "seed": 3}, "03_last": {"x": 1e-4}, "flag": True, "l": [1, 3], "e": ""}
+    assert isinstance(data["03_last"]["x"], float)
+    with pytest.raises(Exception, match="expected KEY=VALUE"):
+        apply_overrides({}, ["steps500"])
+
+
+def test_a_sweep_runs_each_value_into_one_folder_and_list_compares_them(project, capsys):
+    assert run_cli(project, "--name", "sw", "--only", "01,02", "--sweep", "01_make.n=2,4") == 0
+    out = capsys.readouterr().out
+    assert "a sweep of 2 runs" in out and out.count("[2/2] 02_use ") == 2
+    assert "[2/2] 02_use (last time " in out.split("mfl run 2/2")[1]  # the first run's durations
+    for n, total in ((2, 1), (4, 6)):
+        man = json.loads((project / "runs" / "sw" / f"n={n}" / "manifest.json").read_text())
+        assert man["params"]["01_make"]["n"] == n and man["notebooks"]["02_use"]["results"] == {"total": total}
+    assert cli.main(["list", "--runs", str(project / "runs" / "sw"), "--csv"]) == 0
+    import csv
+    import io
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["run"], r["01_make.n"], r["02_use.total"], r["status"]) for r in rows] == [
+        ("n=2", "2", "1", "ok"), ("n=4", "4", "6", "ok")]
+    assert "01_make.seed" not in rows[0]  # the same in every run: not a column unless --params all
+    assert cli.main(["list", "--runs", str(project / "runs" / "sw"), "--json", "--params", "all"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["01_make.seed"] for r in records] == [1, 1] and [r["02_use.total"] for r in records] == [1, 6]
+    assert cli.main(["list", "--runs", str(project / "runs")]) == 0  # sweeps' members show in the plain list
+    assert "sw/n=4" in capsys.readouterr().out
+
+
+def test_a_sweep_over_params_files_and_a_bad_value_run_nothing(project, capsys):
+    (project / "q.yaml").write_text("01_make:\n  n: 2\n")
+    assert cli.main(["run", str(project / "p.yaml"), str(project / "q.yaml"), "--runs", str(project / "runs"),
+                     "--notebooks", str(project / "notebooks"), "--only", "01", "--sweep", "seed=1,2"]) == 0
+    assert sorted(p.name for p in (project / "runs" / "p-q-sweep").iterdir()) == [
+        "p_seed=1", "p_seed=2", "q_seed=1", "q_seed=2"]
+    # one bad value among the sweep's: refused before any run
+    assert run_cli(project, "--name", "bad", "--sweep", "03_last.x=1.0,abc") == 2
+    assert "wrong type" in capsys.readouterr().err and not (project / "runs" / "bad").exists()
+
+
+def test_sweep_names():
+    from mousefacelift import sweep
+
+    members = sweep.expand(["p.yaml"], ["04_m.lr=1e-4,3e-4", "06_g.lr=1,2", "06_g.n_inputs=[1,3],[5]"])
+    assert [m.name for m in members][:2] == ["04.lr=1e-4_06.lr=1_n_inputs=[1,3]", "04.lr=1e-4_06.lr=1_n_inputs=[5]"]
+    assert members[0].overrides == ["04_m.lr=1e-4", "06_g.lr=1", "06_g.n_inputs=[1,3]"]
+    with pytest.raises(ValueError, match="two or more"):
+        sweep.expand(["p.yaml"], ["06_g.lr=1e-4"])
+
+
+def test_a_headline_is_the_declared_one_else_never_a_parameter_or_a_baseline():
+    from mousefacelift.runlog import headline
+
+    results = {"steps": 100, "baseline_psnr_fg": 8.2, "test_psnr_fg": 7.6, "n_frames": 20, "loss_last": 0.1}
+    assert headline({"results": results}, {"steps": 100, "n_frames": None}) == {"test_psnr_fg": 7.6, "loss_last": 0.1}
+    assert headline({"results": results, "headline": {"loss_last": 0.1}}) == {"loss_last": 0.1}
+
+
+def test_the_kernels_own_output_goes_to_the_cell_log(project, capfd):
+    """What the kernel process writes outside cell outputs (its infrastructure log, C-level output)
+    lands in the cell log, not on the console."""
+    make_notebook(project / "notebooks" / "03_last.ipynb", "x = 1.0",
+                  "import os\nos.write(2, b'below python on stderr\\n')\nos.write(1, b'below python on stdout\\n')")
+    assert run_cli(project, "--name", "k", "--only", "03") == 0
+    out = capfd.readouterr()
+    assert "below python" not in out.out + out.err and len(out.out.splitlines()) == 3
+    log = (project / "runs" / "k" / "logs" / "03_last.log").read_text()
+    assert "below python on stderr" in log and "below python on stdout" in log and "Executing Cell 1" in log

@@ -4,9 +4,14 @@ notebook 05 in :mod:`.synthetic`.
 
 Folder layouts that :meth:`MVDiffusionPipeline.from_pretrained` reads:
 
-* ours: ``model_index.json`` (``"_class_name": "MVDiffusionPipeline"``), ``unet/`` (an
-  :class:`MVDiffusionModel`: config.json + safetensors), ``scheduler/`` (DDIM), and ``vae/`` only
-  for a latent-space model;
+* ours: ``model_index.json``, ``unet/`` (an :class:`MVDiffusionModel`: config.json +
+  safetensors), ``scheduler/`` (DDIM), ``vae/`` only for a latent-space model, and
+  ``pipeline_mousefacelift.py``: one import naming :class:`MVDiffusionDiffusersPipeline`, the
+  custom pipeline class that ``model_index.json`` declares (``"_class_name":
+  ["pipeline_mousefacelift", "MVDiffusionDiffusersPipeline"]``), so diffusers' own
+  ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads the folder too (it
+  runs that file; mousefacelift must be installed). Folders written before that file existed
+  (``"_class_name": "MVDiffusionPipeline"``) load through ours;
 * FaceLift's (``wlyu/OpenFaceLift`` layout): ``model_index.json`` naming a custom UNet class,
   ``unet/`` (a ``UNet2DConditionModel`` plus custom config keys), ``vae/``, ``scheduler/``,
   ``image_encoder/`` + ``feature_extractor/`` (CLIP, needs ``transformers``), ``image_normalizer/``,
@@ -24,7 +29,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
+                       UNet2DConditionModel)
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -35,7 +41,8 @@ from .model import MVDiffusionModel, relative_ray_map
 
 log = logging.getLogger(__name__)
 
-PIPELINE_CLASS = "MVDiffusionPipeline"
+PIPELINE_CLASS = "MVDiffusionPipeline"  # model_index.json's _class_name in folders saved before the diffusers class
+DIFFUSERS_MODULE, DIFFUSERS_CLASS = "pipeline_mousefacelift", "MVDiffusionDiffusersPipeline"
 SAMPLERS = ("ddim", "dpm")
 
 
@@ -242,13 +249,20 @@ class MVDiffusionPipeline:
     # -- saving and loading ---------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write our layout (model_index.json, unet/, scheduler/, vae/ for a latent model)."""
+        import diffusers
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(folder / "unet")
         DDIMScheduler.from_config(self.scheduler.config).save_pretrained(folder / "scheduler")
-        index = {"_class_name": PIPELINE_CLASS, "codec": self.codec.kind,
+        index = {"_class_name": [DIFFUSERS_MODULE, DIFFUSERS_CLASS], "_diffusers_version": diffusers.__version__,
+                 "codec": self.codec.kind,
                  "unet": ["mousefacelift.mvdiffusion.model", "MVDiffusionModel"],
-                 "scheduler": ["diffusers", "DDIMScheduler"]}
+                 "scheduler": ["diffusers", "DDIMScheduler"], "vae": [None, None]}
+        (folder / f"{DIFFUSERS_MODULE}.py").write_text(
+            "# The pipeline class of this folder for diffusers' DiffusionPipeline.from_pretrained (written by\n"
+            "# mousefacelift's MVDiffusionPipeline.save_pretrained; needs mousefacelift installed).\n"
+            f"from mousefacelift.mvdiffusion.pipeline import {DIFFUSERS_CLASS}  # noqa: F401\n")
         if self.codec.kind == "vae":
             self.codec.vae.save_pretrained(folder / "vae")
             index["vae"] = ["diffusers", "AutoencoderKL"]
@@ -266,13 +280,36 @@ class MVDiffusionPipeline:
             raise FileNotFoundError(f"{index_path} not found: pass the pipeline folder written by notebook 04 "
                                     "(runs/<run>/mvdiffusion/pipeline) or FaceLift's mvdiffusion folder")
         index = json.loads(index_path.read_text())
-        if index.get("_class_name") != PIPELINE_CLASS:
+        if index.get("_class_name") not in (PIPELINE_CLASS, [DIFFUSERS_MODULE, DIFFUSERS_CLASS]):
             return load_facelift(folder, facelift or FaceLiftLoadConfig())
         model = MVDiffusionModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False)
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
         codec = VAECodec(AutoencoderKL.from_pretrained(folder / "vae", low_cpu_mem_usage=False)) \
             if index.get("codec") == "vae" else PixelCodec()
         return cls(model, scheduler, codec)
+
+
+class MVDiffusionDiffusersPipeline(DiffusionPipeline):
+    """Our pipeline as a diffusers ``DiffusionPipeline``, which is what
+    ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` returns for a folder that
+    :meth:`MVDiffusionPipeline.save_pretrained` wrote: components ``unet`` (:class:`MVDiffusionModel`),
+    ``scheduler`` and ``vae`` (None for a pixel-space model). Calling it samples exactly as
+    :class:`MVDiffusionPipeline` does (same arguments, same result)."""
+
+    _optional_components = ["vae"]
+
+    def __init__(self, unet: MVDiffusionModel, scheduler, vae: AutoencoderKL | None = None, codec: str = "pixel"):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.register_to_config(codec=codec)
+
+    def mvdiffusion(self) -> MVDiffusionPipeline:
+        """The same components as our :class:`MVDiffusionPipeline` (shared, not copied)."""
+        return MVDiffusionPipeline(self.unet, self.scheduler, VAECodec(self.vae) if self.vae is not None else None)
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        """See :meth:`MVDiffusionPipeline.__call__`: views [B, V, 4, S, S] RGBA in [0, 1]."""
+        return self.mvdiffusion()(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
