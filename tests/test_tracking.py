@@ -27,6 +27,7 @@ def fake_wandb(monkeypatch):
         return Run(**kw)
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the test session turns W&B off; this fake is offline
     return calls
 
 
