@@ -15,7 +15,7 @@ import torch
 
 from mousefacelift import cameras
 from mousefacelift.data import extract as ex
-from mousefacelift.data import samples
+from mousefacelift.data import samples, views
 from mousefacelift.data.recording import FrameSelection, open_recording
 from test_recording import write_tiny_recording
 
@@ -94,7 +94,7 @@ def test_rectify_extraction_end_to_end(tiny, tmp_path):
     assert rgba[..., 3].max() == 255
 
     # reprojection check of the ground truth through cameras vs through the warp
-    check = ex.reproject_keypoints_check(data / "samples", track_lookup(gt))
+    check = views.reproject_keypoints_check(data / "samples", track_lookup(gt))
     assert check["errors_px"].shape == (10, 6, 1)
     assert check["max_px"] < 1e-6
 
@@ -139,7 +139,7 @@ def test_crop_policy_and_recording_scale(tiny, tmp_path):
     scale, focus = ex.recording_scale(gt["w2c"], 2.7)
     assert scales[0] == pytest.approx(scale)
     assert (focus - torch.tensor([55.0, 55.0, 45.0], dtype=f64)).norm() < 1e-6  # the tiny rig's look-at point
-    check = ex.reproject_keypoints_check(out / "data" / "samples", track_lookup(gt))
+    check = views.reproject_keypoints_check(out / "data" / "samples", track_lookup(gt))
     assert check["max_px"] < 1e-6
 
 
@@ -240,14 +240,14 @@ def test_rectify_antialias_keeps_mean_and_smooths():
     f_dst = cameras.FACELIFT_FOCAL * 64 / 512
     K = cameras.intrinsics(f_dst / 0.3, f_dst / 0.3, 128, 128)
     w2c = cameras.look_at_w2c(torch.tensor([0.0, -300.0, 0.0], dtype=f64), torch.zeros(3, dtype=f64))
-    view = ex.rectify_view(rgb, mask, K, w2c, torch.zeros(3, dtype=f64), 64, antialias=True)
+    view = views.rectify_view(rgb, mask, K, w2c, torch.zeros(3, dtype=f64), 64, antialias=True)
     # same rotation: H is a pure 0.3x scale about the principal points
     uv = cameras.apply_homography(view.H, torch.tensor([[128.0, 128.0], [138.0, 128.0]], dtype=f64))
     torch.testing.assert_close(uv, torch.tensor([[32.0, 32.0], [35.0, 32.0]], dtype=f64))
     inner = view.rgba[4:-4, 4:-4, 0].astype(np.float64)
     assert abs(inner.mean() - 127.5) < 2 and inner.std() < 2
     assert (view.rgba[..., 3] == 255).all()
-    raw = ex.rectify_view(rgb, mask, K, w2c, torch.zeros(3, dtype=f64), 64, antialias=False)
+    raw = views.rectify_view(rgb, mask, K, w2c, torch.zeros(3, dtype=f64), 64, antialias=False)
     assert raw.rgba[4:-4, 4:-4, 0].astype(np.float64).std() > 20  # aliased without it
 
 
@@ -266,7 +266,7 @@ def test_procedural_recording_acceptance(request, tmp_path):
     assert summary["n_written"] >= 10  # a tail tip crossing the frame edge does not skip a frame
     samples_dir = tmp_path / "run" / "data" / "samples"
     # ground-truth keypoints: sample cameras vs original cameras + the image warp
-    check = ex.reproject_keypoints_check(samples_dir, lambda f: kp3d[f])
+    check = views.reproject_keypoints_check(samples_dir, lambda f: kp3d[f])
     assert check["mean_px"] < 0.5 and check["max_px"] < 0.5
     fx = cameras.FACELIFT_FOCAL
     dists = []
@@ -292,12 +292,12 @@ def test_rectify_field_of_view_knob_keeps_projection_exact():
     rgb = np.zeros((500, 600, 3), np.uint8)
     mask = np.zeros((500, 600), bool)
     for fov in (50.0, 35.0):
-        view = ex.rectify_view(rgb, mask, K, w2c, torch.tensor([0.0, 0.0, 20.0], dtype=f64), 128, fov_deg=fov)
+        view = views.rectify_view(rgb, mask, K, w2c, torch.tensor([0.0, 0.0, 20.0], dtype=f64), 128, fov_deg=fov)
         assert abs(float(view.K[0, 0]) - cameras.focal_from_fov(fov, 128)) < 1e-5  # 50: the float32 constant
         uv_src, _ = cameras.project(X, w2c, K)
         uv_new, _ = cameras.project(X, view.w2c, view.K)
         assert torch.allclose(cameras.apply_homography(view.H, uv_src), uv_new, atol=1e-9)
-    assert float(ex.rectify_view(rgb, mask, K, w2c, X[0], 512).K[0, 0]) == cameras.FACELIFT_FOCAL
+    assert float(views.rectify_view(rgb, mask, K, w2c, X[0], 512).K[0, 0]) == cameras.FACELIFT_FOCAL
 
 
 # ----------------------------------------------------------------------------------------------

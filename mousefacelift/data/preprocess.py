@@ -1,8 +1,8 @@
 """Preprocessing strategies (image AND matching camera) and the metrics that compare them.
 
 Every strategy turns one source view (rgb, mask, K, w2c) and the triangulated mouse centre into a
-square :class:`~mousefacelift.data.extract.View` by ONE warp from the source, reusing
-:func:`~mousefacelift.data.extract.crop_view` and :func:`~mousefacelift.data.extract.rectify_view`:
+square :class:`~mousefacelift.data.views.View` by ONE warp from the source, reusing
+:func:`~mousefacelift.data.views.crop_view` and :func:`~mousefacelift.data.views.rectify_view`:
 
 * ``crop``: notebook 01's crop policy, the reference: a fixed square (``crop_fraction`` of the
   source height) around the projection of the 3D centre;
@@ -37,8 +37,8 @@ import torch
 from .. import cameras
 from ..constants import FACELIFT_FOV_DEG, MASK_THRESHOLD
 from .consistency import HullConfig, leave_one_out_iou
-from .extract import ExtractConfig, View, crop_view, frame_skip_reason, mask_centroids, rectify_view, \
-    triangulate_center
+from .extract import ExtractConfig, frame_skip_reason, mask_centroids, triangulate_center
+from .views import View, crop_view, rectify_view
 from .recording import Frame, Recording, open_recording, read_frames
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ... import cameras
+from ...constants import MASK_THRESHOLD
 from ...training import keyed_generator
 from . import geometry as geo
 from . import mouse as mm
@@ -283,7 +284,7 @@ def contact_sheet(recording_dir: str | os.PathLike, frame: int, columns: int = 3
     tiles = []
     for v in range(n):
         img = np.ascontiguousarray(read_frame(root / "videos_undist" / f"{v}.mp4", frame))
-        m = (read_frame(root / "simpleclick_undist" / f"{v}.mp4", frame)[..., 0] > 127).astype(np.uint8)
+        m = (read_frame(root / "simpleclick_undist" / f"{v}.mp4", frame)[..., 0] > MASK_THRESHOLD).astype(np.uint8)
         contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(img, contours, -1, (0, 255, 0), 1)
         kp_file = root / "keypoints2d_undist" / f"result_view_{v}.pkl"
