@@ -13,7 +13,7 @@ Every key is checked before anything runs. papermill only warns about unknown ke
 typo silently run the default; here an unknown key is an error that names the YAML file, the key,
 the closest valid name and the valid list, and a value of the wrong type is an error too. So are
 a key written twice in one mapping (YAML would keep the last silently) and a value outside the
-range its library config field declares (:func:`check_ranges`). Numbers such as ``1e-4`` are
+range its library config field declares (:func:`check_parameter_ranges`). Numbers such as ``1e-4`` are
 floats (PyYAML's YAML 1.1 rules would read them as strings).
 
 Relative paths to inputs from outside the run (:data:`INPUT_PATHS`) are relative to the directory
@@ -339,7 +339,7 @@ def parameter_ranges(stem: str, names) -> dict[str, tuple[str, Range]]:
     return out
 
 
-def check_ranges(params_path: str | Path, parameters: dict[str, dict]) -> None:
+def check_parameter_ranges(params_path: str | Path, parameters: dict[str, dict]) -> None:
     """Check resolved parameters {notebook: {name: value}} against the ranges their library config
     fields declare (``mousefacelift.configs.bounded``), before any notebook runs. Imports the
     config modules of the notebooks that have parameters set."""

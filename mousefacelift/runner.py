@@ -150,7 +150,7 @@ def plan_run(params_file: str | Path, *, only: str | None = None, from_run: str 
     stems = select(notebooks, only)
     parameters = params_mod.resolve(params_file, notebooks, overrides)
     selected = {s: parameters[s] for s in stems}
-    params_mod.check_ranges(params_file, selected)
+    params_mod.check_parameter_ranges(params_file, selected)
     selected, paths_as_given = params_mod.resolve_paths(selected, params_path=params_file)
     parameters.update(selected)
     run_dir = run_folder(runs_root, name or params_file.stem)

@@ -154,7 +154,7 @@ def interactive_session(namespace: dict, stage: str, params_file: str | None = I
     if params_file:
         notebooks = {p.stem: p for p in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
         values = params_mod.resolve(root / params_file, notebooks)[stage]
-        params_mod.check_ranges(root / params_file, {stage: values})
+        params_mod.check_parameter_ranges(root / params_file, {stage: values})
         values = params_mod.resolve_paths({stage: values}, base=root, params_path=root / params_file)[0][stage]
         changed = {k: v for k, v in values.items() if namespace.get(k) != v}
         namespace.update(values)

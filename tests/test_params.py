@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from mousefacelift.params import (INPUT_PATHS, NOTEBOOK_CONFIGS, RENAMED, RUN_PATHS, RUNNER_KEYS, ParamsError,
-                                  check_ranges, load_yaml, notebook_parameters, parameter_ranges, resolve,
+                                  check_parameter_ranges, load_yaml, notebook_parameters, parameter_ranges, resolve,
                                   resolve_paths)
 from mousefacelift.runner import find_notebooks
 from nbtools import make_notebook
@@ -169,7 +169,7 @@ def real_notebooks():
 def test_out_of_range_parameter_fails_before_anything_runs(tmp_path, real_notebooks, stem, key, value, match):
     p = write(tmp_path, yaml.safe_dump({stem: {key: value}}))
     with pytest.raises(ParamsError, match=match):
-        check_ranges(p, {stem: resolve(p, real_notebooks)[stem]})
+        check_parameter_ranges(p, {stem: resolve(p, real_notebooks)[stem]})
     # through `mfl run`: nothing executed, no run folder
     from mousefacelift import cli
     assert cli.main(["run", str(p), "--runs", str(tmp_path / "runs"), "--notebooks", str(ROOT / "notebooks"),
@@ -180,14 +180,14 @@ def test_out_of_range_parameter_fails_before_anything_runs(tmp_path, real_notebo
 def test_zero_meaning_unset_is_not_range_checked_by_name(real_notebooks):
     """01's n_samples / stride / workers: 0 means 'unset' there (the notebook passes None), so
     their config fields (>= 1) do not apply; the config checks what the notebook builds."""
-    check_ranges("p.yaml", {"01_data_extraction": {"n_samples": 0, "stride": 0, "workers": 0}})
+    check_parameter_ranges("p.yaml", {"01_data_extraction": {"n_samples": 0, "stride": 0, "workers": 0}})
 
 
 def test_every_notebook_default_and_every_committed_params_file_is_in_range(real_notebooks):
     for stem, path in real_notebooks.items():
         declared = notebook_parameters(path)
         ranges = parameter_ranges(stem, list(declared))
-        check_ranges(path, {stem: {k: p.default for k, p in declared.items()}})
+        check_parameter_ranges(path, {stem: {k: p.default for k, p in declared.items()}})
         for name in RENAMED.get(stem, {}):  # no stale renames
             assert name in declared, f"RENAMED[{stem!r}] names {name!r}, not a parameter of {path.name}"
         if stem in NOTEBOOK_CONFIGS:
@@ -195,7 +195,7 @@ def test_every_notebook_default_and_every_committed_params_file_is_in_range(real
     assert {"lr", "steps", "batch_size", "image_size", "loss_l2", "overfit"} <= \
         set(parameter_ranges("06_gslrm_finetune", list(notebook_parameters(real_notebooks["06_gslrm_finetune"]))))
     for p in [*sorted((ROOT / "params").glob("*.yaml")), ROOT / "tests" / "tiny.yaml"]:
-        check_ranges(p, resolve(p, real_notebooks))
+        check_parameter_ranges(p, resolve(p, real_notebooks))
 
 
 # ----------------------------------------------------------------------------------------------

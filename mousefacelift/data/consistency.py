@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import cameras
+from .. import cameras, metrics
 
 
 @dataclass(frozen=True)
@@ -123,12 +123,6 @@ def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(m, size=(size, size), mode="area")[0, 0] > 0.5
 
 
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Intersection over union of two bool masks of one shape (NaN when both are empty)."""
-    union = (a | b).sum().item()
-    return float("nan") if union == 0 else (a & b).sum().item() / union
-
-
 def leave_one_out_iou(masks: torch.Tensor | np.ndarray, K: torch.Tensor, w2c: torch.Tensor,
                       center: torch.Tensor, config: HullConfig) -> torch.Tensor:
     """Leave-one-out visual hull IoU of each view (steps 1-4 of the module docstring).
@@ -157,5 +151,5 @@ def leave_one_out_iou(masks: torch.Tensor | np.ndarray, K: torch.Tensor, w2c: to
         # 3. render it into view h; 4. compare with h's mask
         sil = render_silhouette(occ, center, config.half_size_mm, K_small[h], w2c[h], config.image_size,
                                 config.image_size, config.step_voxels, config.ray_chunk)
-        ious.append(mask_iou(sil, resize_mask(masks[h], config.image_size)))
+        ious.append(float(metrics.mask_iou(sil[None].float(), resize_mask(masks[h], config.image_size)[None].float())))
     return torch.tensor(ious, dtype=torch.float64)

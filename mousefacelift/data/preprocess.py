@@ -17,7 +17,7 @@ square :class:`~mousefacelift.data.views.View` by ONE warp from the source, reus
 ``update_cameras=False`` leaves the cameras unchanged: the image is the strategy's, the camera stays
 the reference (``crop``) camera, so the image content and the camera disagree.
 
-Metrics (:func:`evaluate_strategies` per view, :func:`summarize` per strategy x flag): size ratio
+Metrics (:func:`evaluate_strategies` per view, :func:`strategy_table` per strategy x flag): size ratio
 mean and coefficient of variation, centre-of-mass offset from the image centre (px), fraction of
 views cut by the image border, effective field of view (mean, spread), reprojection error of
 ground-truth 3D keypoints (procedural recordings) and leave-one-out visual hull IoU
@@ -311,7 +311,7 @@ def evaluate_strategies(recording_dir: str | os.PathLike, frames: Sequence[int],
     return pd.DataFrame(rows)
 
 
-def summarize(per_view: "pandas.DataFrame", image_size: int | None = None) -> "pandas.DataFrame":
+def strategy_table(per_view: "pandas.DataFrame", image_size: int | None = None) -> "pandas.DataFrame":
     """One row per strategy x cameras_updated (strategies in first-seen order, updated first):
     n_frames, n_views, size_ratio_mean, size_ratio_cv (std / mean over all views and frames),
     com_offset_px (mean), cut_fraction, fov_mean_deg, fov_std_deg, reproj_mean_px, reproj_max_px,
@@ -339,5 +339,5 @@ def summarize(per_view: "pandas.DataFrame", image_size: int | None = None) -> "p
 
 def compare_strategies(recording_dir: str | os.PathLike, frames: Sequence[int], strategies: Sequence[str],
                        config: PreprocessConfig) -> "pandas.DataFrame":
-    """The comparison table: :func:`summarize` of :func:`evaluate_strategies`."""
-    return summarize(evaluate_strategies(recording_dir, frames, strategies, config), config.image_size)
+    """The comparison table: :func:`strategy_table` of :func:`evaluate_strategies`."""
+    return strategy_table(evaluate_strategies(recording_dir, frames, strategies, config), config.image_size)

@@ -149,4 +149,4 @@ def simulate_motion(config: ProceduralConfig | MotionConfig, n_frames: int, gene
     if isinstance(config, ProceduralConfig):
         fps = config.rig.fps if fps is None else fps
         config = config.motion
-    return mm.simulate_motion(config, n_frames, RigConfig.fps if fps is None else fps, generator)
+    return mm.simulate_poses(config, n_frames, RigConfig.fps if fps is None else fps, generator)

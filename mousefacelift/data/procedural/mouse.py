@@ -133,7 +133,7 @@ def _ou(x: float, tau: float, std: float, dt: float, noise: float) -> float:
     return x - x * dt / tau + std * math.sqrt(2.0 * dt / tau) * noise
 
 
-def simulate_motion(cfg: MotionConfig, n_frames: int, fps: float, generator: torch.Generator) -> PoseTrack:
+def simulate_poses(cfg: MotionConfig, n_frames: int, fps: float, generator: torch.Generator) -> PoseTrack:
     """Random walk near the wall with rearing episodes, tail swing and head turns -> PoseTrack [n_frames].
 
     1. log-speed follows an OU process around log(speed_median); speed drops to 0 while rearing;
