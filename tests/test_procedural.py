@@ -205,17 +205,23 @@ def test_mouse_coverage_and_visibility(masks):
 # ----------------------------------------------------------------------------------------------
 # Determinism and cache
 # ----------------------------------------------------------------------------------------------
+def _same_files_and_videos(a, b, views):
+    """Assert that recordings a and b hold the same camera, keypoint and ground-truth bytes; yield the
+    decoded (a, b) frames of each video and mask video of ``views`` for the caller to compare."""
+    for rel in ("new_cam.pkl", "ground_truth/poses.npz", "ground_truth/keypoints3d.npz", "ground_truth/params.json",
+                *(f"keypoints2d_undist/result_view_{v}.pkl" for v in views)):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    for sub in ("videos_undist", "simpleclick_undist"):
+        for v in views:
+            yield _read_video(a / sub / f"{v}.mp4"), _read_video(b / sub / f"{v}.mp4")
+
+
 def test_same_config_gives_identical_files_and_frames(tmp_path):
     cfg = dataclasses.replace(SMALL, n_frames=6, seed=11)
     a = syn.generate_recording(tmp_path / "a", cfg)
     b = syn.generate_recording(tmp_path / "b", cfg)
-    for rel in ("new_cam.pkl", "ground_truth/poses.npz", "ground_truth/keypoints3d.npz",
-                "ground_truth/params.json", "keypoints2d_undist/result_view_3.pkl"):
-        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-    for sub in ("videos_undist", "simpleclick_undist"):
-        for v in (0, 5):
-            fa, fb = _read_video(a / sub / f"{v}.mp4"), _read_video(b / sub / f"{v}.mp4")
-            assert fa.shape[0] == 6 and np.array_equal(fa, fb)
+    for fa, fb in _same_files_and_videos(a, b, views=(0, 5)):
+        assert fa.shape[0] == 6 and np.array_equal(fa, fb)
     c = syn.generate_recording(tmp_path / "c", dataclasses.replace(cfg, seed=12))
     assert (a / "ground_truth/poses.npz").read_bytes() != (c / "ground_truth/poses.npz").read_bytes()
 
@@ -231,13 +237,8 @@ def test_body_processes_and_frame_batches_change_nothing_but_speed(tmp_path):
     assert syn.config_hash(cfg) == syn.config_hash(fast)
     a = syn.generate_recording(tmp_path / "a", cfg)
     b = syn.generate_recording(tmp_path / "b", fast)
-    for rel in ("new_cam.pkl", "ground_truth/poses.npz", "ground_truth/keypoints3d.npz",
-                "ground_truth/params.json", "keypoints2d_undist/result_view_2.pkl"):
-        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-    for sub in ("videos_undist", "simpleclick_undist"):
-        for v in (0, 4):
-            va, vb = _read_video(a / sub / f"{v}.mp4"), _read_video(b / sub / f"{v}.mp4")
-            assert va.shape == vb.shape and np.abs(va.astype(int) - vb.astype(int)).mean() < 0.01
+    for va, vb in _same_files_and_videos(a, b, views=(0, 4)):
+        assert va.shape == vb.shape and np.abs(va.astype(int) - vb.astype(int)).mean() < 0.01
     rig = gen._Rig.build(cfg)
     scene = syn.build_scene(cfg, rig.w2c, rig.K)
     ref = list(gen._rendered_frames(cfg, rig, scene))
