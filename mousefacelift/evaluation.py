@@ -142,7 +142,7 @@ def st_lpips_status(cfg: EvalConfig) -> dict:
     if model is None:
         out["reason"] = why
     else:
-        out["weights"] = str(perceptual.find_weights(cfg.st_lpips_net, cfg.st_lpips_weights))
+        out["weights"] = perceptual.describe_weights(cfg.st_lpips_net, cfg.st_lpips_weights)
     return out
 
 

@@ -194,11 +194,24 @@ def find_weights(net: str = "alex", path: str | os.PathLike = "") -> Path | None
     return None
 
 
+def describe_weights(net: str = "alex", path: str | os.PathLike = "") -> str:
+    """Where ``net``'s weights come from, without machine paths (for logs and metrics.json): the
+    path as given, or the file inside the installed stlpips-pytorch package and its version."""
+    if path:
+        return str(path)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"stlpips-pytorch {version('stlpips-pytorch')}: weights/vST0.0/{WEIGHTS_FILE[net]}"
+    except PackageNotFoundError:
+        return f"weights/vST0.0/{WEIGHTS_FILE[net]} of an stlpips_pytorch folder on the path"
+
+
 @functools.lru_cache(maxsize=8)
 def _cached(net: str, path: str, device: str) -> STLPIPS:
     model = STLPIPS(net)
     model.load_released(torch.load(path, map_location="cpu", weights_only=True), path)
-    log.info("ST-LPIPS %s loaded from %s on %s", net, path, device)
+    log.info("ST-LPIPS %s loaded on %s", net, device)
     return model.to(device)
 
 
