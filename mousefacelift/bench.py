@@ -93,8 +93,8 @@ def bench_synthetic(device: torch.device, workers: int | None = None, render_bat
                                              f"{w or 'no'} body processes, chunks of {cfg.chunk_elements}",
                                 rates[name], "frames/s",
                                 f"{codec}; setup included; target >= 100"))
-            rows.append(row("synthetic", "batched + body processes vs one frame per call", rates["batched"] / rates["reference"],
-                            "x", "same run"))
+            rows.append(row("synthetic", "batched + body processes vs one frame per call",
+                            rates["batched"] / rates["reference"], "x", "same run"))
         cfg = procedural.demo_config(device=device.type, video_codec=codec)
         t0 = time.perf_counter()
         procedural.generate_recording(Path(tmp) / "demo", cfg)

@@ -91,7 +91,8 @@ def _bodies(rig: _Rig):
     # spawn: CUDA cannot be forked; a worker that dies raises BrokenProcessPool here, never hangs
     with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(cfg,)) as pool:
-        yield from pool.map(_worker_body, range(cfg.n_frames), chunksize=max(1, min(16, cfg.n_frames // (4 * cfg.workers))))
+        chunk = max(1, min(16, cfg.n_frames // (4 * cfg.workers)))
+        yield from pool.map(_worker_body, range(cfg.n_frames), chunksize=chunk)
 
 
 def _rendered_frames(cfg: ProceduralConfig, rig: _Rig, scene: Scene, seconds: dict | None = None):
@@ -112,7 +113,8 @@ def _rendered_frames(cfg: ProceduralConfig, rig: _Rig, scene: Scene, seconds: di
         if cfg.scene.sensor_noise_std > 0:
             for i in range(len(batch)):
                 g = keyed_generator(cfg.seed, NOISE_STREAM, f0 + i, device=img.device)
-                img[i].add_(torch.randn(img.shape[1:], generator=g, device=img.device).mul_(cfg.scene.sensor_noise_std))
+                noise = torch.randn(img.shape[1:], generator=g, device=img.device)
+                img[i].add_(noise.mul_(cfg.scene.sensor_noise_std))
         img = img.round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
         mask = mask.to(torch.uint8).mul_(255).cpu().numpy()
         seconds["render"] = seconds.get("render", 0.0) + time.perf_counter() - t1
