@@ -271,7 +271,8 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from .mvdiffusion.model import MVDiffusionConfig, MVDiffusionModel
-    from .mvdiffusion.train import TrainConfig, launch
+    from .launch import launch
+    from .mvdiffusion.train import TrainConfig
     from .tracking import TrackingConfig
 
     cuda = device.type == "cuda"
@@ -297,7 +298,7 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
         for name, compiled, n in cases:
             cfg = TrainConfig(data_root=str(root), train_split=str(root / "train.txt"), out_dir=str(Path(tmp) / f"{name}{n}"),
                               model=model_cfg, steps=steps, batch_size=batch, device=device.type,
-                              mixed_precision="bf16" if cuda else "no", compile=compiled, resume=False,
+                              precision="bf16" if cuda else "fp32", compile=compiled, resume=False,
                               checkpoint_every=10 ** 6, log_every=5, warmup_steps=1,
                               tracking=TrackingConfig(mode="disabled"))
             summary = launch(cfg, launcher="torchrun" if n > 1 else "inprocess", nproc_per_node=n)
@@ -369,7 +370,7 @@ def bench_gslrm(device: torch.device) -> list[dict]:
             root = Path(tmp) / f"s{size}"
             _random_samples(root, batch, size)
             model_cfg = GSLRMConfig.full(image_size=size) if cuda else GSLRMConfig.tiny(image_size=size)
-            cfg = TrainConfig(output_dir=str(root / "out"), data_root=str(root), train_split="train.txt",
+            cfg = TrainConfig(out_dir=str(root / "out"), data_root=str(root), train_split="train.txt",
                               model=model_cfg, data=DataConfig(input_views=5, augment=False), steps=10 ** 6,
                               batch_size=batch, device=device.type, tracking=TrackingConfig(mode="disabled"),
                               resume=False, progress_bar=False, warmup_steps=1,
@@ -443,9 +444,9 @@ def bench_gslrm_scaling(device: torch.device, process_counts: tuple[int, ...] | 
     256 px with batch 4 per GPU on CUDA; on a CPU only when ``process_counts`` is given (tiny
     config, gloo: a check of the mechanics, not a speed figure)."""
     from .gslrm.data import DataConfig
-    from .gslrm.launch import launch
     from .gslrm.model import GSLRMConfig
     from .gslrm.train import TrainConfig
+    from .launch import launch
     from .tracking import TrackingConfig
 
     cuda = device.type == "cuda"
@@ -465,7 +466,7 @@ def bench_gslrm_scaling(device: torch.device, process_counts: tuple[int, ...] | 
         root = Path(tmp) / "samples"
         _random_samples(root, batch * max(process_counts), size)
         for n in process_counts:
-            cfg = TrainConfig(output_dir=str(Path(tmp) / f"ddp{n}"), data_root=str(root), train_split="train.txt",
+            cfg = TrainConfig(out_dir=str(Path(tmp) / f"ddp{n}"), data_root=str(root), train_split="train.txt",
                               model=model_cfg, data=DataConfig(input_views=5, augment=False), steps=steps,
                               batch_size=batch, device=device.type, tracking=TrackingConfig(mode="disabled"),
                               resume=False, progress_bar=False, warmup_steps=1, checkpoint_every=10 ** 6,

@@ -74,7 +74,13 @@ RENAMED = {
                           "loss_masked_ssim": "TrainConfig.loss.masked_ssim",
                           "loss_background": "TrainConfig.loss.background", "loss_lpips": "TrainConfig.loss.lpips",
                           "loss_st_lpips": "TrainConfig.loss.st_lpips",
-                          "overfit": "TrainConfig.overfit_samples"},
+                          "overfit": "TrainConfig.overfit_samples", "init_checkpoint": "TrainConfig.init_from"},
+}
+
+# Parameters renamed since: an old params YAML that sets one gets an error naming the new name.
+RETIRED = {
+    "04_mvdiffusion_finetune": {"mixed_precision": 'precision ("no" -> "fp32"; "bf16" stays "bf16")'},
+    "06_gslrm_finetune": {"bf16": 'precision (true -> "bf16", false -> "fp32")'},
 }
 
 
@@ -277,6 +283,8 @@ def resolve(params_path: str | Path, notebooks: dict[str, Path], overrides: list
     for stem, decl in declared.items():
         merged = {k: v for k, v in shared.items() if k in decl}
         for key, value in sections.get(stem, {}).items():
+            if key in RETIRED.get(stem, {}) and key not in decl:
+                raise ParamsError(f"{params_path}: {stem}.{key} was renamed: write {RETIRED[stem][key]}")
             if key not in decl or key in RUNNER_KEYS:
                 raise _unknown_key(f"{params_path}: section {stem}", str(key),
                                    [k for k in decl if k not in RUNNER_KEYS])

@@ -1,8 +1,10 @@
-"""What both trainers share: checkpoints written atomically and read back safely, RNG states, and
-keyed randomness that makes a resumed run exact.
+"""What both trainers share: the run settings (:class:`RunConfig`, one name per setting, which both
+trainers' ``TrainConfig`` extend), checkpoints written atomically and read back safely, RNG states,
+and keyed randomness that makes a resumed run exact. The launcher is :mod:`mousefacelift.launch`.
 
-Checkpoint layout (both trainers): ``<folder>/ckpt_{step:016d}.pt``. GS-LRM's folder is its
-``output_dir`` (FaceLift's layout); MVDiffusion's is ``<out_dir>/checkpoints``.
+Checkpoint layout (both trainers): ``<folder>/ckpt_{step:016d}.pt`` with ``folder =
+cfg.checkpoint_dir``: GS-LRM's is its ``out_dir`` (FaceLift's layout); MVDiffusion's is
+``<out_dir>/checkpoints``.
 
 Every checkpoint is read with ``torch.load(weights_only=True)``: only tensors, plain containers
 and numbers come out, so a crafted file in a run folder cannot run code. Saved states hold only
@@ -12,17 +14,23 @@ that is truncated or empty is set aside as ``<name>.corrupt`` with a warning nam
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import json
 import logging
 import os
 import pickle
 import random
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .configs import bounded, check_ranges, from_dict
+from .tracking import TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,104 @@ class CorruptCheckpointError(CheckpointError):
 
 class UnsafeCheckpointError(CheckpointError):
     """Holds objects that only full unpickling builds, i.e. that could run code on load."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The settings both trainers share
+# ----------------------------------------------------------------------------------------------
+PRECISIONS = ("bf16", "fp32")
+
+# Names that earlier run folders' train_config.json (and hand-written configs) used: old -> new,
+# with the translation of the value. Read configs are mapped with a warning naming the file.
+OLD_NAMES = {
+    "output_dir": ("out_dir", lambda v: v),                    # GS-LRM
+    "init_checkpoint": ("init_from", lambda v: v),             # GS-LRM
+    "bf16": ("precision", lambda v: "bf16" if v else "fp32"),  # GS-LRM (a bool)
+    "keep_checkpoints": ("keep_last", lambda v: v),            # MVDiffusion
+    "mixed_precision": ("precision", lambda v: {"no": "fp32"}.get(v, v)),  # MVDiffusion ("no" | "bf16")
+}
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """The settings of a training run that GS-LRM's and MVDiffusion's ``TrainConfig`` share, one
+    name each (keyword-only, so a trainer's own fields may be required). A trainer redeclares a
+    field to give it its own default. ``type(cfg).__module__`` is the trainer's module: it defines
+    ``train(cfg) -> summary dict`` and is what :func:`mousefacelift.launch.launch` runs under torchrun."""
+    out_dir: str = ""                       # run folder: checkpoints, metrics.jsonl, train_config.json, summary.json
+    init_from: str = ""                     # weights to start from (GS-LRM: a checkpoint file, MVDiffusion: a
+    #                                         pipeline folder); "" = from scratch. Ignored when resuming
+    steps: int = bounded(1000, min=1)       # length of the schedule (optimizer steps / forward-backward passes)
+    stop_at_step: int = bounded(0, min=0)   # stop early (with a checkpoint) at this step; 0 = run to `steps`
+    seed: int = 0                           # seeds weights, data order, noise, augmentation
+    device: str = "auto"                    # auto (cuda when present) | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
+    precision: str = "fp32"                 # bf16 (autocast on CUDA; the CPU always runs fp32) | fp32
+    checkpoint_every: int = bounded(500, min=1)  # steps between checkpoints (one is also written at the end)
+    keep_last: int = bounded(3, min=0)      # newest checkpoints kept (0 = all)
+    resume: bool = True                     # continue from the newest checkpoint; False deletes an earlier run's
+    log_every: int = bounded(10, min=1)     # steps between logged scalars
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        check_ranges(self)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"{type(self).__name__}.precision {self.precision!r} is not one of {PRECISIONS}")
+        if not self.out_dir:
+            raise ValueError(f"{type(self).__module__}.{type(self).__name__}.out_dir is empty: set it to the run "
+                             "folder of this training")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where this trainer's checkpoints go (GS-LRM: ``out_dir``, FaceLift's layout)."""
+        return Path(self.out_dir)
+
+    def autocast_bf16(self, device: torch.device) -> bool:
+        """Whether to autocast to bf16 on ``device``: precision "bf16" on CUDA only."""
+        return self.precision == "bf16" and device.type == "cuda"
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str | None = None):
+        """Nested dict (JSON/YAML) -> config, checked (:func:`mousefacelift.configs.from_dict`); the
+        names of :data:`OLD_NAMES` are mapped to today's with a warning."""
+        where = where or cls.__name__
+        return from_dict(cls, upgrade_names(d, where), where)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} not found (the launcher writes it into the run folder)")
+        return cls.from_dict(json.loads(path.read_text()), str(path))
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=1))
+        return path
+
+
+def upgrade_names(d: dict, where: str) -> dict:
+    """``d`` with the settings of :data:`OLD_NAMES` under today's names (a warning per name).
+    An old name given together with its new one is an error naming both."""
+    out = dict(d)
+    for old, (new, convert) in OLD_NAMES.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ValueError(f"{where}: both '{old}' (the old name) and '{new}' are set; keep only '{new}'")
+        value = convert(out.pop(old))
+        out[new] = value
+        log.warning("%s: '%s' is now called '%s' (read as %s = %r)", where, old, new, new, value)
+    return out
+
+
+def resolve_device(knob: str, local_rank: int | None = None) -> torch.device:
+    """The device of ``RunConfig.device``: "auto" = cuda when present, else cpu; under torchrun
+    (``local_rank`` given) a CUDA device is the local rank's GPU."""
+    if knob == "auto":
+        knob = "cuda" if torch.cuda.is_available() else "cpu"
+    if local_rank is not None and knob.startswith("cuda"):
+        return torch.device("cuda", local_rank)
+    return torch.device(knob)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,9 +222,31 @@ def _save_failure(path: Path, e: OSError) -> str:
         free = "free space unknown"
     msg = f"could not write checkpoint {path} ({e.strerror or e}; {free}); no partial file was left"
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        msg += (": the disk is full. Free space, keep fewer checkpoints (keep_last / keep_checkpoints) or "
+        msg += (": the disk is full. Free space, keep fewer checkpoints (keep_last) or "
                 "put the run folder on a larger disk, then run again: it resumes from the last checkpoint")
     return msg
+
+
+def save_checkpoint(folder: str | os.PathLike, step: int, state: dict, keep_last: int) -> Path:
+    """Write ``state`` atomically as ``<folder>/ckpt_<step>.pt`` and keep the newest ``keep_last``
+    (0 = all). -> the path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / checkpoint_name(step)
+    atomic_save(state, path)
+    prune_checkpoints(folder, keep_last)
+    log.info("saved checkpoint %s", path)
+    return path
+
+
+def clear_checkpoints(folder: str | os.PathLike) -> None:
+    """Delete the checkpoints of an earlier run in ``folder`` (``resume=False``: a fresh start must
+    not keep stale higher-step checkpoints, which would outrank the new ones and be resumed from)."""
+    old = list_checkpoints(folder)
+    if old:
+        log.warning("resume=False: deleting %d checkpoints of an earlier run in %s", len(old), folder)
+    for p in old:
+        p.unlink()
 
 
 # ----------------------------------------------------------------------------------------------

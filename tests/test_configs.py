@@ -112,7 +112,7 @@ def _library_configs():
     from mousefacelift.mvdiffusion.synthetic import SyntheticConfig as MVSynthetic
     from mousefacelift.mvdiffusion.train import TrainConfig as MVTrain
 
-    required = {GSTrain: {"output_dir": "o", "data_root": "d", "train_split": "s"}, MVTrain: {"out_dir": "o"}}
+    required = {GSTrain: {"out_dir": "o", "data_root": "d", "train_split": "s"}, MVTrain: {"out_dir": "o"}}
     return [(cls, required.get(cls, {})) for cls in (ExtractConfig, ProceduralConfig, GSTrain, MVTrain, MVSynthetic)]
 
 

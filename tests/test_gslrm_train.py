@@ -50,7 +50,7 @@ def data_root(tmp_path_factory) -> Path:
 
 def _cfg(data_root: Path, out: Path, **kw) -> TrainConfig:
     """A very small run: 16 px model (samples are 32 px: exercises resizing), 1 sample per step."""
-    base = dict(output_dir=str(out), data_root=str(data_root), train_split="splits/train.txt",
+    base = dict(out_dir=str(out), data_root=str(data_root), train_split="splits/train.txt",
                 model=GSLRMConfig.tiny(image_size=16, layers=1, width=64, heads=2), steps=6, warmup_steps=2,
                 lr=1e-3, batch_size=1, val_every=0, val_max_samples=0, checkpoint_every=100, log_every=1,
                 progress_bar=False, seed=3)
@@ -177,7 +177,7 @@ def test_losses_against_slow_reference(caplog):
 
 
 def test_lr_schedule():
-    cfg = TrainConfig(output_dir="x", data_root="x", train_split="x", steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    cfg = TrainConfig(out_dir="x", data_root="x", train_split="x", steps=110, warmup_steps=10, min_lr_ratio=0.1)
     f = [lr_factor(s, cfg) for s in range(110)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
     assert f[60] == pytest.approx(0.55) and f[-1] == pytest.approx(0.1, abs=1e-3)
@@ -185,11 +185,11 @@ def test_lr_schedule():
 
 
 def test_config_from_dict_rejects_unknown_keys():
-    cfg = TrainConfig.from_dict({"output_dir": "o", "data_root": "d", "train_split": "s",
+    cfg = TrainConfig.from_dict({"out_dir": "o", "data_root": "d", "train_split": "s",
                                  "model": {"layers": 1}, "loss": {"background": 0.5}, "betas": [0.9, 0.99]})
     assert cfg.model.layers == 1 and cfg.loss.background == 0.5 and cfg.betas == (0.9, 0.99)
     with pytest.raises(ValueError, match="unknown key 'layer'"):
-        TrainConfig.from_dict({"output_dir": "o", "data_root": "d", "train_split": "s", "model": {"layer": 1}})
+        TrainConfig.from_dict({"out_dir": "o", "data_root": "d", "train_split": "s", "model": {"layer": 1}})
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_two_steps_change_weights_and_write_checkpoints(data_root, tmp_path):
 
 
 def test_cli_keeps_last_k(data_root, tmp_path):
-    cfg = {"output_dir": str(tmp_path / "run"), "data_root": str(data_root), "train_split": "splits/train.txt",
+    cfg = {"out_dir": str(tmp_path / "run"), "data_root": str(data_root), "train_split": "splits/train.txt",
            "model": {"image_size": 16, "layers": 1, "width": 64, "heads": 2}, "steps": 3,
            "checkpoint_every": 1, "keep_last": 2, "progress_bar": False}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
@@ -292,7 +292,7 @@ def test_overfit_four_samples(tmp_path):
     """The tiny model overfits 4 samples (32 px, 5 input views): PSNR_fg on held-out views.
     Measured on the shared 2-core CPU: 27.2 dB (IoU 0.90) after 800 steps in 263 s."""
     root = make_blob_samples(tmp_path / "data", 4, 32, seed=1)
-    cfg = TrainConfig(output_dir=str(tmp_path / "run"), data_root=str(root), train_split="splits/train.txt",
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), data_root=str(root), train_split="splits/train.txt",
                       val_split="splits/train.txt", model=GSLRMConfig.tiny(image_size=32), steps=OVERFIT_STEPS,
                       loss=LossConfig(l2=1.0), batch_size=2, warmup_steps=20, lr=2e-3, overfit_samples=4, checkpoint_every=10_000,
                       log_every=50, progress_bar=False, seed=0)
@@ -307,10 +307,10 @@ OVERFIT_STEPS = 800
 OVERFIT_PSNR = 25.0
 
 
-# -- launching from a notebook (mousefacelift.gslrm.launch) and predictions ----------------------------
+# -- launching from a notebook (mousefacelift.launch) and predictions ----------------------------
 def test_split_stream_separates_log_lines_from_progress_updates():
     import io
-    from mousefacelift.gslrm.launch import split_stream
+    from mousefacelift.launch import split_stream
     raw = b"start\n\rbar 10%\rbar 50%\rbar 100%\nINFO done\r\nlast"
     pieces = list(split_stream(io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", newline="")))
     assert pieces == [("start", False), ("", True), ("bar 10%", True), ("bar 50%", True), ("bar 100%", False),
@@ -319,7 +319,7 @@ def test_split_stream_separates_log_lines_from_progress_updates():
 
 @pytest.mark.slow
 def test_launch_inprocess_writes_config_log_summary_and_validates_on_val_root(data_root, tmp_path):
-    from mousefacelift.gslrm.launch import CONFIG_FILE, LOG_FILE, launch
+    from mousefacelift.launch import CONFIG_FILE, LOG_FILE, launch
     val_root = make_blob_samples(tmp_path / "val_data", 1, 32, seed=5)  # 1 sample: each of its 6 views held out
     cfg = _cfg(data_root, tmp_path / "run", steps=2, val_split="splits/train.txt", val_data_root=str(val_root))
     s = launch(cfg, "inprocess")
@@ -337,7 +337,7 @@ def test_torchrun_two_ranks_equal_one_process_with_the_global_batch(data_root, t
     """DDP (2 CPU processes, gloo, batch 1 each) = one process with batch 2: the same samples, views
     and averaged gradients. Plain-mean losses only (a masked mean over a batch is not the mean of
     per-rank masked means). Measured: weights moved by up to ~3e-3, the two runs 1e-6 to 1e-5 apart."""
-    from mousefacelift.gslrm.launch import launch
+    from mousefacelift.launch import launch
     loss = LossConfig(l2=1.0, masked_l2=0.0, masked_ssim=0.0, background=1.0)
     one = launch(_cfg(data_root, tmp_path / "one", steps=3, batch_size=2, loss=loss, device="cpu"), "inprocess")
     two = launch(_cfg(data_root, tmp_path / "two", steps=3, batch_size=1, loss=loss, device="cpu"), "torchrun",
@@ -356,7 +356,7 @@ def test_torchrun_two_ranks_equal_one_process_with_the_global_batch(data_root, t
 
 @pytest.mark.slow
 def test_launch_failure_raises_with_the_log_tail(data_root, tmp_path):
-    from mousefacelift.gslrm.launch import launch
+    from mousefacelift.launch import launch
     cfg = _cfg(data_root, tmp_path / "run", train_split="splits/missing.txt")
     with pytest.raises(RuntimeError, match=r"(?s)exit 1.*last lines:.*missing\.txt"):
         launch(cfg, "python")

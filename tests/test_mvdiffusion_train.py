@@ -14,7 +14,8 @@ from diffusers import DDPMScheduler
 
 from mousefacelift.data import samples
 from mousefacelift.mvdiffusion import MVDiffusionConfig, MVDiffusionPipeline, SamplerConfig, evaluate
-from mousefacelift.mvdiffusion.train import (TrainConfig, augment, build_pipeline, config_from_dict, launch, main,
+from mousefacelift.launch import launch
+from mousefacelift.mvdiffusion.train import (TrainConfig, augment, build_pipeline, config_from_dict, main,
                                             min_snr_weight, swap_reference, train, training_loss)
 from mousefacelift.training import keyed_generator
 from test_mvdiffusion import make_samples
@@ -183,7 +184,7 @@ def test_launch_writes_a_config_that_round_trips_and_restarts_cleanly(data):
 def test_torchrun_launcher_streams_and_trains(data, caplog):
     """The subprocess path: torchrun with 2 CPU processes (gloo DDP), about 20 s."""
     cfg = tiny_config(data, "ddp", steps=1, batch_size=1)
-    with caplog.at_level(logging.INFO, logger="mousefacelift.mvdiffusion.train"):
+    with caplog.at_level(logging.INFO, logger="mousefacelift.launch"):
         summary = launch(cfg, launcher="torchrun", nproc_per_node=2)
     assert summary["step"] == 1 and "[train]" in caplog.text
     assert (data / "ddp" / "pipeline" / "model_index.json").is_file()
@@ -212,7 +213,7 @@ def test_tiny_model_overfits_two_objects(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bf16_training_step_and_sampling_on_gpu(data):
-    summary = train(tiny_config(data, "gpu", steps=2, device="cuda", mixed_precision="bf16"))
+    summary = train(tiny_config(data, "gpu", steps=2, device="cuda", precision="bf16"))
     assert all(math.isfinite(v) for v in summary["losses"].values())
     pipe = MVDiffusionPipeline.from_pretrained(summary["pipeline_dir"]).to(torch.device("cuda"))
     res = evaluate(pipe, samples.SampleDataset(data / "s", data / "train.txt", [0, 1, 2]),

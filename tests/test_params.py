@@ -177,6 +177,17 @@ def test_out_of_range_parameter_fails_before_anything_runs(tmp_path, real_notebo
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("stem, key, value, new", [("04_mvdiffusion_finetune", "mixed_precision", "bf16", "precision"),
+                                                   ("06_gslrm_finetune", "bf16", False, "precision")])
+def test_a_renamed_parameter_names_its_new_name(tmp_path, real_notebooks, stem, key, value, new):
+    """An old params YAML that sets a renamed parameter is refused with the new name, before anything runs."""
+    p = write(tmp_path, yaml.safe_dump({stem: {key: value}}))
+    with pytest.raises(ParamsError, match=rf"p.yaml: {stem}.{key} was renamed: write {new} "):
+        resolve(p, real_notebooks)
+    assert new in notebook_parameters(real_notebooks[stem]) and key not in notebook_parameters(real_notebooks[stem])
+    assert resolve(write(tmp_path, yaml.safe_dump({stem: {new: "bf16"}})), real_notebooks)[stem] == {new: "bf16"}
+
+
 def test_zero_meaning_unset_is_not_range_checked_by_name(real_notebooks):
     """01's n_samples / stride / workers: 0 means 'unset' there (the notebook passes None), so
     their config fields (>= 1) do not apply; the config checks what the notebook builds."""

@@ -3,19 +3,20 @@
     python -m mousefacelift.gslrm.train --config cfg.json                 # one process
     torchrun --nproc_per_node 4 -m mousefacelift.gslrm.train --config cfg.json   # DDP
 
-or in process: ``train(TrainConfig(...)) -> summary dict``. The JSON holds the fields of
-:class:`TrainConfig` (nested ``model``, ``loss``, ``data``, ``tracking``); unknown keys are errors.
+or in process: ``train(TrainConfig(...)) -> summary dict``; from a notebook through
+:func:`mousefacelift.launch.launch`. The JSON holds the fields of :class:`TrainConfig` (the run
+settings of :class:`mousefacelift.training.RunConfig`, nested ``model``, ``loss``, ``data``,
+``tracking``); unknown keys are errors.
 
 Recipe: AdamW (0.9, 0.95), weight decay on matrices only, cosine schedule with linear warm-up,
 grad clip; a step is skipped when the pre-clip grad norm exceeds ``skip_factor * grad_clip`` or
 is not finite (both counted; the applied-step ratio is logged and a warning is raised below 90%).
 Checkpoints ``ckpt_{step:016d}.pt`` (FaceLift's layout + our config + RNG states) are written
-atomically into ``output_dir``; the last ``keep_last`` are kept; a run resumes from the latest
+atomically into ``out_dir``; the last ``keep_last`` are kept; a run resumes from the latest
 readable one, loaded with weights_only (:mod:`mousefacelift.training`).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -32,11 +33,12 @@ import torch.distributed as dist
 
 from .. import evaluation
 from ..gaussians import warm_up_gsplat
-from ..configs import bounded, check_ranges, from_dict
+from .. import launch
+from ..configs import bounded
 from ..stage import warn_schedule_change
-from ..tracking import Tracker, TrackingConfig
-from ..training import (atomic_save, checkpoint_name, latest_checkpoint, load_latest_checkpoint, prune_checkpoints,
-                        rng_state, set_rng_state)
+from ..tracking import Tracker
+from ..training import (RunConfig, clear_checkpoints, latest_checkpoint, load_latest_checkpoint, resolve_device,
+                        rng_state, save_checkpoint, set_rng_state)
 from ..data.samples import read_split
 from .data import DataConfig, GSLRMDataset, StepBatchSampler, collate
 from .losses import GSLRMLoss, LossConfig
@@ -45,9 +47,11 @@ from .model import GSLRM, GSLRMConfig, load_model_state, read_checkpoint
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainConfig:
-    output_dir: str                        # checkpoints, metrics.jsonl, summary.json go here
+@dataclass(kw_only=True)
+class TrainConfig(RunConfig):
+    """GS-LRM's run: the shared settings of RunConfig (``out_dir`` holds the checkpoints, FaceLift's
+    layout; ``init_from`` is a checkpoint file, e.g. FaceLift's, loaded strictly; ``precision``
+    "bf16" by default) and its own below."""
     data_root: str                         # sample folders; split paths are relative to it
     train_split: str                       # split file (one sample folder per line)
     val_split: str = ""                    # "" = no validation during training
@@ -55,10 +59,7 @@ class TrainConfig:
     model: GSLRMConfig = field(default_factory=GSLRMConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    init_checkpoint: str = ""              # weights to start from (e.g. FaceLift's); "" = random init
     steps: int = bounded(10000, min=1)     # length of the schedule (forward/backward passes)
-    stop_at_step: int = bounded(0, min=0)  # stop early at this step (0 = run to `steps`); schedule unchanged
     batch_size: int = bounded(4, min=1)    # samples per process and step
     lr: float = bounded(1e-4, gt=0)
     betas: tuple[float, float] = bounded((0.9, 0.95), min=0, lt=1)
@@ -67,32 +68,12 @@ class TrainConfig:
     min_lr_ratio: float = bounded(0.0, min=0, max=1)
     grad_clip: float = bounded(1.0, gt=0)
     skip_factor: float = bounded(20.0, gt=0)  # skip the update when pre-clip grad norm > skip_factor * grad_clip
-    checkpoint_every: int = bounded(500, min=1)  # also written at the end of the run
-    keep_last: int = bounded(3, min=0)     # checkpoints kept in output_dir (0 = all)
-    log_every: int = bounded(10, min=1)
     val_every: int = bounded(1000, min=0)  # 0 = validate only at the end (when val_split is set)
     val_max_samples: int = bounded(8, min=0)  # 0 = the whole validation split
-    seed: int = 0
-    device: str = "auto"                   # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
-    bf16: bool = True                      # bf16 autocast on CUDA (always fp32 on CPU)
+    precision: str = "bf16"                # bf16 autocast of the transformer on CUDA (always fp32 on CPU) | fp32
     num_workers: int = bounded(0, min=0)   # DataLoader workers per process
     overfit_samples: int = bounded(0, min=0)  # > 0: train on the first N samples only, no augmentation
-    resume: bool = True                    # continue from the latest checkpoint in output_dir
     progress_bar: bool = True              # tqdm on rank 0
-
-    def __post_init__(self):
-        check_ranges(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return from_dict(cls, d, "TrainConfig")
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config {path} not found")
-        return from_dict(cls, json.loads(path.read_text()), str(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,12 +94,12 @@ def setup_distributed(device_knob: str) -> tuple[DistInfo, torch.device]:
     """Init the process group when launched by torchrun (RANK/WORLD_SIZE set), pick the device."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-        use_cuda = torch.cuda.is_available() and device_knob != "cpu"
+        device = resolve_device(device_knob, info.local_rank)
+        use_cuda = device.type == "cuda"
         if use_cuda:
             torch.cuda.set_device(info.local_rank)
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        device = torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
         if use_cuda:  # gsplat builds its CUDA extension on first use: rank 0 builds it, then the others load it
             if info.rank != 0:
                 dist.barrier()
@@ -126,9 +107,7 @@ def setup_distributed(device_knob: str) -> tuple[DistInfo, torch.device]:
             if info.rank == 0:
                 dist.barrier()
         return info, device
-    if device_knob == "auto":
-        return DistInfo(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return DistInfo(), torch.device(device_knob)
+    return DistInfo(), resolve_device(device_knob)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -177,7 +156,7 @@ class Trainer:
         self.cfg = cfg
         self.dist, self.device = setup_distributed(cfg.device)
         self.is_main = self.dist.rank == 0
-        self.out = Path(cfg.output_dir)
+        self.out = cfg.checkpoint_dir
         self.out.mkdir(parents=True, exist_ok=True)
         # 1. model (same seed on every rank; DDP also broadcasts rank 0's weights)
         torch.manual_seed(cfg.seed)
@@ -193,9 +172,11 @@ class Trainer:
         found = load_latest_checkpoint(self.out) if cfg.resume else None  # weights_only; skips corrupt ones
         if found is not None:
             self.restore(*found)
-        elif cfg.init_checkpoint:
-            load_model_state(self.model, read_checkpoint(cfg.init_checkpoint)["model"], cfg.init_checkpoint)
-            log.info("initialised from %s", cfg.init_checkpoint)
+        elif cfg.init_from:
+            load_model_state(self.model, read_checkpoint(cfg.init_from)["model"], cfg.init_from)
+            log.info("initialised from %s", cfg.init_from)
+        if not cfg.resume and self.is_main:  # after init_from was read: it may lie in this folder
+            clear_checkpoints(self.out)
         self.ddp = (torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.dist.enabled else self.model)
@@ -205,7 +186,7 @@ class Trainer:
                                     cfg.model.image_size, data_cfg, seed=cfg.seed, limit=cfg.overfit_samples)
         self.tracker = Tracker.create(cfg.tracking, self.out, name="gslrm", params=asdict(cfg), rank=self.dist.rank)
         self.tracker.truncate_after(self.step)
-        self.use_bf16 = cfg.bf16 and self.device.type == "cuda"
+        self.use_bf16 = cfg.autocast_bf16(self.device)
         log.info("GS-LRM %.1f M params on %s (bf16 %s, world %d), %d training samples, from step %d",
                  self.model.num_parameters() / 1e6, self.device, self.use_bf16, self.dist.world_size,
                  len(self.dataset), self.step)
@@ -214,16 +195,13 @@ class Trainer:
     def save(self) -> Path | None:
         if not self.is_main:
             return None
-        path = self.out / checkpoint_name(self.step)
-        atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return save_checkpoint(self.out, self.step, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "lr_scheduler": self.scheduler.state_dict(), "fwdbwd_pass_step": self.step,
                      "param_update_step": self.applied, "config": asdict(self.cfg.model),
                      "train_config": json.dumps(asdict(self.cfg)),
                      "counters": {"skipped_norm": self.skipped_norm, "skipped_nonfinite": self.skipped_nonfinite},
-                     "rng": rng_state(), "data": {"seed": self.cfg.seed, "next_step": self.step}}, path)
-        prune_checkpoints(self.out, self.cfg.keep_last)
-        log.info("saved %s", path)
-        return path
+                     "rng": rng_state(), "data": {"seed": self.cfg.seed, "next_step": self.step}},
+                               self.cfg.keep_last)
 
     def restore(self, path: Path, ckpt: dict) -> None:
         """Continue from ``ckpt``, read from ``path`` on the CPU (RNG states must stay there; the
@@ -353,35 +331,9 @@ def train(cfg: TrainConfig) -> dict:
     return Trainer(cfg).run()
 
 
-SUMMARY_FILE = "summary.json"
-
-
-def write_summary(cfg: TrainConfig, summary: dict) -> Path:
-    """Write the summary of :func:`train` to ``<output_dir>/summary.json`` (rank 0 only)."""
-    path = Path(cfg.output_dir) / SUMMARY_FILE
-    path.write_text(json.dumps(summary, indent=1))
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train / fine-tune GS-LRM (see mousefacelift.gslrm.train)")
-    parser.add_argument("--config", required=True, help="JSON file with the fields of TrainConfig")
-    args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", 0))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
-    cfg = TrainConfig.from_json(args.config)
-    summary = train(cfg)
-    if rank == 0:
-        short = {k: v for k, v in summary.items() if k != "losses"}
-        if "val" in short:
-            short["val"] = {k: v for k, v in short["val"].items() if k != "per_view"}
-        write_summary(cfg, summary)
-        log.info("done: %s", json.dumps(short))
-    if dist.is_initialized():
-        dist.barrier()  # tear down together: a rank leaving while rank 0 still writes can abort in gloo
-        dist.destroy_process_group()
-    return 0
+    """``python -m mousefacelift.gslrm.train --config cfg.json`` (alone or under torchrun)."""
+    return launch.main(TrainConfig, train, argv)
 
 
 if __name__ == "__main__":

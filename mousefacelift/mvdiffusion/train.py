@@ -22,12 +22,11 @@ optimizer, LR scheduler and step, written atomically, so a resumed run reproduce
 uninterrupted one exactly. Runs single-process, or under ``torchrun`` (DDP) when WORLD_SIZE > 1:
 
     torchrun --nproc_per_node 8 -m mousefacelift.mvdiffusion.train --config train.json
+
+From a notebook: :func:`mousefacelift.launch.launch` (in process, or torchrun with the log streamed).
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import logging
 import os
 import time
@@ -40,14 +39,13 @@ from diffusers import DDPMScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
-from .. import cameras, training
-from ..configs import bounded, check_ranges, from_dict
+from .. import cameras, launch, training
+from ..configs import bounded
 from ..data.resident import ResidentSplit
 from ..data.samples import SampleDataset
 from ..stage import warn_schedule_change
-from ..tracking import Tracker, TrackingConfig
-from ..training import (atomic_save, checkpoint_name, keyed_generator, list_checkpoints, load_latest_checkpoint,
-                        prune_checkpoints)
+from ..tracking import Tracker
+from ..training import RunConfig, clear_checkpoints, keyed_generator, load_latest_checkpoint, resolve_device, save_checkpoint
 from .model import MVDiffusionConfig, MVDiffusionModel, relative_ray_map
 from .pipeline import FaceLiftLoadConfig, MVDiffusionPipeline, PixelCodec, SamplerConfig, composite, resize_views
 from .quality import evaluate, validation_grid
@@ -58,19 +56,18 @@ BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "gray": (0.5,
 PREDICTION_TYPES = ("v_prediction", "epsilon")
 
 
-@dataclass
-class TrainConfig:
+@dataclass(kw_only=True)
+class TrainConfig(RunConfig):
+    """MVDiffusion's run: the shared settings of RunConfig (``out_dir`` holds checkpoints/, pipeline/,
+    val/; ``init_from`` is a pipeline folder, ours or FaceLift's, to fine-tune) and its own below."""
     data_root: str = ""                     # folder that the split files' sample paths are relative to
     train_split: str = ""                   # split file of training samples
     val_split: str = ""                     # split file for validation; empty = no validation
-    out_dir: str = ""                       # run folder: checkpoints/, pipeline/, val/, metrics.jsonl
     model: MVDiffusionConfig = field(default_factory=MVDiffusionConfig)  # from-scratch architecture
-    init_from: str = ""                     # pipeline folder (ours or FaceLift's) to fine-tune; "" = scratch
     facelift: FaceLiftLoadConfig = field(default_factory=lambda: FaceLiftLoadConfig(camera_conditioning=True))
     views: list[int] | None = None          # view positions to use from each sample (model.reference_view
                                             # indexes this list); None = all
     steps: int = bounded(3000, min=1)       # optimizer steps in total
-    stop_at_step: int = bounded(0, min=0)   # stop (with a checkpoint) at this step; 0 = run to `steps`
     batch_size: int = bounded(8, min=1)     # objects per step per process
     lr: float = bounded(2e-4, gt=0)         # peak AdamW learning rate (FaceLift mouse fine-tune: 5e-5)
     weight_decay: float = bounded(0.01, min=0)  # AdamW weight decay
@@ -91,36 +88,29 @@ class TrainConfig:
     brightness: float = bounded(0.1, min=0)  # +- additive brightness jitter (per object)
     contrast: float = bounded(0.1, min=0, max=1)  # +- relative contrast jitter (per object)
     backgrounds: tuple[str, ...] = ("white", "black", "gray")  # random background colours
-    seed: int = 0                           # seeds weights, data order, noise, dropout, augmentation
-    device: str = "cpu"                     # cpu | cuda (the GPU index comes from LOCAL_RANK)
-    mixed_precision: str = "no"             # no | bf16 (autocast)
     num_workers: int = bounded(0, min=0)    # threads decoding the training split once (0: 8)
     compile: bool = False                   # torch.compile the model (CUDA: ~2 min of compiling, then faster steps)
-    checkpoint_every: int = bounded(500, min=1)  # steps between checkpoints
-    keep_checkpoints: int = bounded(2, min=1)  # newest checkpoints kept
-    resume: bool = True                     # continue from the newest checkpoint in out_dir
+    keep_last: int = bounded(2, min=0)      # newest checkpoints kept in out_dir/checkpoints (0 = all)
     val_every: int = bounded(500, min=1)    # steps between validations (and at the end)
     val_objects: int = bounded(4, min=1)    # validation objects
     val_sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=25))
-    log_every: int = bounded(10, min=1)     # steps between logged scalars
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self):
-        check_ranges(self)
+        super().__post_init__()
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
         unknown = set(self.backgrounds) - set(BACKGROUNDS)
         if unknown:
             raise ValueError(f"unknown backgrounds {sorted(unknown)}; choose from {sorted(BACKGROUNDS)}")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision {self.mixed_precision!r} is not 'no' or 'bf16'")
-        if not self.out_dir:
-            raise ValueError("TrainConfig.out_dir is empty: set it to the run's mvdiffusion folder")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.out_dir) / "checkpoints"
 
 
-def config_from_dict(d: dict, cls=TrainConfig):
-    """Nested dict (e.g. from JSON/YAML) -> dataclass, checked (:func:`mousefacelift.configs.from_dict`)."""
-    return from_dict(cls, d)
+def config_from_dict(d: dict) -> TrainConfig:
+    """Nested dict (e.g. from JSON/YAML) -> TrainConfig, checked (:meth:`RunConfig.from_dict`)."""
+    return TrainConfig.from_dict(d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +217,7 @@ def training_loss(model, pipe: MVDiffusionPipeline, noise_sched: DDPMScheduler, 
         target = noise_sched.get_velocity(x0.flatten(0, 1), noise.flatten(0, 1), t_views).unflatten(0, (B, V))
     else:
         target = noise
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16(dev)):
         pred = model(noisy, t, ref, rays, labels)
     if cfg.loss_on_reference:
         per_object = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
@@ -252,34 +242,10 @@ def build_pipeline(cfg: TrainConfig) -> MVDiffusionPipeline:
     return MVDiffusionPipeline(model, sched, PixelCodec())
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------------
-# <out_dir>/checkpoints/ckpt_{step:016d}.pt, named, written and read by mousefacelift.training
-def checkpoint_path(out_dir: Path, step: int) -> Path:
-    return out_dir / "checkpoints" / checkpoint_name(step)
-
-
+# Checkpoints: <out_dir>/checkpoints/ckpt_{step:016d}.pt (cfg.checkpoint_dir), named, written and
+# read by mousefacelift.training
 def latest_checkpoint(out_dir: Path) -> Path | None:
     return training.latest_checkpoint(Path(out_dir) / "checkpoints")
-
-
-def save_checkpoint(path: Path, state: dict, keep: int) -> None:
-    """Write atomically (temp file + rename) and keep the newest ``keep`` checkpoints."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(state, path)
-    prune_checkpoints(path.parent, keep)
-    log.info("checkpoint %s", path)
-
-
-def clear_checkpoints(out_dir: Path) -> None:
-    """Delete the checkpoints of an earlier run in ``out_dir`` (a fresh start must not keep stale
-    higher-step checkpoints, which would outrank the new ones and be resumed from later)."""
-    old = list_checkpoints(out_dir / "checkpoints")
-    if old:
-        log.warning("resume=False: deleting %d checkpoints of an earlier run in %s", len(old), out_dir / "checkpoints")
-    for p in old:
-        p.unlink()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,7 +284,7 @@ def train(cfg: TrainConfig) -> dict:
     """Train (or resume) and export ``<out_dir>/pipeline`` with the EMA weights.
     -> {"losses": {step: loss} of the steps run in this call, "val": [...], "pipeline_dir", "step"}."""
     world, rank, local = (int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
-    device = torch.device(cfg.device, local) if cfg.device == "cuda" else torch.device(cfg.device)
+    device = resolve_device(cfg.device, local if "LOCAL_RANK" in os.environ else None)
     if world > 1:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     out_dir = Path(cfg.out_dir)
@@ -335,8 +301,8 @@ def train(cfg: TrainConfig) -> dict:
     # 2. resume
     step = 0
     if not cfg.resume and rank == 0:
-        clear_checkpoints(out_dir)
-    found = load_latest_checkpoint(out_dir / "checkpoints") if cfg.resume else None  # weights_only
+        clear_checkpoints(cfg.checkpoint_dir)
+    found = load_latest_checkpoint(cfg.checkpoint_dir) if cfg.resume else None  # weights_only
     if found is not None:
         ckpt, state = found
         pipe.model.load_state_dict(state["model"])
@@ -383,10 +349,10 @@ def train(cfg: TrainConfig) -> dict:
             tracker.log({"loss": losses[step], "lr": lr_sched.get_last_lr()[0], "grad_norm": grad_norm.item(),
                          "sec_per_step": (time.time() - t0) / len(losses)}, step=step)
         if rank == 0 and (step % cfg.checkpoint_every == 0 or step == end):
-            save_checkpoint(checkpoint_path(out_dir, step), {
+            save_checkpoint(cfg.checkpoint_dir, step, {
                 "model": pipe.model.state_dict(), "ema": ema.state_dict() if ema else None,
                 "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(), "step": step,
-                "config": asdict(cfg)}, cfg.keep_checkpoints)
+                "config": asdict(cfg)}, cfg.keep_last)
         if rank == 0 and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
             vals.append(_validate(pipe, ema, cfg, val_set, out_dir, step))
             tracker.log({f"val_{k}": vals[-1][k] for k in VAL_KEYS}, step=step)
@@ -402,11 +368,8 @@ def train(cfg: TrainConfig) -> dict:
     tracker.finish()
     if world > 1:
         torch.distributed.destroy_process_group()
-    summary = {"step": step, "losses": losses, "val": vals, "pipeline_dir": str(pipeline_dir),
-               "seconds": time.time() - t0, "step_seconds_median": _steady_step_seconds(marks)}
-    if rank == 0:
-        (out_dir / "summary.json").write_text(json.dumps({k: v for k, v in summary.items()}, indent=1))
-    return summary
+    return {"step": step, "losses": losses, "val": vals, "pipeline_dir": str(pipeline_dir),
+            "seconds": time.time() - t0, "step_seconds_median": _steady_step_seconds(marks)}
 
 
 def _steady_step_seconds(marks: list[tuple[int, float]]) -> float | None:
@@ -417,59 +380,9 @@ def _steady_step_seconds(marks: list[tuple[int, float]]) -> float | None:
     return sorted(rates)[len(rates) // 2] if rates else None
 
 
-LAUNCHERS = ("inprocess", "torchrun")
-CONFIG_FILE = "train_config.json"
-
-
-def launch(cfg: TrainConfig, launcher: str = "inprocess", nproc_per_node: int = 1) -> dict:
-    """Write ``<out_dir>/train_config.json`` (the resolved config, kept as provenance) and train
-    (or resume): in this process, or as the subprocess
-    ``python -m torch.distributed.run --standalone --nproc_per_node N -m mousefacelift.mvdiffusion.train
-    --config <json>`` whose output is streamed line by line to this module's logger.
-    -> the run's ``summary.json`` ({"step", "losses": {step (str): loss}, "val", "pipeline_dir", "seconds"})."""
-    import subprocess
-    import sys
-    from collections import deque
-
-    if launcher not in LAUNCHERS:
-        raise ValueError(f"launcher {launcher!r} is not one of {LAUNCHERS}")
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_path = out_dir / CONFIG_FILE
-    config_path.write_text(json.dumps(asdict(cfg), indent=1))
-    summary_path = out_dir / "summary.json"
-    summary_path.unlink(missing_ok=True)  # a stale summary must not pass for this run's
-    if launcher == "inprocess":
-        train(cfg)
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-               "-m", "mousefacelift.mvdiffusion.train", "--config", str(config_path)]
-        log.info("launching: %s", " ".join(cmd))
-        tail = deque(maxlen=40)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-            for line in proc.stdout:
-                tail.append(line.rstrip())
-                log.info("[train] %s", line.rstrip())
-        if proc.returncode != 0:
-            raise RuntimeError(f"torchrun training failed (exit {proc.returncode}) with config {config_path}; "
-                               "last lines:\n" + "\n".join(tail))
-    if not summary_path.is_file():
-        raise RuntimeError(f"training ended without writing {summary_path}; see the log above")
-    return json.loads(summary_path.read_text())
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mousefacelift.mvdiffusion.train --config train.json`` (or under torchrun)."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="JSON file with TrainConfig fields (nested dicts for sub-configs)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    path = Path(args.config)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: training config not found (notebook 04 writes it into the run folder)")
-    train(config_from_dict(json.loads(path.read_text())))
-    return 0
+    """``python -m mousefacelift.mvdiffusion.train --config train.json`` (alone or under torchrun)."""
+    return launch.main(TrainConfig, train, argv)
 
 
 if __name__ == "__main__":
