@@ -14,14 +14,13 @@ restricted unpickler: only numpy arrays/scalars and builtin containers can come 
 
 Decoding: :func:`read_frames` reads each video sequentially (``grab()`` skips, ``retrieve()`` only
 the wanted frames), one thread per camera, in chunks of frames so that memory stays bounded.
-:func:`read_frames_seek` is the naive per-frame-seek baseline that :func:`bench_decoding` compares to.
+:func:`read_frames_seek` is the naive per-frame-seek baseline that ``mfl bench --only decoding`` compares to.
 """
 from __future__ import annotations
 
 import logging
 import os
 import pickle
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -473,25 +472,3 @@ def read_frames_seek(rec: Recording, frame_indices: Sequence[int], cameras: Sequ
         for a, b in caps:
             a.release()
             b.release()
-
-
-def bench_decoding(rec: Recording, n_frames: int, stride: int = 9, cameras: Sequence[int] | None = None,
-                   allow_keyframe_jumps: bool = True) -> dict:
-    """Time :func:`read_frames` (sequential, threaded) against :func:`read_frames_seek` in the same run
-    on ``n_frames`` frames spaced ``stride`` apart (9 = 2000 of 18000 frames, the default extraction).
-
-    Returns {"n_frames", "stride", "sequential_fps", "seek_fps", "ratio", "identical"} where fps
-    counts multi-view frames per second and ``identical`` says both returned the same pixels."""
-    frames = list(range(0, min(rec.n_frames, n_frames * stride), stride))[:n_frames]
-    t0 = time.perf_counter()
-    seq = [(f.rgb.sum(dtype=np.int64), f.mask.sum()) for f in read_frames(rec, frames, cameras, progress=False,
-                                                                    allow_keyframe_jumps=allow_keyframe_jumps)]
-    t_seq = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    seek = [(f.rgb.sum(dtype=np.int64), f.mask.sum()) for f in read_frames_seek(rec, frames, cameras)]
-    t_seek = time.perf_counter() - t0
-    out = {"n_frames": len(frames), "stride": stride, "keyframe_jumps": allow_keyframe_jumps, "sequential_s": t_seq, "seek_s": t_seek,
-           "sequential_fps": len(frames) / t_seq, "seek_fps": len(frames) / t_seek, "ratio": t_seek / t_seq,
-           "identical": seq == seek}
-    log.info("decoding benchmark: %s", out)
-    return out

@@ -1,181 +1,17 @@
-"""`mfl bench`: speed of every stage on this machine, each beside its baseline in the same run.
-
-Writes ``<out>/bench.json`` (machine, rows) and ``<out>/bench.md`` (a table). Benchmarks are not
-tests: nothing here asserts; the numbers are for READMEs and closing notes. Each benchmark is a
-function returning rows ``{"benchmark", "case", "value", "unit", "note"}``; ratios are computed
-from two measurements of the same run, never against remembered figures.
-"""
+"""Benchmarks of the learned stages: MVDiffusion and GS-LRM inference, training steps, the trainers
+and their scaling over the GPUs of a machine."""
 from __future__ import annotations
 
-import json
 import logging
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from . import peak_tflops, row, timed
+
 log = logging.getLogger(__name__)
-
-# dense bf16 peaks (TFLOP/s) used for "fraction of peak"
-BF16_PEAK_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 312.0}
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int = 5, warmup: int = 2) -> float:
-    """Median wall time of fn() in milliseconds (after warmup calls), synchronising CUDA."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
-
-
-def peak_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
-
-
-def row(benchmark: str, case: str, value: float, unit: str, note: str = "") -> dict:
-    return {"benchmark": benchmark, "case": case, "value": round(float(value), 4), "unit": unit, "note": note}
-
-
-# ----------------------------------------------------------------------------------------------
-# The benchmarks
-# ----------------------------------------------------------------------------------------------
-def video_codec() -> str:
-    """H.264 (the default of the procedural recording) when imageio-ffmpeg is installed, else
-    OpenCV's mp4v (e.g. on a GPU image without it), so the benchmark still runs; rows say which."""
-    try:
-        import imageio_ffmpeg  # noqa: F401
-        return "h264"
-    except ImportError:
-        return "mp4v"
-
-
-def bench_synthetic(device: torch.device, workers: int | None = None, render_batch: int = 16) -> list[dict]:
-    """Procedural recording: the demo size (6 cameras x 120 frames at 576x512) end to end, and
-    frames/s at full 1152x1024 (a short recording, setup included). On CUDA also params/gpu.yaml's
-    size (576x512), 600 frames, side by side: one frame per render call in this process (the
-    reference path) against ``render_batch`` frames per call with ``workers`` body processes
-    (default: half the CPU cores, at most 12), setup included."""
-    from .data import procedural
-
-    rows, codec = [], video_codec()
-    with tempfile.TemporaryDirectory() as tmp:
-        if device.type == "cuda":
-            n, workers = 600, workers or max(2, min(12, (os.cpu_count() or 4) // 2))
-            rates = {}
-            for name, w, b in (("reference", 0, 1), ("batched", workers, render_batch)):
-                cfg = procedural.ProceduralConfig(n_frames=n, resolution_scale=0.5, device="cuda", video_codec=codec,
-                                                workers=w, render_batch=b, chunk_elements=2 ** (21 if b == 1 else 25))
-                t0 = time.perf_counter()
-                procedural.generate_recording(Path(tmp) / name, cfg)
-                rates[name] = n / (time.perf_counter() - t0)
-                rows.append(row("synthetic", f"576x512, {n} frames x 6 cams, {b} frame(s) per call, "
-                                             f"{w or 'no'} body processes, chunks of {cfg.chunk_elements}",
-                                rates[name], "frames/s",
-                                f"{codec}; setup included; target >= 100"))
-            rows.append(row("synthetic", "batched + body processes vs one frame per call",
-                            rates["batched"] / rates["reference"], "x", "same run"))
-        cfg = procedural.demo_config(device=device.type, video_codec=codec)
-        t0 = time.perf_counter()
-        procedural.generate_recording(Path(tmp) / "demo", cfg)
-        rows.append(row("synthetic", "demo 6 cams x 120 frames @576x512", time.perf_counter() - t0, "s",
-                        f"{codec}; target <= 60 s on a 2-core CPU"))
-        n = 30 if device.type == "cuda" else 10
-        cfg = procedural.ProceduralConfig(n_frames=n, device=device.type, video_codec=codec)
-        t0 = time.perf_counter()
-        procedural.generate_recording(Path(tmp) / "full", cfg)
-        rows.append(row("synthetic", f"full 1152x1024, {n} frames x 6 cams", n / (time.perf_counter() - t0),
-                        "frames/s", f"6-camera frames incl. setup and {codec} encoding"))
-    return rows
-
-
-def bench_decoding(device: torch.device) -> list[dict]:
-    """Sequential parallel decoding vs a seek-per-frame reader, same frames, same run: 15 frames at
-    stride 9 (the real extraction takes 2000 of 18000 frames) of a full-size procedural recording."""
-    from .data import recording, procedural
-    from .stage import default_cache_dir
-
-    codec = video_codec()
-    cfg = procedural.ProceduralConfig(n_frames=150, device=device.type, video_codec=codec)
-    rec = recording.open_recording(procedural.ensure_recording(default_cache_dir() / "recordings", cfg))
-    r = recording.bench_decoding(rec, n_frames=15, stride=9)
-    gop = f"H.264, keyframe every {cfg.video_gop}" if codec == "h264" else "mp4v (keyframes every few frames: seeking is cheap)"
-    return [row("decoding", "sequential + parallel (1152x1024, 6 cams)", r["sequential_fps"], "frames/s", gop),
-            row("decoding", "seek per frame (baseline)", r["seek_fps"], "frames/s"),
-            row("decoding", "speed-up", r["ratio"], "x", f"identical frames: {r['identical']}; target >= 3x")]
-
-
-def time_rasterizer(device, n_gaussians: int = 10_000, n_views: int = 1, image_size: int = 128,
-                     backend: str = "auto", repeats: int = 5, seed: int = 0) -> dict:
-    """Time :func:`mousefacelift.gaussians.rasterize` on a random scene (cameras of the canonical rig,
-    first n_views): returns {"forward_ms", "forward_backward_ms", ...}: medians over ``repeats`` after a warm-up."""
-    import numpy as np
-
-    from . import cameras
-    from .gaussians import random_gaussians, rasterize
-
-    device = torch.device(device)
-    gs = random_gaussians(n_gaussians, generator=torch.Generator().manual_seed(seed), device=device)
-    w2c, K = cameras.canonical_rig(image_size=image_size)
-    idx = torch.arange(n_views) % 6
-    w2c, K = w2c[idx].float().to(device)[None], K[idx].float().to(device)[None]
-    params = [p[None].clone().requires_grad_(True) for p in (gs.means, gs.quats, gs.scales, gs.opacities, gs.sh0)]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def step(backward: bool) -> float:
-        sync()
-        t0 = time.perf_counter()
-        with torch.set_grad_enabled(backward):
-            r = rasterize(*params, w2c, K, image_size, image_size, backend=backend)
-            if backward:
-                (r.rgb.sum() + r.alpha.sum()).backward()
-        sync()
-        return 1000.0 * (time.perf_counter() - t0)
-
-    result = {"device": str(device), "backend": backend if backend != "auto" else
-              ("gsplat" if device.type == "cuda" else "torch"),
-              "n_gaussians": n_gaussians, "n_views": n_views, "image_size": image_size}
-    for name, bwd in (("forward_ms", False), ("forward_backward_ms", True)):
-        step(bwd)
-        result[name] = float(np.median([step(bwd) for _ in range(repeats)]))
-    log.info("time_rasterizer: %s", result)
-    return result
-
-
-def bench_rasterizer(device: torch.device) -> list[dict]:
-    """gsplat (CUDA) at 6 views x 512 with 1.5 M Gaussians, and the torch renderer at 128x128."""
-    bench = time_rasterizer
-    rows = []
-    if device.type == "cuda":
-        r = bench(device, n_gaussians=1_500_000, n_views=6, image_size=512, backend="gsplat")
-        rows += [row("rasterizer", "gsplat 6 views @512, 1.5M Gaussians, forward", r["forward_ms"], "ms"),
-                 row("rasterizer", "gsplat 6 views @512, 1.5M Gaussians, fwd+bwd", r["forward_backward_ms"], "ms")]
-    r = bench(device, n_gaussians=10_000, n_views=1, image_size=128, backend="torch")
-    rows += [row("rasterizer", f"torch renderer 1 view @128, 10k Gaussians, forward ({device.type})",
-                 r["forward_ms"], "ms"),
-             row("rasterizer", f"torch renderer 1 view @128, 10k Gaussians, fwd+bwd ({device.type})",
-                 r["forward_backward_ms"], "ms")]
-    return rows
 
 
 def sd21_unet_config() -> dict:
@@ -194,7 +30,7 @@ def bench_mvdiffusion(device: torch.device) -> list[dict]:
     objects for the 40.7 M pixel UNet that params/gpu.yaml trains (CPU: the demo UNet at 1 and 4)."""
     from diffusers import UNet2DConditionModel
 
-    from .mvdiffusion.model import MVDiffusionConfig, MVDiffusionModel
+    from ..mvdiffusion.model import MVDiffusionConfig, MVDiffusionModel
 
     V = 6
 
@@ -270,10 +106,10 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
     objects per step, eager (the mechanics, not a speed figure)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .mvdiffusion.model import MVDiffusionConfig, MVDiffusionModel
-    from .launch import launch
-    from .mvdiffusion.train import TrainConfig
-    from .tracking import TrackingConfig
+    from ..mvdiffusion.model import MVDiffusionConfig, MVDiffusionModel
+    from ..launch import launch
+    from ..mvdiffusion.train import TrainConfig
+    from ..tracking import TrackingConfig
 
     cuda = device.type == "cuda"
     model_cfg, batch, size, steps = (MVDiffusionConfig(), 64, 256, 60) if cuda else (MVDiffusionConfig.tiny(), 2, 32, 6)
@@ -336,8 +172,8 @@ def _random_samples(root: Path, n: int, size: int) -> None:
     """n random samples on FaceLift's canonical rig (enough for a step's data path)."""
     import numpy as np
 
-    from . import cameras
-    from .data import samples
+    from .. import cameras
+    from ..data import samples
 
     w2c, K = cameras.canonical_rig(image_size=size)
     rng = np.random.default_rng(0)
@@ -356,10 +192,10 @@ def bench_gslrm(device: torch.device) -> list[dict]:
     attention vs torch.compile. Full 24 x 1024 config on CUDA; the tiny config on CPU."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from .gslrm.data import DataConfig, collate
-    from .gslrm.model import GSLRM, GSLRMConfig
-    from .gslrm.train import Trainer, TrainConfig
-    from .tracking import TrackingConfig
+    from ..gslrm.data import DataConfig, collate
+    from ..gslrm.model import GSLRM, GSLRMConfig
+    from ..gslrm.train import Trainer, TrainConfig
+    from ..tracking import TrackingConfig
 
     rows = []
     cuda = device.type == "cuda"
@@ -400,7 +236,7 @@ def bench_gslrm(device: torch.device) -> list[dict]:
         size = 512 if cuda else 32
         cfg = GSLRMConfig.full(image_size=size) if cuda else GSLRMConfig.tiny(image_size=size)
         model = GSLRM(cfg).to(device).eval()
-        from . import cameras
+        from .. import cameras
         w2c, K = cameras.canonical_rig(image_size=size, device=device)
         c2w = cameras.invert_rigid(w2c).float()[None]
         K = K.float()[None]
@@ -443,11 +279,11 @@ def bench_gslrm_scaling(device: torch.device, process_counts: tuple[int, ...] | 
     efficiency against N x the one-process figure, all measured in this call. Full config at
     256 px with batch 4 per GPU on CUDA; on a CPU only when ``process_counts`` is given (tiny
     config, gloo: a check of the mechanics, not a speed figure)."""
-    from .gslrm.data import DataConfig
-    from .gslrm.model import GSLRMConfig
-    from .gslrm.train import TrainConfig
-    from .launch import launch
-    from .tracking import TrackingConfig
+    from ..gslrm.data import DataConfig
+    from ..gslrm.model import GSLRMConfig
+    from ..gslrm.train import TrainConfig
+    from ..launch import launch
+    from ..tracking import TrackingConfig
 
     cuda = device.type == "cuda"
     n_gpus = torch.cuda.device_count() if cuda else 0
@@ -520,51 +356,3 @@ def profile_gslrm_inference(fn, cfg, n_views: int, size: int) -> list[dict]:
             note += f"; {flops[cls] / (ms / 1e3) / 1e12:.0f} TFLOP/s on its {flops[cls] / 1e12:.1f} TFLOP"
         rows.append(row("gslrm", f"inference 6 views @{size} profile: {cls} kernels", ms, "ms", note))
     return rows
-
-
-BENCHMARKS = {"synthetic": bench_synthetic, "decoding": bench_decoding, "rasterizer": bench_rasterizer,
-              "gslrm": bench_gslrm, "gslrm_scaling": bench_gslrm_scaling, "mvdiffusion": bench_mvdiffusion,
-              "mvdiffusion_trainer": bench_mvdiffusion_trainer}
-
-
-def machine() -> dict:
-    d = _device()
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "device": d.type, "cpu_threads": torch.get_num_threads()}
-    if d.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(d)
-        info["gpus"] = torch.cuda.device_count()
-        info["bf16_peak_tflops"] = peak_tflops(d)
-    return info
-
-
-def to_markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = [f"# mfl bench: {m.get('gpu', m['platform'])}", "", "| benchmark | case | value | unit | note |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['benchmark']} | {r['case']} | {r['value']:.4g} | {r['unit']} | {r['note']} |" for r in result["rows"]]
-    lines += [f"| {e['benchmark']} | failed | | | {e['error']} |" for e in result["errors"]]
-    return "\n".join(lines) + "\n"
-
-
-def main(only: str | None = None, out_dir: str | Path = "bench") -> dict:
-    """Run the chosen benchmarks (all by default); a failing one is reported, the others still run."""
-    names = list(BENCHMARKS) if not only else [n.strip() for n in only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BENCHMARKS]
-    if unknown:
-        raise SystemExit(f"mfl bench: unknown benchmark(s) {unknown}; available: {', '.join(BENCHMARKS)}")
-    device = _device()
-    result = {"machine": machine(), "rows": [], "errors": []}
-    for name in names:
-        log.info("bench %s on %s", name, device)
-        try:
-            result["rows"] += BENCHMARKS[name](device)
-        except Exception as e:  # one broken benchmark must not hide the others' numbers
-            log.exception("benchmark %s failed", name)
-            result["errors"].append({"benchmark": name, "error": f"{type(e).__name__}: {e}"})
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=1))
-    (out / "bench.md").write_text(to_markdown(result))
-    print(to_markdown(result))
-    return result

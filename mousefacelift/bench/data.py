@@ -1,0 +1,162 @@
+"""Benchmarks of the data stages: the procedural recording, video decoding, the rasterizer."""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import row
+from ..data import recording
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmarks
+# ----------------------------------------------------------------------------------------------
+def video_codec() -> str:
+    """H.264 (the default of the procedural recording) when imageio-ffmpeg is installed, else
+    OpenCV's mp4v (e.g. on a GPU image without it), so the benchmark still runs; rows say which."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+        return "h264"
+    except ImportError:
+        return "mp4v"
+
+
+def bench_synthetic(device: torch.device, workers: int | None = None, render_batch: int = 16) -> list[dict]:
+    """Procedural recording: the demo size (6 cameras x 120 frames at 576x512) end to end, and
+    frames/s at full 1152x1024 (a short recording, setup included). On CUDA also params/gpu.yaml's
+    size (576x512), 600 frames, side by side: one frame per render call in this process (the
+    reference path) against ``render_batch`` frames per call with ``workers`` body processes
+    (default: half the CPU cores, at most 12), setup included."""
+    from ..data import procedural
+
+    rows, codec = [], video_codec()
+    with tempfile.TemporaryDirectory() as tmp:
+        if device.type == "cuda":
+            n, workers = 600, workers or max(2, min(12, (os.cpu_count() or 4) // 2))
+            rates = {}
+            for name, w, b in (("reference", 0, 1), ("batched", workers, render_batch)):
+                cfg = procedural.ProceduralConfig(n_frames=n, resolution_scale=0.5, device="cuda", video_codec=codec,
+                                                workers=w, render_batch=b, chunk_elements=2 ** (21 if b == 1 else 25))
+                t0 = time.perf_counter()
+                procedural.generate_recording(Path(tmp) / name, cfg)
+                rates[name] = n / (time.perf_counter() - t0)
+                rows.append(row("synthetic", f"576x512, {n} frames x 6 cams, {b} frame(s) per call, "
+                                             f"{w or 'no'} body processes, chunks of {cfg.chunk_elements}",
+                                rates[name], "frames/s",
+                                f"{codec}; setup included; target >= 100"))
+            rows.append(row("synthetic", "batched + body processes vs one frame per call",
+                            rates["batched"] / rates["reference"], "x", "same run"))
+        cfg = procedural.demo_config(device=device.type, video_codec=codec)
+        t0 = time.perf_counter()
+        procedural.generate_recording(Path(tmp) / "demo", cfg)
+        rows.append(row("synthetic", "demo 6 cams x 120 frames @576x512", time.perf_counter() - t0, "s",
+                        f"{codec}; target <= 60 s on a 2-core CPU"))
+        n = 30 if device.type == "cuda" else 10
+        cfg = procedural.ProceduralConfig(n_frames=n, device=device.type, video_codec=codec)
+        t0 = time.perf_counter()
+        procedural.generate_recording(Path(tmp) / "full", cfg)
+        rows.append(row("synthetic", f"full 1152x1024, {n} frames x 6 cams", n / (time.perf_counter() - t0),
+                        "frames/s", f"6-camera frames incl. setup and {codec} encoding"))
+    return rows
+
+
+def bench_decoding(device: torch.device) -> list[dict]:
+    """Sequential parallel decoding vs a seek-per-frame reader, same frames, same run: 15 frames at
+    stride 9 (the real extraction takes 2000 of 18000 frames) of a full-size procedural recording."""
+    from ..data import recording, procedural
+    from ..stage import default_cache_dir
+
+    codec = video_codec()
+    cfg = procedural.ProceduralConfig(n_frames=150, device=device.type, video_codec=codec)
+    rec = recording.open_recording(procedural.ensure_recording(default_cache_dir() / "recordings", cfg))
+    r = time_decoding(rec, n_frames=15, stride=9)
+    gop = f"H.264, keyframe every {cfg.video_gop}" if codec == "h264" else "mp4v (keyframes every few frames: seeking is cheap)"
+    return [row("decoding", "sequential + parallel (1152x1024, 6 cams)", r["sequential_fps"], "frames/s", gop),
+            row("decoding", "seek per frame (baseline)", r["seek_fps"], "frames/s"),
+            row("decoding", "speed-up", r["ratio"], "x", f"identical frames: {r['identical']}; target >= 3x")]
+
+
+def time_rasterizer(device, n_gaussians: int = 10_000, n_views: int = 1, image_size: int = 128,
+                     backend: str = "auto", repeats: int = 5, seed: int = 0) -> dict:
+    """Time :func:`mousefacelift.gaussians.rasterize` on a random scene (cameras of the canonical rig,
+    first n_views): returns {"forward_ms", "forward_backward_ms", ...}: medians over ``repeats`` after a warm-up."""
+    import numpy as np
+
+    from .. import cameras
+    from ..gaussians import random_gaussians, rasterize
+
+    device = torch.device(device)
+    gs = random_gaussians(n_gaussians, generator=torch.Generator().manual_seed(seed), device=device)
+    w2c, K = cameras.canonical_rig(image_size=image_size)
+    idx = torch.arange(n_views) % 6
+    w2c, K = w2c[idx].float().to(device)[None], K[idx].float().to(device)[None]
+    params = [p[None].clone().requires_grad_(True) for p in (gs.means, gs.quats, gs.scales, gs.opacities, gs.sh0)]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step(backward: bool) -> float:
+        sync()
+        t0 = time.perf_counter()
+        with torch.set_grad_enabled(backward):
+            r = rasterize(*params, w2c, K, image_size, image_size, backend=backend)
+            if backward:
+                (r.rgb.sum() + r.alpha.sum()).backward()
+        sync()
+        return 1000.0 * (time.perf_counter() - t0)
+
+    result = {"device": str(device), "backend": backend if backend != "auto" else
+              ("gsplat" if device.type == "cuda" else "torch"),
+              "n_gaussians": n_gaussians, "n_views": n_views, "image_size": image_size}
+    for name, bwd in (("forward_ms", False), ("forward_backward_ms", True)):
+        step(bwd)
+        result[name] = float(np.median([step(bwd) for _ in range(repeats)]))
+    log.info("time_rasterizer: %s", result)
+    return result
+
+
+def bench_rasterizer(device: torch.device) -> list[dict]:
+    """gsplat (CUDA) at 6 views x 512 with 1.5 M Gaussians, and the torch renderer at 128x128."""
+    bench = time_rasterizer
+    rows = []
+    if device.type == "cuda":
+        r = bench(device, n_gaussians=1_500_000, n_views=6, image_size=512, backend="gsplat")
+        rows += [row("rasterizer", "gsplat 6 views @512, 1.5M Gaussians, forward", r["forward_ms"], "ms"),
+                 row("rasterizer", "gsplat 6 views @512, 1.5M Gaussians, fwd+bwd", r["forward_backward_ms"], "ms")]
+    r = bench(device, n_gaussians=10_000, n_views=1, image_size=128, backend="torch")
+    rows += [row("rasterizer", f"torch renderer 1 view @128, 10k Gaussians, forward ({device.type})",
+                 r["forward_ms"], "ms"),
+             row("rasterizer", f"torch renderer 1 view @128, 10k Gaussians, fwd+bwd ({device.type})",
+                 r["forward_backward_ms"], "ms")]
+    return rows
+
+
+
+
+def time_decoding(rec: recording.Recording, n_frames: int, stride: int = 9, cameras: Sequence[int] | None = None,
+                   allow_keyframe_jumps: bool = True) -> dict:
+    """Time :func:`recording.read_frames` (sequential, threaded) against :func:`recording.read_frames_seek` in the same run
+    on ``n_frames`` frames spaced ``stride`` apart (9 = 2000 of 18000 frames, the default extraction).
+
+    Returns {"n_frames", "stride", "sequential_fps", "seek_fps", "ratio", "identical"} where fps
+    counts multi-view frames per second and ``identical`` says both returned the same pixels."""
+    frames = list(range(0, min(rec.n_frames, n_frames * stride), stride))[:n_frames]
+    t0 = time.perf_counter()
+    seq = [(f.rgb.sum(dtype=np.int64), f.mask.sum()) for f in recording.read_frames(rec, frames, cameras, progress=False,
+                                                                    allow_keyframe_jumps=allow_keyframe_jumps)]
+    t_seq = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    seek = [(f.rgb.sum(dtype=np.int64), f.mask.sum()) for f in recording.read_frames_seek(rec, frames, cameras)]
+    t_seek = time.perf_counter() - t0
+    out = {"n_frames": len(frames), "stride": stride, "keyframe_jumps": allow_keyframe_jumps, "sequential_s": t_seq, "seek_s": t_seek,
+           "sequential_fps": len(frames) / t_seq, "seek_fps": len(frames) / t_seek, "ratio": t_seek / t_seq,
+           "identical": seq == seek}
+    log.info("decoding benchmark: %s", out)
+    return out
