@@ -67,11 +67,11 @@ def _cmd_report(args) -> int:
     from .runner import write_report
 
     run_dir = Path(args.run)
-    if not (run_dir / "manifest.json").is_file():
-        print(f"mfl report: {run_dir} is not a run folder (no manifest.json)", file=sys.stderr)
-        return 2
-    print(f"mfl report: {write_report(run_dir)}")
-    return 0
+    if (run_dir / "manifest.json").is_file():
+        print(f"mfl report: {write_report(run_dir)}")
+        return 0
+    print(f"mfl report: {run_dir} is not a run folder (no manifest.json)", file=sys.stderr)
+    return 2
 
 
 def _cmd_list(args) -> int:
