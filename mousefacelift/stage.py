@@ -131,9 +131,8 @@ INTERACTIVE_PARAMS = "params/demo.yaml"  # their settings: the demo's, which a l
 
 def interactive_session(namespace: dict, stage: str, params_file: str | None = INTERACTIVE_PARAMS,
                         run: str = INTERACTIVE_RUN) -> Path | None:
-    """The cell after the parameters cell. Under `mfl run` (the working directory is a run folder:
-    it holds manifest.json) it does nothing and returns None. In a notebook opened by hand (e.g. in
-    `make lab`, working directory ``notebooks/``), it
+    """The cell after the parameters cell. In a notebook opened by hand from the source folder (the
+    working directory is a ``notebooks/`` folder holding the numbered notebooks, as in `make lab`), it
 
     1. sets this notebook's parameters in ``namespace`` (the notebook's ``globals()``) to the values
        ``params_file`` gives them (relative to the repository; None keeps the parameters cell's),
@@ -141,15 +140,16 @@ def interactive_session(namespace: dict, stage: str, params_file: str | None = I
     2. changes the working directory to ``runs/<run>/`` of the repository, so the notebook writes
        its artifacts there and reads what earlier notebooks wrote there, never into ``notebooks/``.
 
+    Anywhere else it does nothing and returns None: under `mfl run` (a run folder) and under plain
+    papermill, whose injected parameters and working directory are the caller's choice.
+
     -> the run folder it moved to."""
     from . import params as params_mod
 
     here = Path.cwd()
-    if (here / "manifest.json").is_file():
+    if here.name != "notebooks" or (here / "manifest.json").is_file() or not any(here.glob("[0-9][0-9]_*.ipynb")):
         return None
-    root = here.parent if here.name == "notebooks" else here
-    if not (root / "notebooks").is_dir():  # started elsewhere: the repository this package lives in
-        root = Path(__file__).resolve().parent.parent
+    root = here.parent
     changed = {}
     if params_file:
         notebooks = {p.stem: p for p in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))}

@@ -66,3 +66,12 @@ def test_a_notebook_run_by_hand_writes_nothing_into_notebooks(repo, monkeypatch)
     NotebookClient(nb, resources={"metadata": {"path": str(repo / "notebooks")}}).execute()
     assert sorted(p.name for p in (repo / "notebooks").iterdir()) == before
     assert (repo / "runs" / "interactive" / "gslrm" / "steps.txt").read_text() == "300"
+
+
+def test_under_plain_papermill_it_does_nothing(tmp_path, monkeypatch):
+    """papermill with its own working directory (no manifest.json, not notebooks/): the injected
+    parameters and the folder stay the caller's."""
+    monkeypatch.chdir(tmp_path)
+    ns = {"steps": 5000}
+    assert stage.interactive_session(ns, "06_gslrm_finetune") is None
+    assert Path.cwd() == tmp_path and ns == {"steps": 5000}
