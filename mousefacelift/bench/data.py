@@ -72,7 +72,7 @@ def bench_synthetic(device: torch.device, workers: int | None = None, render_bat
 def bench_decoding(device: torch.device) -> list[dict]:
     """Sequential parallel decoding vs a seek-per-frame reader, same frames, same run: 15 frames at
     stride 9 (the real extraction takes 2000 of 18000 frames) of a full-size procedural recording."""
-    from ..data import recording, procedural
+    from ..data import procedural
     from ..stage import default_cache_dir
 
     codec = video_codec()

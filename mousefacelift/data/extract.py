@@ -37,9 +37,9 @@ from .. import cameras
 from ..configs import bounded, check_ranges, from_dict
 from ..constants import FACELIFT_FOV_DEG
 from . import samples
-from .views import crop_view, rectify_view
 from .recording import (CAMERA_FILE, MASK_THRESHOLD, Frame, FrameSelection, Recording, RecordingError,
                         open_recording, read_frames, select_frames)
+from .views import crop_view, rectify_view
 
 log = logging.getLogger(__name__)
 
