@@ -7,6 +7,7 @@
     mfl infer IMAGE --mvdiffusion DIR --gslrm CKPT --out DIR [--camera SAMPLE_DIR:VIEW]
     mfl infer --recording DIR --frames A:B --gslrm CKPT --out DIR
     mfl doctor RECORDING [--frames N]
+    mfl weights export RUN DEST [--gslrm-run RUN] [--mvdiffusion-run RUN]  |  mfl weights check DEST
 """
 from __future__ import annotations
 
@@ -151,6 +152,19 @@ def _cmd_doctor(args) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_weights(args) -> int:
+    from . import pretrained
+
+    try:
+        if args.action == "export":
+            pretrained.export(args.run, args.dest, args.gslrm_run, args.mvdiffusion_run)
+        print(pretrained.describe(args.dest))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mfl weights {args.action}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mfl", description="mouse-facelift: run the notebooks, list runs, benchmark")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,7 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=12, help="frames decoded, spread over the recording (default 12)")
     p.set_defaults(func=_cmd_doctor)
 
+    p = sub.add_parser("weights", help="export a run's GS-LRM and MVDiffusion as small bf16 weights with provenance "
+                                       "(what params/demo.yaml fine-tunes from), or check such a folder")
+    p.add_argument("action", choices=["export", "check"])
+    p.add_argument("run", nargs="?", help="export: the run folder that ran notebooks 04 and 06")
+    p.add_argument("dest", help="the weights folder, e.g. weights/demo")
+    p.add_argument("--gslrm-run", dest="gslrm_run", help="export: take GS-LRM from this run folder instead")
+    p.add_argument("--mvdiffusion-run", dest="mvdiffusion_run", help="export: take MVDiffusion from this run folder instead")
+    p.set_defaults(func=_cmd_weights)
+
     args = parser.parse_args(argv)
+    if args.command == "weights" and args.action == "export" and not args.run:
+        parser.error("mfl weights export needs RUN and DEST")
     quiet = args.command == "run" and not args.verbose  # `mfl run` shows one line per notebook
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return args.func(args)

@@ -78,6 +78,8 @@ class RunConfig:
     #                                         pipeline folder); "" = from scratch. Ignored when resuming
     steps: int = bounded(1000, min=1)       # length of the schedule (optimizer steps / forward-backward passes)
     stop_at_step: int = bounded(0, min=0)   # stop early (with a checkpoint) at this step; 0 = run to `steps`
+    time_limit_s: float = bounded(0.0, min=0)  # stop cleanly (checkpoint, validation, export) once this many seconds
+    #                                         of training have passed; the schedule stays that of `steps`. 0 = none
     seed: int = 0                           # seeds weights, data order, noise, augmentation
     device: str = "auto"                    # auto (cuda when present) | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
     precision: str = "fp32"                 # bf16 (autocast on CUDA; the CPU always runs fp32) | fp32
@@ -152,6 +154,23 @@ def resolve_device(knob: str, local_rank: int | None = None) -> torch.device:
 # ----------------------------------------------------------------------------------------------
 # Names
 # ----------------------------------------------------------------------------------------------
+def time_is_up(start: float, limit_s: float, distributed: bool = False) -> bool:
+    """Whether ``limit_s`` seconds (0: no limit) have passed since ``start`` (``time.time()``). Under
+    DDP every rank must call it at the same step: rank 0's clock decides for all (a broadcast)."""
+    import time
+
+    if not limit_s:
+        return False
+    up = time.time() - start > limit_s
+    if distributed:
+        import torch.distributed as dist
+
+        flag = torch.tensor([float(up)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.broadcast(flag, src=0)
+        up = bool(flag.item())
+    return up
+
+
 def checkpoint_name(step: int) -> str:
     return f"ckpt_{step:016d}.pt"
 

@@ -328,12 +328,16 @@ IGNORED_PREFIXES = ("loss_calculator.",)  # frozen VGG of the original loss, not
 
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """torch.load a GS-LRM checkpoint dict with weights_only=True (a file that needs full unpickling,
-    which can run code, is refused: :func:`mousefacelift.training.load_checkpoint`).
-    A wrong path -> FileNotFoundError; a dict without "model" -> ValueError."""
+    which can run code, is refused: :func:`mousefacelift.training.load_checkpoint`). A ``.safetensors``
+    file exported by :mod:`mousefacelift.pretrained` (bf16 weights, config in its metadata) reads as the
+    same dict with fp32 weights. A wrong path -> FileNotFoundError; a dict without "model" -> ValueError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GS-LRM checkpoint {path} does not exist; check the path in the params "
                                 "(no fallback model is used)")
+    if path.suffix == ".safetensors":
+        from ..pretrained import read_gslrm
+        return read_gslrm(path)
     ckpt = load_checkpoint(path, map_location)
     if "model" not in ckpt:
         raise ValueError(f"{path}: not a GS-LRM checkpoint (expected a dict with a 'model' state dict)")

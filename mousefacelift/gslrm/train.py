@@ -38,7 +38,7 @@ from ..configs import bounded
 from ..stage import warn_schedule_change
 from ..tracking import Tracker
 from ..training import (RunConfig, clear_checkpoints, latest_checkpoint, load_latest_checkpoint, resolve_device,
-                        rng_state, save_checkpoint, set_rng_state)
+                        rng_state, save_checkpoint, set_rng_state, time_is_up)
 from ..data.samples import read_split
 from .data import DataConfig, GSLRMDataset, StepBatchSampler, collate
 from .losses import GSLRMLoss, LossConfig
@@ -277,7 +277,7 @@ class Trainer:
                                              num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
         from tqdm.auto import tqdm
         bar = tqdm(total=end, initial=self.step, disable=not (self.is_main and cfg.progress_bar), desc="gslrm")
-        losses, step_seconds, t0, start_step = [], [], time.time(), self.step
+        losses, step_seconds, t0, start_step, timed_out = [], [], time.time(), self.step, False
         it = iter(loader)
         while self.step < end:
             t_step = time.perf_counter()
@@ -296,11 +296,16 @@ class Trainer:
                 self.save()
             if cfg.val_split and cfg.val_every and self.step % cfg.val_every == 0 and self.step < end:
                 self.validate()
+            if self.step % cfg.log_every == 0 and time_is_up(t0, cfg.time_limit_s, self.dist.enabled):
+                timed_out = True
+                log.warning("time limit of %.0f s reached at step %d of %d: stopping here (the learning rate "
+                            "had not decayed to its end)", cfg.time_limit_s, self.step, end)
+                break
         bar.close()
         ckpt = self.save() if self.step > start_step or latest_checkpoint(self.out) is None else latest_checkpoint(self.out)
-        summary = {"step": self.step, "param_update_step": self.applied,
+        summary = {"step": self.step, "param_update_step": self.applied, "world_size": self.dist.world_size,
                    "applied_step_ratio": self.applied / max(1, self.step), "skipped_grad_norm": self.skipped_norm,
-                   "skipped_nonfinite": self.skipped_nonfinite, "losses": losses,
+                   "skipped_nonfinite": self.skipped_nonfinite, "losses": losses, "stopped_at_time_limit": timed_out,
                    "seconds": time.time() - t0, "checkpoint": str(ckpt) if ckpt else "",
                    # steady-state step time (data wait included): the median after 3 warm-up steps
                    "step_seconds_median": float(np.median(step_seconds[3:] or step_seconds or [float("nan")]))}

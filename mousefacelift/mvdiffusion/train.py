@@ -45,7 +45,8 @@ from ..data.resident import ResidentSplit
 from ..data.samples import SampleDataset
 from ..stage import warn_schedule_change
 from ..tracking import Tracker
-from ..training import RunConfig, clear_checkpoints, keyed_generator, load_latest_checkpoint, resolve_device, save_checkpoint
+from ..training import (RunConfig, clear_checkpoints, keyed_generator, load_latest_checkpoint, resolve_device,
+                        save_checkpoint, time_is_up)
 from .model import MVDiffusionConfig, MVDiffusionModel, relative_ray_map
 from .pipeline import FaceLiftLoadConfig, MVDiffusionPipeline, PixelCodec, SamplerConfig, composite, resize_views
 from .quality import evaluate, validation_grid
@@ -326,11 +327,15 @@ def train(cfg: TrainConfig) -> dict:
     train_set = ResidentSplit.load(cfg.data_root, cfg.train_split, pipe.image_size, cfg.views, device,
                                    workers=cfg.num_workers or 8)
     val_set = SampleDataset(cfg.data_root, cfg.val_split, cfg.views) if cfg.val_split else None
+    if val_set is not None and len(val_set) == 0:
+        raise ValueError(f"validation split {cfg.val_split} lists no samples: extract more frames (notebook 01's "
+                         "n_samples / synthetic_frames) or set val_split to '' to train without validation")
     # 4. loop: losses stay on the device until a logging step reads them all at once
     end = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.steps
     losses, pending, vals, t0 = {}, {}, [], time.time()
     marks = [(step, time.perf_counter())]  # (step, time) at logging steps, where the host waits for the device
-    while step < end:
+    timed_out = False
+    while step < end and not timed_out:
         batch = train_set.batch(batch_indices(len(train_set), cfg.batch_size, cfg.seed, step, rank, device))
         loss = training_loss(model, pipe, noise_sched, batch, cfg, step, rank)
         opt.zero_grad(set_to_none=True)
@@ -348,17 +353,21 @@ def train(cfg: TrainConfig) -> dict:
             marks.append((step, time.perf_counter()))
             tracker.log({"loss": losses[step], "lr": lr_sched.get_last_lr()[0], "grad_norm": grad_norm.item(),
                          "sec_per_step": (time.time() - t0) / len(losses)}, step=step)
-        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == end):
+            timed_out = time_is_up(t0, cfg.time_limit_s, world > 1)
+            if timed_out:
+                log.warning("time limit of %.0f s reached at step %d of %d: stopping here and exporting (the learning "
+                            "rate had not decayed to its end)", cfg.time_limit_s, step, cfg.steps)
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == end or timed_out):
             save_checkpoint(cfg.checkpoint_dir, step, {
                 "model": pipe.model.state_dict(), "ema": ema.state_dict() if ema else None,
                 "optimizer": opt.state_dict(), "lr_scheduler": lr_sched.state_dict(), "step": step,
                 "config": asdict(cfg)}, cfg.keep_last)
-        if rank == 0 and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+        if rank == 0 and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps or timed_out):
             vals.append(_validate(pipe, ema, cfg, val_set, out_dir, step))
             tracker.log({f"val_{k}": vals[-1][k] for k in VAL_KEYS}, step=step)
     # 5. export with the EMA weights
     pipeline_dir = out_dir / "pipeline"
-    if rank == 0 and step >= cfg.steps:
+    if rank == 0 and (step >= cfg.steps or timed_out):
         if ema is not None:
             ema.store(params)
             ema.copy_to(params)
@@ -368,7 +377,7 @@ def train(cfg: TrainConfig) -> dict:
     tracker.finish()
     if world > 1:
         torch.distributed.destroy_process_group()
-    return {"step": step, "losses": losses, "val": vals, "pipeline_dir": str(pipeline_dir),
+    return {"step": step, "world_size": world, "losses": losses, "val": vals, "pipeline_dir": str(pipeline_dir), "stopped_at_time_limit": timed_out,
             "seconds": time.time() - t0, "step_seconds_median": _steady_step_seconds(marks)}
 
 
