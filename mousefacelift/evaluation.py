@@ -42,6 +42,7 @@ from .viz import to_uint8
 log = logging.getLogger(__name__)
 
 METRICS = ("psnr_fg", "psnr_full", "ssim_fg", "mask_iou", "st_lpips", "lpips")
+COPY_REFERENCE = "copy_reference"  # question 2's model-free baseline: the reference view copied into every target
 
 
 @dataclass
@@ -261,9 +262,12 @@ def _end_to_end_object(res: EvalResult, i: int, s: dict, gen: torch.Tensor, imgs
     st = st_lpips_model(cfg, rgb.device)
     m = score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips, st)   # each [Vt]
     mg = score(g_rgb[tt], g_alpha[tt], s["rgb"][tt], s["alpha"][tt], lpips, st_lpips_model(cfg))
+    same = [ref] * len(targets)  # the baseline that needs no model: the reference view copied into every target
+    mc = score(s["rgb"][same], s["alpha"][same], s["rgb"][tt], s["alpha"][tt], lpips, st_lpips_model(cfg))
     for a, t in enumerate(targets):
         res.rows.append(sample_row("end_to_end", label, s, 1, [ref], t, m, a))
         res.rows.append(sample_row("mvdiffusion", label, s, 1, [ref], t, mg, a))
+        res.rows.append(sample_row("end_to_end", COPY_REFERENCE, s, 1, [ref], t, mc, a))
     if i < cfg.n_examples:
         res.examples.append({"name": s["name"], "title": f"end to end from view {s['view_ids'][ref]}",
                              "gt": s["rgb"][tt], "pred": rgb[0].cpu(), "gt_alpha": s["alpha"][tt],
@@ -472,7 +476,7 @@ def metrics_document(summaries: list[dict], lpips_reason: str, **sections) -> di
     return {"protocol": dict(metrics.PROTOCOL), "lpips": lp, "summaries": summaries, **sections}
 
 
-__all__ = ["EvalConfig", "EvalResult", "view_plans", "check_plan", "load_eval_sample", "reconstruct_and_render",
+__all__ = ["COPY_REFERENCE", "EvalConfig", "EvalResult", "view_plans", "check_plan", "load_eval_sample", "reconstruct_and_render",
            "score", "view_row", "sample_row", "reconstruction_rows", "end_to_end_rows", "gaussians_from_output",
            "to_world_mm", "chamfer_to_surface", "true_surface", "reconstruct_sample", "chamfer_rows", "degradation_rows",
            "shift_vs_blur_rows", "st_lpips_model", "st_lpips_status", "summarize_rows",

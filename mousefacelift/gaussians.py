@@ -93,11 +93,34 @@ def _check_shape(name: str, t: torch.Tensor, shape: tuple) -> None:
 # ----------------------------------------------------------------------------------------------
 # gsplat backend
 # ----------------------------------------------------------------------------------------------
+_FIRST_CALLS_DONE: set[str] = set()
+
+
+def machine_exclusive_first_call(key: str, fn):
+    """``fn()``; the first call for ``key`` in this process holds an exclusive lock file shared by
+    every process of the machine (``<tmp>/mousefacelift-<key>.lock``), so first calls that build
+    something into a shared cache run one at a time. gsplat compiles its CUDA extension on first
+    use (about a minute on a fresh machine) into one cache folder: two processes compiling at once
+    (e.g. notebooks 04 and 06 side by side, or DDP ranks) break each other's build."""
+    if key in _FIRST_CALLS_DONE:
+        return fn()
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / f"mousefacelift-{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            out = fn()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _FIRST_CALLS_DONE.add(key)
+    return out
+
+
 def warm_up_gsplat(device: torch.device) -> None:
     """Build (or load) gsplat's CUDA extension by rasterizing one Gaussian into an 8 x 8 view on
-    ``device``. gsplat compiles it on first use (about a minute on a fresh machine) into one shared
-    cache folder; processes compiling at once break each other's build (a vanished lock file, a
-    missing .so), so DDP ranks call this one after another: rank 0 first, the others once it is done."""
+    ``device`` (the first gsplat call of a process is serialised machine-wide:
+    :func:`machine_exclusive_first_call`)."""
     z = torch.zeros(1, 1, 3, device=device)
     w2c = torch.eye(4, device=device).expand(1, 1, 4, 4).clone()
     w2c[..., 2, 3] = 2.0
@@ -115,11 +138,11 @@ def _rasterize_gsplat(means, quats, scales, opacities, colors, w2c, K, width, he
                            "a CUDA machine); use backend='torch' on CPU") from err
     if not means.is_cuda:
         raise RuntimeError("backend='gsplat' needs CUDA tensors; move them with .cuda() or use backend='torch'")
-    out, alpha, _ = rasterization(
+    out, alpha, _ = machine_exclusive_first_call("gsplat-build", lambda: rasterization(
         means, quats, scales, opacities, colors if sh_degree is None else colors[..., None, :],
         w2c, K, width, height, near_plane=near, far_plane=settings.far, eps2d=settings.eps2d,
         sh_degree=sh_degree, packed=False, backgrounds=bg,
-        render_mode="RGB+ED" if return_depth else "RGB", rasterize_mode="classic")
+        render_mode="RGB+ED" if return_depth else "RGB", rasterize_mode="classic"))
     return Render(rgb=out[..., :3], alpha=alpha, depth=out[..., 3:4] if return_depth else None)
 
 

@@ -123,11 +123,24 @@ def export(run_dir: str | os.PathLike, dest: str | os.PathLike, gslrm_run: str |
     for part, folder in runs.items():
         provenance[part] = {**_run_record(folder), **_training_summary(folder / part)}
     provenance["gslrm"]["model_config"] = ckpt["config"]
+    provenance = portable(provenance)
     provenance["files"] = {str(p.relative_to(dest)): {"sha256": sha256(p), "bytes": p.stat().st_size}
                            for p in sorted(dest.rglob("*")) if p.is_file() and p.name != PROVENANCE}
     (dest / PROVENANCE).write_text(json.dumps(provenance, indent=1, default=str) + "\n")
     log.info("exported -> %s (%.1f MB)", dest, total_bytes(dest) / 1e6)
     return provenance
+
+
+def portable(obj):
+    """``obj`` (JSON types) with every absolute path string replaced by its file name: a provenance
+    file travels with the weights, the machine's folders do not."""
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/") and "\n" not in obj:
+        return Path(obj).name
+    return obj
 
 
 def _run_record(run_dir: Path) -> dict:

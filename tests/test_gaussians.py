@@ -359,3 +359,36 @@ def test_optimisation_recovers_a_scene(one_thread):
         opt.step()
     final = psnr(render().rgb.detach(), gt.rgb)
     assert start < 25 and final > 30, (start, final)
+
+
+def _timed_first_call(key: str, out: str) -> None:
+    import time
+
+    from mousefacelift.gaussians import machine_exclusive_first_call
+
+    def build():
+        start = time.time()
+        time.sleep(0.4)
+        return start, time.time()
+
+    first = machine_exclusive_first_call(key, build)
+    machine_exclusive_first_call(key, build)  # later calls of the process take no lock
+    with open(out, "a") as f:
+        f.write(f"{first[0]} {first[1]}\n")
+
+
+def test_first_calls_of_processes_do_not_overlap(tmp_path):
+    """Two processes building into one cache (gsplat's extension) must not build at the same time."""
+    import multiprocessing as mp
+    import uuid
+
+    key, out = f"test-{uuid.uuid4().hex[:8]}", str(tmp_path / "spans.txt")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_timed_first_call, args=(key, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    (a0, a1), (b0, b1) = sorted(tuple(map(float, line.split())) for line in open(out))
+    assert a1 <= b0, f"first calls overlapped: {a0:.2f}-{a1:.2f} and {b0:.2f}-{b1:.2f}"

@@ -102,3 +102,78 @@ def test_a_foreign_safetensors_file_is_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path))
     with pytest.raises(ValueError, match="not a GS-LRM weights file"):
         read_checkpoint(path)
+
+
+# -- the weights the demo fine-tunes from (weights/demo) --------------------------------------------
+def test_shipped_weights_match_their_provenance_and_the_demo_params():
+    """weights/demo: every file as exported (sha256), small enough to ship, trained on another
+    recording than the demo's, with the model settings params/demo.yaml states."""
+    from mousefacelift.data import procedural
+    from mousefacelift.params import load_yaml
+
+    prov = pretrained.check(SHIPPED)
+    assert pretrained.total_bytes(SHIPPED) <= 12e6
+    demo = load_yaml(REPO / "params" / "demo.yaml")
+    demo_rec = procedural.config_hash(procedural.ProceduralConfig.from_dict(
+        {"n_frames": demo["01_data_extraction"]["synthetic_frames"],
+         "resolution_scale": demo["01_data_extraction"]["synthetic_scale"]}))
+    for part in ("gslrm", "mvdiffusion"):
+        assert prov[part]["recording"]["config_hash"] != demo_rec          # a real adaptation, not the demo's mouse
+        assert prov[part]["recording"]["config"]["seed"] != 0
+        assert prov[part]["git_commit"] and prov[part]["step"] > 0 and prov[part]["val"]["mask_iou"] > 0
+    stored = prov["gslrm"]["model_config"]
+    six = demo["06_gslrm_finetune"]
+    assert Path(six["init_checkpoint"]) == Path("weights/demo") / pretrained.GSLRM_FILE
+    for param, field in (("layers", "layers"), ("width", "width"), ("heads", "heads"), ("image_size", "image_size"),
+                         ("color_from_input", "color_from_input"), ("qk_norm", "qk_norm"), ("scale_bias", "scale_bias"),
+                         ("render_global_gaussians", "render_global")):
+        assert six[param] == stored[field], param
+    assert Path(demo["04_mvdiffusion_finetune"]["init_from"]) == Path("weights/demo") / pretrained.MVDIFFUSION_DIR
+
+
+def test_a_few_cpu_steps_from_the_shipped_gslrm_lower_its_loss(tmp_path):
+    """The demo's start: the shipped GS-LRM loads into the trainer (init_from, settings checked)
+    and 8 CPU steps on one fixed batch (2 samples, inputs 0-4, target 5) lower the loss."""
+    from test_gslrm_train import make_blob_samples
+
+    from mousefacelift.configs import from_dict
+    from mousefacelift.gslrm.data import DataConfig
+    from mousefacelift.gslrm.train import TrainConfig, train
+
+    model_cfg = from_dict(GSLRMConfig, pretrained.check(SHIPPED)["gslrm"]["model_config"], "shipped")
+    root = make_blob_samples(tmp_path / "data", 2, model_cfg.image_size, seed=4)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), data_root=str(root), train_split="splits/train.txt",
+                      model=model_cfg, init_from=str(SHIPPED / pretrained.GSLRM_FILE), steps=8, warmup_steps=1,
+                      lr=1e-4, batch_size=2, overfit_samples=2, data=DataConfig(input_views=5, fixed_targets=[5]),
+                      checkpoint_every=100, log_every=1, progress_bar=False, device="cpu", seed=0)
+    losses = train(cfg)["losses"]
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_a_few_cpu_steps_from_the_shipped_mvdiffusion_lower_its_loss(tmp_path):
+    """The shipped pipeline loads as notebook 04's init_from, and 8 CPU steps on one fixed batch and
+    noise draw (step key 0) lower that draw's loss."""
+    from diffusers import DDPMScheduler
+
+    from mousefacelift.data import samples
+    from mousefacelift.mvdiffusion.train import TrainConfig, build_pipeline, training_loss
+    from test_mvdiffusion import make_samples
+
+    names = make_samples(tmp_path / "s", 2, size=64)
+    samples.write_split(tmp_path / "train.txt", names)
+    cfg = TrainConfig(data_root=str(tmp_path / "s"), train_split=str(tmp_path / "train.txt"),
+                      out_dir=str(tmp_path / "run"), init_from=str(SHIPPED / pretrained.MVDIFFUSION_DIR),
+                      batch_size=2, lr=1e-4, device="cpu", seed=0)
+    pipe = build_pipeline(cfg)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    ds = samples.SampleDataset(cfg.data_root, cfg.train_split, None)
+    batch = {k: torch.stack([ds[i][k] for i in range(2)]) for k in ("images", "w2c", "K")}
+    opt = torch.optim.AdamW(pipe.model.parameters(), lr=cfg.lr)
+    losses = []
+    for _ in range(8):
+        loss = training_loss(pipe.model, pipe, sched, batch, cfg, 0, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.9 * losses[0], losses

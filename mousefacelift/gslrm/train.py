@@ -100,14 +100,33 @@ def setup_distributed(device_knob: str) -> tuple[DistInfo, torch.device]:
             torch.cuda.set_device(info.local_rank)
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        if use_cuda:  # gsplat builds its CUDA extension on first use: rank 0 builds it, then the others load it
-            if info.rank != 0:
-                dist.barrier()
+        if use_cuda:  # gsplat builds its CUDA extension on first use (serialised machine-wide) before training
             warm_up_gsplat(device)
-            if info.rank == 0:
-                dist.barrier()
         return info, device
     return DistInfo(), resolve_device(device_knob)
+
+
+# model settings that may differ from the weights' own: memory and resolution, not what the weights compute
+INIT_FREE_FIELDS = ("grad_checkpointing", "image_size")
+
+
+def check_init_config(model: GSLRMConfig, stored: dict | None, source: str) -> None:
+    """Raise when the weights in ``source`` were trained with other model settings than ``model``
+    (e.g. ``color_from_input`` or ``scale_bias``, which change no state-dict key, so a strict load
+    alone would not notice). ``stored``: the checkpoint's config (None for FaceLift's file: nothing
+    to compare)."""
+    if stored is None:
+        return
+    own = dataclasses.asdict(model)
+    differ = {k: (own[k], v) for k, v in stored.items() if k in own and own[k] != v
+              and not (isinstance(v, list) and tuple(v) == own[k])}
+    if differ.get("image_size"):
+        log.warning("%s was trained at %s px; training at %s px", source, differ["image_size"][1], model.image_size)
+    differ = {k: d for k, d in differ.items() if k not in INIT_FREE_FIELDS}
+    if differ:
+        raise ValueError(f"{source} was trained with other model settings: " + ", ".join(
+            f"{k} = {v!r} (the params say {o!r})" for k, (o, v) in differ.items())
+            + "; set them in the params to the weights' values")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -173,7 +192,9 @@ class Trainer:
         if found is not None:
             self.restore(*found)
         elif cfg.init_from:
-            load_model_state(self.model, read_checkpoint(cfg.init_from)["model"], cfg.init_from)
+            init = read_checkpoint(cfg.init_from)
+            check_init_config(cfg.model, init.get("config"), cfg.init_from)
+            load_model_state(self.model, init["model"], cfg.init_from)
             log.info("initialised from %s", cfg.init_from)
         if not cfg.resume and self.is_main:  # after init_from was read: it may lie in this folder
             clear_checkpoints(self.out)
