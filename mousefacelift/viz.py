@@ -70,3 +70,22 @@ def show_video(path):
     if path.suffix.lower() == ".gif":
         return HTML(f'<img src="{src}"/>')
     return HTML(f'<video controls autoplay loop muted playsinline src="{src}"></video>')
+
+
+def turntable_strip(axes, frames: np.ndarray, margin: int = 4) -> np.ndarray:
+    """Draw ``len(axes)`` frames of a turntable, frames [F, H, W, 3] uint8 on white, evenly spaced
+    over the orbit and titled by angle, all cropped to the one box that holds the object in every
+    drawn frame (plus ``margin`` px), so a small object fills the panels. -> the frame indices drawn."""
+    pick = np.linspace(0, len(frames) - 1, len(axes)).round().astype(int)
+    shown = frames[pick]
+    ink = (shown < 200).any(-1).any(0)                               # [H, W]: clearly not white in any drawn frame
+    if ink.any():
+        rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+        top, bottom = max(rows[0] - margin, 0), min(rows[-1] + margin + 1, ink.shape[0])
+        left, right = max(cols[0] - margin, 0), min(cols[-1] + margin + 1, ink.shape[1])
+        shown = shown[:, top:bottom, left:right]
+    for ax, i, img in zip(axes, pick, shown):
+        ax.imshow(img)
+        ax.set_title(f"{360 * i / len(frames):.0f} deg", fontsize=9)
+        ax.set_axis_off()
+    return pick

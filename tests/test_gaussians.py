@@ -392,3 +392,23 @@ def test_first_calls_of_processes_do_not_overlap(tmp_path):
         assert p.exitcode == 0
     (a0, a1), (b0, b1) = sorted(tuple(map(float, line.split())) for line in open(out))
     assert a1 <= b0, f"first calls overlapped: {a0:.2f}-{a1:.2f} and {b0:.2f}-{b1:.2f}"
+
+
+def test_turntable_strip_crops_every_panel_to_the_object():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mousefacelift import viz
+
+    frames = np.full((12, 100, 120, 3), 255, np.uint8)
+    for i in range(12):
+        frames[i, 40:50, 30 + 2 * i:40 + 2 * i] = 0          # a 10 x 10 square drifting right
+    fig, axes = plt.subplots(1, 4)
+    pick = viz.turntable_strip(axes, frames, margin=2)
+    assert list(pick) == [0, 4, 7, 11]
+    shapes = {ax.images[0].get_array().shape for ax in axes}
+    assert shapes == {(10 + 4, 10 + 2 * 11 + 4, 3)}            # rows 38-51, columns 28-63
+    assert axes[1].get_title() == "120 deg"
+    plt.close(fig)
