@@ -53,3 +53,15 @@ def test_no_tracked_text_file_holds_an_absolute_machine_path():
         found += [f"{path.relative_to(ROOT)}:{i}: {line}" for i, line in machine_paths(text)]
     assert not found, ("absolute machine paths in tracked files (make them relative to the run folder, the "
                        "repository or a params data root):\n" + "\n".join(found[:40]))
+
+
+def test_the_tracked_tree_stays_small_enough_to_travel():
+    """The whole checkout (the demo's weights included) goes with a GPU job, beside the packages it
+    carries: at most 20 MB, of which committed runs at most 8 MB (figures as PNG, no videos)."""
+    sizes = {p: p.stat().st_size for p in tracked_files() if p.is_file()}
+    total = sum(sizes.values())
+    runs = sum(s for p, s in sizes.items() if p.relative_to(ROOT).parts[0] == "runs")
+    biggest = sorted(sizes, key=sizes.get)[-5:]
+    assert total <= 20e6 and runs <= 8e6, (f"tracked tree {total / 1e6:.1f} MB (runs/ {runs / 1e6:.1f} MB); the "
+                                           "largest: " + ", ".join(f"{p.relative_to(ROOT)} {sizes[p] / 1e6:.1f} MB"
+                                                                   for p in biggest))
