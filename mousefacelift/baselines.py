@@ -163,6 +163,7 @@ def baseline_rows(data_root: str | os.PathLike, names: list[str], n_inputs: list
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {METHODS}")
     res = evaluation.EvalResult()
+    st = evaluation.st_lpips_model(eval_cfg)  # ST-LPIPS in every row, as the GS-LRM's (None: NaN)
     todo = names[:eval_cfg.max_samples] if eval_cfg.max_samples > 0 else list(names)
     for i, name in enumerate(todo):
         s = evaluation.load_eval_sample(Path(data_root) / name, image_size)
@@ -186,7 +187,7 @@ def baseline_rows(data_root: str | os.PathLike, names: list[str], n_inputs: list
                             (torch.ones(len(targets), 3, image_size, image_size), torch.zeros(len(targets), 1,
                                                                                              image_size, image_size))
                 for method, (rgb, a) in preds.items():
-                    m = evaluation.score(rgb.clamp(0, 1), a, s["rgb"][tt], s["alpha"][tt], lpips)   # each [Vt]
+                    m = evaluation.score(rgb.clamp(0, 1).cpu(), a.cpu(), s["rgb"][tt], s["alpha"][tt], lpips, st)  # each [Vt]
                     for k, t in enumerate(targets):
                         res.rows.append(evaluation.sample_row("reconstruction", method, s, n, inputs, t, m, k))
         log.info("baselines: %s done (%d/%d)", name, i + 1, len(todo))
@@ -208,7 +209,8 @@ def one_view_rows(model, data_root: str | os.PathLike, names: list[str], referen
         _, rgb, alpha = evaluation.reconstruct_and_render(
             model, s["rgb"][uu][None], s["c2w"][uu][None], s["K"][uu][None], s["w2c"][tt][None], s["K"][tt][None],
             eval_cfg.backend, eval_cfg.bf16)
-        m = evaluation.score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips)
+        m = evaluation.score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips,
+                             evaluation.st_lpips_model(eval_cfg, rgb.device))
         for k, t in enumerate(targets):
             res.rows.append(evaluation.sample_row("end_to_end", "gslrm_one_view", s, 1, [reference_view], t, m, k))
     return res

@@ -8,9 +8,9 @@ import torch
 
 from mousefacelift import cameras, evaluation, metrics
 from mousefacelift.data.samples import sample_name, write_sample, write_split
-from mousefacelift.evaluation import (EvalConfig, chamfer_to_surface, check_plan, comparison_grid, end_to_end_rows,
+from mousefacelift.evaluation import (COPY_REFERENCE, EvalConfig, chamfer_to_surface, check_plan, comparison_grid, end_to_end_rows,
                                       paired_difference, reconstruction_rows, score, summarize_rows, to_world_mm,
-                                      view_plans)
+                                      load_eval_sample, view_plans)
 from mousefacelift.gaussians import Gaussians
 from mousefacelift.gslrm.model import GSLRM, GSLRMConfig, GaussianOutput
 
@@ -153,9 +153,17 @@ def test_end_to_end_scores_every_view_but_the_reference(data, monkeypatch):
                                PixelCodec())
     spy = Spy(monkeypatch)
     res = end_to_end_rows(pipe, tiny_gslrm(), root, names, SamplerConfig(steps=2), EvalConfig())
-    e2e = [r for r in res.rows if r["question"] == "end_to_end"]
+    e2e = [r for r in res.rows if r["question"] == "end_to_end" and r["model"] == "real"]
     assert len(e2e) == len(names) * 5 and all(r["target_view"] != 12 and r["inputs"] == "12" for r in e2e)
     assert len([r for r in res.rows if r["question"] == "mvdiffusion"]) == len(e2e)
+    # the model-free baseline on the same targets: the reference view copied into each of them
+    copy = [r for r in res.rows if r["model"] == COPY_REFERENCE]
+    key = lambda r: (r["sample"], r["target_view"])  # noqa: E731
+    assert [key(r) for r in copy] == [key(r) for r in e2e] and all(r["question"] == "end_to_end" for r in copy)
+    s = load_eval_sample(root / names[0], SIZE)
+    ref = torch.stack([s["rgb"][2]] * 5), torch.stack([s["alpha"][2]] * 5)
+    expected = score(*ref, s["rgb"][[0, 1, 3, 4, 5]], s["alpha"][[0, 1, 3, 4, 5]])
+    assert [r["psnr_fg"] for r in copy[:5]] == pytest.approx(expected["psnr_fg"].tolist())
     # GS-LRM sees the generated views at all 6 cameras; only the reference was a real input
     assert spy.calls[0]["inputs"].shape[:2] == (1, 6) and spy.calls[0]["targets"].shape[:2] == (1, 5)
     ex = res.examples[0]
