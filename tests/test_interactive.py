@@ -17,6 +17,7 @@ def repo(tmp_path):
     """A copy of the repository's notebooks and params."""
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
     shutil.copytree(ROOT / "params", tmp_path / "params")
+    (tmp_path / "weights").symlink_to(ROOT / "weights")  # the demo fine-tunes the shipped weights
     return tmp_path
 
 
@@ -27,9 +28,10 @@ def test_by_hand_a_notebook_moves_to_runs_interactive_with_the_demo_settings(rep
     assert ns["steps"] > 300 and ns["device"] != "cpu"  # the defaults are full scale
     assert stage.interactive_session(ns, stem) == repo / "runs" / "interactive"
     assert Path.cwd() == repo / "runs" / "interactive"
-    assert ns["steps"] == 300 and ns["device"] == "cpu" and ns["image_size"] == 32  # params/demo.yaml's
+    assert ns["steps"] == 60 and ns["device"] == "cpu" and ns["image_size"] == 64  # params/demo.yaml's
+    assert ns["init_checkpoint"] == str(repo / "weights" / "demo" / "gslrm.safetensors")
     out = capsys.readouterr().out
-    assert "runs/interactive" in out and "steps=300" in out
+    assert "runs/interactive" in out and "steps=60" in out
 
 
 def test_under_mfl_run_it_does_nothing(tmp_path, monkeypatch):
@@ -65,7 +67,7 @@ def test_a_notebook_run_by_hand_writes_nothing_into_notebooks(repo, monkeypatch)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     NotebookClient(nb, resources={"metadata": {"path": str(repo / "notebooks")}}).execute()
     assert sorted(p.name for p in (repo / "notebooks").iterdir()) == before
-    assert (repo / "runs" / "interactive" / "gslrm" / "steps.txt").read_text() == "300"
+    assert (repo / "runs" / "interactive" / "gslrm" / "steps.txt").read_text() == "60"  # params/demo.yaml's
 
 
 def test_under_plain_papermill_it_does_nothing(tmp_path, monkeypatch):
