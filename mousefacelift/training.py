@@ -23,6 +23,7 @@ import pickle
 import random
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,13 +153,11 @@ def resolve_device(knob: str, local_rank: int | None = None) -> torch.device:
 
 
 # ----------------------------------------------------------------------------------------------
-# Names
+# Time budget
 # ----------------------------------------------------------------------------------------------
 def time_is_up(start: float, limit_s: float, distributed: bool = False) -> bool:
     """Whether ``limit_s`` seconds (0: no limit) have passed since ``start`` (``time.time()``). Under
     DDP every rank must call it at the same step: rank 0's clock decides for all (a broadcast)."""
-    import time
-
     if not limit_s:
         return False
     up = time.time() - start > limit_s
@@ -171,6 +170,9 @@ def time_is_up(start: float, limit_s: float, distributed: bool = False) -> bool:
     return up
 
 
+# ----------------------------------------------------------------------------------------------
+# Names
+# ----------------------------------------------------------------------------------------------
 def checkpoint_name(step: int) -> str:
     return f"ckpt_{step:016d}.pt"
 

@@ -375,3 +375,25 @@ def test_st_lpips_term_switches_on_after_the_warm_up(data_root, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["st_lpips"] for r in rows][0] == 0 and rows[1]["st_lpips"] > 0  # off at step 0, on at step 1
     assert s["applied_step_ratio"] == 1.0 and all(map(torch.isfinite, torch.tensor(s["losses"])))
+
+
+def test_time_limit_stops_cleanly_with_a_checkpoint(data_root, tmp_path):
+    """time_limit_s: the run stops at the first logging step past the limit, saves a checkpoint there
+    and says so in its summary; a later call resumes from it."""
+    s = train(_cfg(data_root, tmp_path / "run", steps=50, log_every=2, time_limit_s=1e-6))
+    assert s["stopped_at_time_limit"] and s["step"] == 2
+    assert (tmp_path / "run" / "ckpt_0000000000000002.pt").is_file()
+    s = train(_cfg(data_root, tmp_path / "run", steps=4, log_every=2))
+    assert s["step"] == 4 and not s["stopped_at_time_limit"] and len(s["losses"]) == 2
+
+
+def test_init_from_weights_of_other_model_settings_is_an_error(data_root, tmp_path):
+    """Settings that change no state-dict key (here color_from_input) must match the weights' own;
+    the resolution may differ."""
+    first = train(_cfg(data_root, tmp_path / "a", steps=1, model=GSLRMConfig.tiny(image_size=16, layers=1, width=64,
+                                                                                   heads=2, color_from_input=True)))
+    other = GSLRMConfig.tiny(image_size=16, layers=1, width=64, heads=2)
+    with pytest.raises(ValueError, match=r"color_from_input = True \(the params say False\)"):
+        train(_cfg(data_root, tmp_path / "b", steps=1, model=other, init_from=first["checkpoint"]))
+    larger = GSLRMConfig.tiny(image_size=32, layers=1, width=64, heads=2, color_from_input=True)
+    assert train(_cfg(data_root, tmp_path / "c", steps=1, model=larger, init_from=first["checkpoint"]))["step"] == 1

@@ -219,3 +219,15 @@ def test_bf16_training_step_and_sampling_on_gpu(data):
     res = evaluate(pipe, samples.SampleDataset(data / "s", data / "train.txt", [0, 1, 2]),
                    SamplerConfig(steps=2), seed=0, max_objects=2)
     assert math.isfinite(res["psnr_fg"])
+
+
+def test_time_limit_stops_validates_and_exports(data):
+    """time_limit_s: stops at the first logging step past the limit, with a checkpoint, a validation
+    and the exported pipeline, as at the end of the schedule."""
+    cfg = tiny_config(data, "t", steps=50, log_every=2, checkpoint_every=100, val_every=100,
+                      val_split=str(data / "train.txt"), val_objects=1, time_limit_s=1e-6,
+                      val_sampler=SamplerConfig(steps=2))
+    s = train(cfg)
+    assert s["stopped_at_time_limit"] and s["step"] == 2 and [v["step"] for v in s["val"]] == [2]
+    assert (data / "t" / "pipeline" / "model_index.json").is_file()
+    assert (data / "t" / "checkpoints" / "ckpt_0000000000000002.pt").is_file()
