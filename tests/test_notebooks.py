@@ -196,11 +196,13 @@ def test_07_evaluation_scores_held_out_views_by_the_protocol(tiny_run):
     assert r["inputs_scored"] == 0 and r["n_samples"] == 1
     rows = list(csv.DictReader((run / "eval" / "per_view.csv").open()))
     # N = 1, 3, 5 by GS-LRM and by the two baselines; end to end + generated + GS-LRM from the reference
-    # alone; question 3; the GT degraded 6 ways and the 1-px shift against an equal-MSE blur (no model)
-    assert len(rows) == r["n_views_scored"] == 3 * 3 * 6 + 3 * 5 + 6 + 6 * len(metrics.DEGRADATIONS) + 2 * 6
+    # alone + the reference copied; question 3; the GT degraded 6 ways and the 1-px shift against an
+    # equal-MSE blur (no model)
+    assert len(rows) == r["n_views_scored"] == 3 * 3 * 6 + 4 * 5 + 6 + 6 * len(metrics.DEGRADATIONS) + 2 * 6
     models = {(row["question"], row["model"]) for row in rows}
     assert {("reconstruction", "visual_hull"), ("reconstruction", "gaussian_fit"), ("end_to_end", "gslrm_one_view"),
-            ("shift_vs_blur", "shift_1px"), ("shift_vs_blur", "blur_equal_mse")} <= models
+            ("end_to_end", "copy_reference"), ("shift_vs_blur", "shift_1px"), ("shift_vs_blur", "blur_equal_mse")} <= models
+    assert math.isfinite(r["copy_reference_psnr_fg"]) and 0.0 <= r["copy_reference_mask_iou"] <= 1.0
     for row in rows:
         assert row["target_is_input"] == "False" and row["target_view"] not in row["inputs"].split()
     assert sorted(r["reconstruction_psnr_fg"]) == ["1", "3", "5"]
