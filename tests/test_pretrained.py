@@ -25,7 +25,8 @@ def _fake_run(root: Path, recording: Path) -> tuple[Path, GSLRM, MVDiffusionPipe
     run = root / "run"
     (run / "data").mkdir(parents=True)
     (run / "manifest.json").write_text(json.dumps({"git_commit": "abc123", "params_file": "params/x.yaml",
-                                                   "params": {"06_gslrm_finetune": {"steps": 5}}, "from_run": None}))
+                                                   "params": {"06_gslrm_finetune": {"steps": 5, "st_lpips_weights": "/o" "pt/w/alex.pth"}},
+                                                   "from_run": None}))
     (run / "data" / "extraction.json").write_text(json.dumps(
         {"summary": {"recording": str(recording), "n_written": 10, "split_sizes": {"train": 8}}}))
     pipe = tiny_pipeline()
@@ -51,6 +52,7 @@ def test_export_check_and_load_back(tmp_path, procedural_recording):
     assert prov["gslrm"]["git_commit"] == "abc123" and prov["gslrm"]["step"] == 5
     assert prov["gslrm"]["objects_seen"] == 10 and prov["mvdiffusion"]["objects_seen"] == 28
     assert prov["gslrm"]["val"] == {"psnr_fg": 12.0, "mask_iou": 0.7}
+    assert prov["gslrm"]["params"]["06_gslrm_finetune"]["st_lpips_weights"] == "alex.pth"  # no machine paths
     rec = json.loads((procedural_recording / "ground_truth" / "params.json").read_text())
     assert prov["gslrm"]["recording"]["config_hash"] == rec["config_hash"]
     assert set(prov["files"]) >= {pretrained.GSLRM_FILE, "mvdiffusion/model_index.json"}
@@ -68,7 +70,7 @@ def test_export_check_and_load_back(tmp_path, procedural_recording):
     # MVDiffusion: the pipeline loader reads the bf16 folder; weights equal the bf16-rounded originals
     back = MVDiffusionPipeline.from_pretrained(dest / pretrained.MVDIFFUSION_DIR)
     for (k, v), (k2, w) in zip(pipe.model.state_dict().items(), back.model.state_dict().items()):
-        assert k == k2
+        assert k == k2 and w.dtype == torch.float32  # fine-tuning on a CPU runs in fp32
         torch.testing.assert_close(w.float(), v.to(torch.bfloat16).float(), rtol=0, atol=0)
     # bf16 on disk is about half of fp32
     assert (dest / pretrained.GSLRM_FILE).stat().st_size < 0.6 * 4 * sum(v.numel() for v in model.state_dict().values())
