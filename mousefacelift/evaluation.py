@@ -261,9 +261,10 @@ def _end_to_end_object(res: EvalResult, i: int, s: dict, gen: torch.Tensor, imgs
                                              s["w2c"][tt][None], s["K"][tt][None], cfg.backend, cfg.bf16)
     st = st_lpips_model(cfg, rgb.device)
     m = score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips, st)   # each [Vt]
-    mg = score(g_rgb[tt], g_alpha[tt], s["rgb"][tt], s["alpha"][tt], lpips, st_lpips_model(cfg))
+    st_cpu = st_lpips_model(cfg)  # the generated views and the sample's own views live on the CPU
+    mg = score(g_rgb[tt], g_alpha[tt], s["rgb"][tt], s["alpha"][tt], lpips, st_cpu)
     same = [ref] * len(targets)  # the baseline that needs no model: the reference view copied into every target
-    mc = score(s["rgb"][same], s["alpha"][same], s["rgb"][tt], s["alpha"][tt], lpips, st_lpips_model(cfg))
+    mc = score(s["rgb"][same], s["alpha"][same], s["rgb"][tt], s["alpha"][tt], lpips, st_cpu)
     for a, t in enumerate(targets):
         res.rows.append(sample_row("end_to_end", label, s, 1, [ref], t, m, a))
         res.rows.append(sample_row("mvdiffusion", label, s, 1, [ref], t, mg, a))

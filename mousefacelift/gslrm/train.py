@@ -118,8 +118,7 @@ def check_init_config(model: GSLRMConfig, stored: dict | None, source: str) -> N
     if stored is None:
         return
     own = dataclasses.asdict(model)
-    differ = {k: (own[k], v) for k, v in stored.items() if k in own and own[k] != v
-              and not (isinstance(v, list) and tuple(v) == own[k])}
+    differ = {k: (own[k], v) for k, v in stored.items() if k in own and own[k] != v}  # scalar fields only
     if differ.get("image_size"):
         log.warning("%s was trained at %s px; training at %s px", source, differ["image_size"][1], model.image_size)
     differ = {k: d for k, d in differ.items() if k not in INIT_FREE_FIELDS}
