@@ -60,6 +60,8 @@ class EvalConfig:
     st_lpips_weights: str = ""    # its weights file ("": the one inside the installed stlpips-pytorch package)
     bf16: bool = False            # bf16 autocast of the GS-LRM transformer (CUDA only; training validation
     #                               follows its run, the notebooks score in fp32)
+    score_size: int = 0           # side of the scored images: targets are loaded and the Gaussians rendered
+    #                               at it (0: the GS-LRM's own image size); compares models of other resolutions
 
 
 @dataclass
@@ -116,14 +118,15 @@ def _names(names: list[str], cfg: EvalConfig) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def reconstruct_and_render(model, rgb: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, target_w2c: torch.Tensor,
-                           target_K: torch.Tensor, backend: str = "auto", bf16: bool = False):
+                           target_K: torch.Tensor, backend: str = "auto", bf16: bool = False, size: int = 0):
     """GS-LRM on input views, rendered at target views (on white; RGB clamped to [0, 1]).
 
     rgb [B, Vi, 3, S, S] on white; c2w [B, Vi, 4, 4]; K [B, Vi, 3, 3]; target_w2c [B, Vt, 4, 4];
-    target_K [B, Vt, 3, 3] -> (GaussianOutput, rgb [B, Vt, 3, S, S], alpha [B, Vt, 1, S, S]).
+    target_K [B, Vt, 3, 3] for images of side ``size`` (0: S) -> (GaussianOutput,
+    rgb [B, Vt, 3, size, size], alpha [B, Vt, 1, size, size]).
     ``bf16``: autocast the transformer on CUDA (ignored on the CPU)."""
     dev = next(model.parameters()).device
-    S = rgb.shape[-1]
+    S = size or rgb.shape[-1]
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda"):
         out = model(rgb.to(dev), c2w.to(dev), K.to(dev))
     r = out.render(target_w2c.to(dev), target_K.to(dev), S, S, backend=backend)
@@ -182,9 +185,11 @@ def reconstruction_rows(model, data_root: str | os.PathLike, names: list[str], n
     """Question 1 (and 3 with another checkpoint): for each sample and each N in ``n_inputs``, every
     view held out in turn (:func:`view_plans`), reconstructed from N real views and scored."""
     S = model.cfg.image_size
+    R = cfg.score_size or S
     res = EvalResult()
     for i, name in enumerate(_names(names, cfg)):
         s = load_eval_sample(Path(data_root) / name, S)
+        t = s if R == S else load_eval_sample(Path(data_root) / name, R)  # the targets, at the scored size
         V = s["rgb"].shape[0]
         for n in n_inputs:
             plans = view_plans(V, n, i, cfg.seed)
@@ -195,17 +200,17 @@ def reconstruction_rows(model, data_root: str | os.PathLike, names: list[str], n
                     check_plan(inputs, targets)
                 ii = torch.tensor([p[0] for p in chunk])              # [B, n]
                 tt = torch.tensor([p[1] for p in chunk])              # [B, 1]
-                _, rgb, alpha = reconstruct_and_render(model, s["rgb"][ii], s["c2w"][ii], s["K"][ii], s["w2c"][tt],
-                                                       s["K"][tt], cfg.backend, cfg.bf16)
-                m = score(rgb, alpha, s["rgb"][tt], s["alpha"][tt], lpips, st_lpips_model(cfg, rgb.device))  # [B, 1]
+                _, rgb, alpha = reconstruct_and_render(model, s["rgb"][ii], s["c2w"][ii], s["K"][ii], t["w2c"][tt],
+                                                       t["K"][tt], cfg.backend, cfg.bf16, R)
+                m = score(rgb, alpha, t["rgb"][tt], t["alpha"][tt], lpips, st_lpips_model(cfg, rgb.device))  # [B, 1]
                 for b, (inputs, targets) in enumerate(chunk):
                     res.rows.append(sample_row("reconstruction", label, s, n, inputs, targets[0], m, (b, 0)))
                     preds[targets[0]], alphas[targets[0]] = rgb[b, 0].cpu(), alpha[b, 0].cpu()
             if i < cfg.n_examples:
                 title = f"{label}: {n} input view(s), each view held out in turn"
                 res.examples.append({"name": s["name"], "title": title,
-                                     "n_inputs": n, "gt": s["rgb"], "pred": torch.stack(preds),
-                                     "pred_alpha": torch.stack(alphas), "gt_alpha": s["alpha"],
+                                     "n_inputs": n, "gt": t["rgb"], "pred": torch.stack(preds),
+                                     "pred_alpha": torch.stack(alphas), "gt_alpha": t["alpha"],
                                      "views": s["view_ids"]})
     return res
 

@@ -126,12 +126,7 @@ def test_a_perfect_model_scores_only_targets(data, monkeypatch):
     res = reconstruction_rows(tiny_gslrm(), root, names[:1], [2], EvalConfig())
     s = evaluation.load_eval_sample(root / names[0], SIZE)
 
-    def oracle(model, rgb, c2w, K, tw2c, tK, backend="auto", bf16=False):
-        idx = [int(torch.cdist(cameras.camera_centers(tw2c[b].double()), cameras.camera_centers(s["w2c"].double()))
-                   .argmin()) for b in range(tw2c.shape[0])]
-        return None, s["rgb"][idx][:, None], s["alpha"][idx][:, None]
-
-    monkeypatch.setattr(evaluation, "reconstruct_and_render", oracle)
+    monkeypatch.setattr(evaluation, "reconstruct_and_render", oracle_of(s))
     perfect = reconstruction_rows(tiny_gslrm(), root, names[:1], [2], EvalConfig())
     assert all(r["psnr_fg"] > 100 and r["mask_iou"] == 1.0 for r in perfect.rows)
     assert [r["target_view"] for r in perfect.rows] == [r["target_view"] for r in res.rows]
@@ -139,6 +134,37 @@ def test_a_perfect_model_scores_only_targets(data, monkeypatch):
     first_rgb, first_alpha = s["rgb"][:1].expand(5, -1, -1, -1), s["alpha"][:1].expand(5, -1, -1, -1)
     other = score(s["rgb"][1:], s["alpha"][1:], first_rgb, first_alpha)
     assert other["psnr_fg"].max() < 40
+
+
+def oracle_of(s: dict, calls: list | None = None):
+    """A stand-in for reconstruct_and_render that returns the ground truth of sample ``s`` (from
+    load_eval_sample) at the cameras it is asked to render; ``calls`` collects (input side, size,
+    target fx) per call."""
+    def oracle(model, rgb, c2w, K, tw2c, tK, backend="auto", bf16=False, size=0):
+        if calls is not None:
+            calls.append((rgb.shape[-1], size, float(tK[0, 0, 0, 0])))
+        idx = [int(torch.cdist(cameras.camera_centers(tw2c[b].double()), cameras.camera_centers(s["w2c"].double()))
+                   .argmin()) for b in range(tw2c.shape[0])]
+        return None, s["rgb"][idx][:, None], s["alpha"][idx][:, None]
+    return oracle
+
+
+def test_score_size_scores_models_of_any_resolution_on_the_same_pixels(data, monkeypatch):
+    """EvalConfig.score_size: inputs at the model's size, targets loaded and rendered at score_size."""
+    root, names = data
+    R = 2 * SIZE
+    model = tiny_gslrm()
+    s_in, s = evaluation.load_eval_sample(root / names[0], SIZE), evaluation.load_eval_sample(root / names[0], R)
+    _, rgb, alpha = evaluation.reconstruct_and_render(model, s_in["rgb"][None, :2], s_in["c2w"][None, :2],
+                                                      s_in["K"][None, :2], s["w2c"][None, 2:], s["K"][None, 2:], size=R)
+    assert rgb.shape == (1, 4, 3, R, R) and alpha.shape == (1, 4, 1, R, R)
+    calls = []
+    monkeypatch.setattr(evaluation, "reconstruct_and_render", oracle_of(s, calls))
+    res = reconstruction_rows(model, root, names[:1], [2], EvalConfig(score_size=R, n_examples=1))
+    assert len(res.rows) == 6 and all(r["psnr_fg"] > 100 and r["mask_iou"] == 1.0 for r in res.rows)
+    assert {(side, size) for side, size, _ in calls} == {(SIZE, R)}
+    assert calls[0][2] == pytest.approx(float(s["K"][0, 0, 0])) != pytest.approx(float(s_in["K"][0, 0, 0]))
+    assert res.examples[0]["pred"].shape[-1] == res.examples[0]["gt"].shape[-1] == R
 
 
 @pytest.mark.slow

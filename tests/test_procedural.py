@@ -420,3 +420,24 @@ def test_cuda_render_matches_cpu():
     rgb_g, m_g = (x.cpu() for x in out["cuda"])
     assert (m_c ^ m_g).sum() <= 0.002 * m_c.sum()
     assert (rgb_c - rgb_g).abs().mean() < 1e-3
+
+
+def test_frames_reach_the_encoders_in_their_own_layout(tmp_path):
+    """encoder_layout: gray -> three equal channels, RGB -> BGR for OpenCV; VideoSet.write refuses
+    anything else, so no pixel work is left for the encoder threads."""
+    from mousefacelift.data.procedural.video import VideoSet, encoder_layout
+
+    rgb = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)
+    bgr = encoder_layout(rgb, bgr=True)
+    assert bgr.is_contiguous() and torch.equal(bgr, rgb.flip(-1)) and torch.equal(encoder_layout(rgb, False), rgb)
+    gray = encoder_layout(rgb[..., 0], bgr=True)
+    assert gray.shape == (2, 16, 16, 3) and all(torch.equal(gray[..., c], rgb[..., 0]) for c in range(3))
+    videos = VideoSet(tmp_path / "v", 2, (16, 16), 10.0, "mp4v")
+    assert videos.bgr
+    with pytest.raises(ValueError, match="encoder_layout"):
+        videos.write(rgb[..., 0].numpy())
+    with pytest.raises(ValueError, match="encoder_layout"):
+        videos.write(bgr.numpy()[:, :, ::2])
+    videos.write(bgr.numpy())
+    videos.close()
+    assert all((tmp_path / "v" / f"{v}.mp4").stat().st_size > 0 for v in range(2))

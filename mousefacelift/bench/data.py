@@ -30,12 +30,12 @@ def video_codec() -> str:
         return "mp4v"
 
 
-def bench_synthetic(device: torch.device, workers: int | None = None, render_batch: int = 16) -> list[dict]:
+def bench_synthetic(device: torch.device, workers: int | None = None, render_batches: tuple[int, ...] = (16, 32)) -> list[dict]:
     """Procedural recording: the demo size (6 cameras x 120 frames at 576x512) end to end, and
     frames/s at full 1152x1024 (a short recording, setup included). On CUDA also params/gpu.yaml's
     size (576x512), 600 frames, side by side: one frame per render call in this process (the
-    reference path) against ``render_batch`` frames per call with ``workers`` body processes
-    (default: half the CPU cores, at most 12), setup included."""
+    reference path) against each of ``render_batches`` frames per call with ``workers`` body
+    processes (default: half the CPU cores, at most 12), setup included."""
     from ..data import procedural
 
     rows, codec = [], video_codec()
@@ -43,7 +43,7 @@ def bench_synthetic(device: torch.device, workers: int | None = None, render_bat
         if device.type == "cuda":
             n, workers = 600, workers or max(2, min(12, (os.cpu_count() or 4) // 2))
             rates = {}
-            for name, w, b in (("reference", 0, 1), ("batched", workers, render_batch)):
+            for name, w, b in [("reference", 0, 1)] + [(f"batched {b}", workers, b) for b in render_batches]:
                 cfg = procedural.ProceduralConfig(n_frames=n, resolution_scale=0.5, device="cuda", video_codec=codec,
                                                 workers=w, render_batch=b, chunk_elements=2 ** (21 if b == 1 else 25))
                 t0 = time.perf_counter()
@@ -53,8 +53,8 @@ def bench_synthetic(device: torch.device, workers: int | None = None, render_bat
                                              f"{w or 'no'} body processes, chunks of {cfg.chunk_elements}",
                                 rates[name], "frames/s",
                                 f"{codec}; setup included; target >= 100"))
-            rows.append(row("synthetic", "batched + body processes vs one frame per call",
-                            rates["batched"] / rates["reference"], "x", "same run"))
+            rows += [row("synthetic", f"{b} frames per call + body processes vs one frame per call",
+                         rates[f"batched {b}"] / rates["reference"], "x", "same run") for b in render_batches]
         cfg = procedural.demo_config(device=device.type, video_codec=codec)
         t0 = time.perf_counter()
         procedural.generate_recording(Path(tmp) / "demo", cfg)

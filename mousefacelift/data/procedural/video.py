@@ -23,7 +23,11 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 class VideoSet:
     """V writers for one folder: H.264 through imageio-ffmpeg (the default, like camera recordings:
     a keyframe every ``gop`` frames, so sequential decoding beats seeking), or OpenCV's mp4v.
-    Each writer encodes on its own thread (both encoders release the GIL), frames in order."""
+    Each writer encodes on its own thread (both encoders release the GIL), frames in order.
+
+    Frames arrive in the encoder's own layout (``bgr``: OpenCV wants BGR, FFmpeg RGB; three
+    channels, C-contiguous), so the encoder threads run no Python-side pixel work: a numpy copy
+    there holds the GIL, and 12 threads doing it slowed the renderer's own thread about 5x."""
 
     def __init__(self, folder: Path, n: int, size: tuple[int, int], fps: float, codec: str = "h264",
                  gop: int = 250, crf: int = 18):
@@ -31,6 +35,7 @@ class VideoSet:
 
         folder.mkdir(parents=True, exist_ok=True)
         self.codec = codec
+        self.bgr = codec == "mp4v"
         paths = [folder / f"{v}.mp4" for v in range(n)]
         if codec == "h264":
             try:
@@ -59,16 +64,18 @@ class VideoSet:
         self.pending: list = []
 
     def _write_one(self, v: int, frame: np.ndarray) -> None:
-        if frame.ndim == 2:
-            frame = np.repeat(frame[..., None], 3, axis=-1)
         if self.codec == "h264":
-            self.writers[v].send(np.ascontiguousarray(frame))
+            self.writers[v].send(frame)
         else:
-            self.writers[v].write(np.ascontiguousarray(frame[..., ::-1]))  # OpenCV wants BGR
+            self.writers[v].write(frame)
 
     def write(self, frames: np.ndarray, max_pending: int = 4) -> None:
-        """frames [V, H, W, 3] RGB or [V, H, W] gray, uint8 (not modified afterwards). Returns once
-        at most ``max_pending`` earlier frames are still being encoded; raises an encoder's error."""
+        """frames [V, H, W, 3] uint8, BGR when ``self.bgr`` else RGB, each C-contiguous and not
+        modified afterwards (see :func:`encoder_layout`). Returns once at most ``max_pending``
+        earlier frames are still being encoded; raises an encoder's error."""
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not frames[0].flags.c_contiguous:
+            raise ValueError(f"VideoSet.write takes [V, H, W, 3] C-contiguous uint8 frames in the encoder's channel "
+                             f"order, got {frames.shape} {frames.dtype} (prepare them with encoder_layout)")
         self.pending.append([t.submit(self._write_one, v, f) for v, (t, f) in enumerate(zip(self.threads, frames))])
         while len(self.pending) > max_pending:
             for fut in self.pending.pop(0):
@@ -88,6 +95,16 @@ class VideoSet:
 
 
 
+
+
+def encoder_layout(images, bgr: bool):
+    """Images [..., H, W, 3] RGB or [..., H, W] gray (uint8 tensors, any device) -> contiguous
+    [..., H, W, 3] in an encoder's channel order: gray repeated to three channels, RGB reversed
+    to BGR when ``bgr``. Done where the images are (the GPU for a rendered batch), not per frame
+    on the encoder threads."""
+    if images.ndim >= 3 and images.shape[-1] == 3:
+        return (images.flip(-1) if bgr else images).contiguous()
+    return images.unsqueeze(-1).expand(*images.shape, 3).contiguous()
 
 
 def read_frame(path: Path, frame: int) -> np.ndarray:

@@ -1,0 +1,149 @@
+"""GS-LRM model sizes x resolutions at equal GPU time: which GS-LRM to train from scratch in a session.
+
+    python scripts/gslrm_sizes.py DATA OUT [--seconds 90] [--sizes 6x384,12x768,24x1024] [--resolutions 128,256]
+
+DATA is notebook 01's output folder of a run (``runs/NAME/data``: ``samples/`` and ``splits/``). For
+every (layers x width, resolution) pair, one from-scratch training with params/gpu.yaml's recipe (qk
+norm, pixel colours from the input, no global Gaussians, lr 2e-4 with 15% warm-up and a cosine decay,
+batch 16, bf16) for the same number of seconds: the schedule's length comes from the step time
+measured on a few warm-up steps, so every run finishes its decay inside the budget
+(``time_limit_s`` stops a run that would overrun). Then the validation split is scored by the one
+scorer (:func:`mousefacelift.gslrm.train.evaluate`: every view held out in turn, rendered from 5 of
+the others) at ``--score-size`` pixels for every model, whatever its own resolution, so all rows
+score the same pixels -> ``OUT/sizes.json`` and ``OUT/sizes.md``.
+
+Head dimension 64 throughout (FaceLift's). ``scale_bias`` keeps the initial Gaussian about one pixel
+wide at every resolution (-5.0 at 256 px, as in params/gpu.yaml).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from mousefacelift import evaluation
+from mousefacelift.data.samples import read_split
+from mousefacelift.gslrm.data import DataConfig, collate
+from mousefacelift.gslrm.model import GSLRMConfig
+from mousefacelift.gslrm.train import Trainer, TrainConfig, evaluate
+from mousefacelift.tracking import TrackingConfig
+
+log = logging.getLogger("gslrm_sizes")
+
+
+def recipe(data: Path, out: Path, layers: int, width: int, size: int, steps: int, seconds: float,
+           grad_checkpointing: bool) -> TrainConfig:
+    model = GSLRMConfig(layers=layers, width=width, heads=width // 64, image_size=size, render_global=False,
+                        color_from_input=True, qk_norm=True, scale_bias=-5.0 + math.log(256 / size),
+                        grad_checkpointing=grad_checkpointing)
+    return TrainConfig(out_dir=str(out), data_root=str(data), train_split="splits/train.txt",
+                       model=model, data=DataConfig(input_views=5),
+                       steps=steps, batch_size=16, lr=2e-4, warmup_steps=max(1, int(0.15 * steps)),
+                       time_limit_s=seconds, precision="bf16", num_workers=6,
+                       checkpoint_every=10 ** 6, keep_last=1, log_every=10, resume=False, progress_bar=False,
+                       tracking=TrackingConfig(mode="disabled"))
+
+
+def step_seconds(cfg: TrainConfig, warmup: int = 3, repeats: int = 6) -> float:
+    """Median seconds of one training step on real batches (the trainer's own train_step)."""
+    trainer = Trainer(cfg)
+    batches = [collate([trainer.dataset[(i * cfg.batch_size + j, 0)] for j in range(cfg.batch_size)])
+               for i in range(2)]
+    times = []
+    for i in range(warmup + repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        trainer.train_step(batches[i % 2])
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    del trainer
+    torch.cuda.empty_cache()
+    return sorted(times[warmup:])[repeats // 2]
+
+
+def run_one(data: Path, out: Path, layers: int, width: int, size: int, seconds: float, score_size: int,
+            val_samples: int) -> dict:
+    probe = recipe(data, out / "probe", layers, width, size, 100, seconds, False)
+    try:
+        sec, ckpt = step_seconds(probe), False
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        sec, ckpt = step_seconds(replace(probe, model=replace(probe.model, grad_checkpointing=True))), True
+    steps = max(10, int(seconds / sec))
+    cfg = recipe(data, out, layers, width, size, steps, seconds * 1.1, ckpt)
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg)
+    summary = trainer.run()
+    wall = time.perf_counter() - t0
+    ev = evaluation.EvalConfig(max_samples=val_samples, n_examples=0, bf16=True, score_size=score_size)
+    val = evaluate(trainer.model, data, read_split(data / "splits" / "val.txt"), 5, ev)
+    row = {"layers": layers, "width": width, "resolution": size, "params_M": round(trainer.model.num_parameters() / 1e6, 1),
+           "grad_checkpointing": ckpt, "probe_s_per_step": round(sec, 4), "steps": summary["step"],
+           "objects_seen": summary["step"] * cfg.batch_size, "train_seconds": round(summary["seconds"], 1),
+           "wall_seconds": round(wall, 1), "stopped_at_time_limit": summary["stopped_at_time_limit"],
+           "score_size": score_size, **{k: val.get(k) for k in ("psnr_fg", "psnr_fg_ci95", "mask_iou", "mask_iou_ci95",
+                                                            "ssim_fg", "n_views")}}
+    del trainer
+    torch.cuda.empty_cache()
+    return row
+
+
+def to_markdown(rows: list[dict], seconds: float, machine: str, score_size: int) -> str:
+    lines = [f"# GS-LRM sizes at equal GPU time: {seconds:.0f} s of training each, {machine}", "",
+             f"Validation split, every view held out in turn and rendered from 5 others, scored at {score_size} px "
+             "for every model; ± is the 95% interval clustered by frame.", "",
+             "| layers x width | px | params (M) | steps | objects seen | s/step | PSNR_fg (dB) | mask IoU | SSIM_fg |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['layers']} x {r['width']} | {r['resolution']} | | | | | failed: {r['error']} | | |")
+            continue
+        lines.append(f"| {r['layers']} x {r['width']}{' (ckpt)' if r['grad_checkpointing'] else ''} | {r['resolution']} | "
+                     f"{r['params_M']} | {r['steps']} | {r['objects_seen']} | {r['probe_s_per_step']:.3f} | "
+                     f"{r['psnr_fg']:.2f} ± {r['psnr_fg_ci95']:.2f} | {r['mask_iou']:.3f} ± {r['mask_iou_ci95']:.3f} | "
+                     f"{r['ssim_fg']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--seconds", type=float, default=90.0)
+    ap.add_argument("--sizes", default="6x384,12x768,24x1024")
+    ap.add_argument("--resolutions", default="128,256")
+    ap.add_argument("--score-size", type=int, default=256)
+    ap.add_argument("--val-samples", type=int, default=48, help="validation samples scored (0: all)")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if not torch.cuda.is_available():
+        raise SystemExit("gslrm_sizes: a comparison of GPU time needs a CUDA device")
+    if not (a.data / "splits" / "val.txt").is_file():
+        raise SystemExit(f"gslrm_sizes: {a.data / 'splits' / 'val.txt'} is missing: DATA is notebook 01's data folder")
+    a.out.mkdir(parents=True, exist_ok=True)
+    sizes = [tuple(int(x) for x in s.split("x")) for s in a.sizes.split(",")]
+    rows = []
+    for res in (int(r) for r in a.resolutions.split(",")):
+        for layers, width in sizes:
+            log.info("%d x %d at %d px for %.0f s", layers, width, res, a.seconds)
+            try:
+                rows.append(run_one(a.data, a.out / f"{layers}x{width}_{res}", layers, width, res, a.seconds,
+                                    a.score_size, a.val_samples))
+            except Exception as e:  # one failing size must not lose the others
+                log.exception("%d x %d at %d px failed", layers, width, res)
+                rows.append({"layers": layers, "width": width, "resolution": res, "error": f"{type(e).__name__}: {e}"})
+            log.info("row %s", json.dumps(rows[-1]))
+            (a.out / "sizes.json").write_text(json.dumps({"seconds": a.seconds, "gpu": torch.cuda.get_device_name(),
+                                                          "rows": rows}, indent=1))
+            (a.out / "sizes.md").write_text(to_markdown(rows, a.seconds, torch.cuda.get_device_name(), a.score_size))
+    print((a.out / "sizes.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
