@@ -5,7 +5,7 @@
 DATA is notebook 01's output folder of a run (``runs/NAME/data``: ``samples/`` and ``splits/``). For
 every (layers x width, resolution) pair, one from-scratch training with params/gpu.yaml's recipe (qk
 norm, pixel colours from the input, no global Gaussians, lr 2e-4 with 15% warm-up and a cosine decay,
-batch 16, bf16) for the same number of seconds: the schedule's length comes from the step time
+batch 16, bf16, the training split resident on the GPU) for the same number of seconds: the schedule's length comes from the step time
 measured on a few warm-up steps, so every run finishes its decay inside the budget
 (``time_limit_s`` stops a run that would overrun). Then the validation split is scored by the one
 scorer (:func:`mousefacelift.gslrm.train.evaluate`: every view held out in turn, rendered from 5 of
@@ -38,14 +38,14 @@ log = logging.getLogger("gslrm_sizes")
 
 
 def recipe(data: Path, out: Path, layers: int, width: int, size: int, steps: int, seconds: float,
-           grad_checkpointing: bool) -> TrainConfig:
+           grad_checkpointing: bool, resident: bool = True) -> TrainConfig:
     model = GSLRMConfig(layers=layers, width=width, heads=width // 64, image_size=size, render_global=False,
                         color_from_input=True, qk_norm=True, scale_bias=-5.0 + math.log(256 / size),
                         grad_checkpointing=grad_checkpointing)
     return TrainConfig(out_dir=str(out), data_root=str(data), train_split="splits/train.txt",
                        model=model, data=DataConfig(input_views=5),
                        steps=steps, batch_size=16, lr=2e-4, warmup_steps=max(1, int(0.15 * steps)),
-                       time_limit_s=seconds, precision="bf16", num_workers=6,
+                       time_limit_s=seconds, precision="bf16", num_workers=6, resident_data=resident,
                        checkpoint_every=10 ** 6, keep_last=1, log_every=10, resume=False, progress_bar=False,
                        tracking=TrackingConfig(mode="disabled"))
 
@@ -69,7 +69,7 @@ def step_seconds(cfg: TrainConfig, warmup: int = 3, repeats: int = 6) -> float:
 
 def run_one(data: Path, out: Path, layers: int, width: int, size: int, seconds: float, score_size: int,
             val_samples: int) -> dict:
-    probe = recipe(data, out / "probe", layers, width, size, 100, seconds, False)
+    probe = recipe(data, out / "probe", layers, width, size, 100, seconds, False, resident=False)  # compute only
     try:
         sec, ckpt = step_seconds(probe), False
     except torch.OutOfMemoryError:

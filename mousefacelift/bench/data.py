@@ -33,7 +33,7 @@ def video_codec() -> str:
 def bench_synthetic(device: torch.device, workers: int | None = None, render_batches: tuple[int, ...] = (16, 32)) -> list[dict]:
     """Procedural recording: the demo size (6 cameras x 120 frames at 576x512) end to end, and
     frames/s at full 1152x1024 (a short recording, setup included). On CUDA also params/gpu.yaml's
-    size (576x512), 600 frames, side by side: one frame per render call in this process (the
+    size (576x512), 1000 frames, side by side: one frame per render call in this process (the
     reference path) against each of ``render_batches`` frames per call with ``workers`` body
     processes (default: half the CPU cores, at most 12), setup included."""
     from ..data import procedural
@@ -41,7 +41,7 @@ def bench_synthetic(device: torch.device, workers: int | None = None, render_bat
     rows, codec = [], video_codec()
     with tempfile.TemporaryDirectory() as tmp:
         if device.type == "cuda":
-            n, workers = 600, workers or max(2, min(12, (os.cpu_count() or 4) // 2))
+            n, workers = 1000, workers or max(2, min(12, (os.cpu_count() or 4) // 2))
             rates = {}
             for name, w, b in [("reference", 0, 1)] + [(f"batched {b}", workers, b) for b in render_batches]:
                 cfg = procedural.ProceduralConfig(n_frames=n, resolution_scale=0.5, device="cuda", video_codec=codec,

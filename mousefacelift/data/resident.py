@@ -45,8 +45,10 @@ class ResidentSplit:
 
     @classmethod
     def load(cls, root: str | os.PathLike, split_file: str | os.PathLike, size: int, views: list[int] | None = None,
-             device: str | torch.device = "cpu", workers: int = 8) -> "ResidentSplit":
-        """Decode every sample of ``split_file`` (paths relative to ``root``), resized to ``size`` px."""
+             device: str | torch.device = "cpu", workers: int = 8, prepare=resize_views) -> "ResidentSplit":
+        """Decode every sample of ``split_file`` (paths relative to ``root``), each made ``size`` px by
+        ``prepare(images [V, 4, H, W], K [V, 3, 3] float64, size) -> (images, K)`` (default: resized
+        with its intrinsics; GS-LRM composites on white first: :func:`mousefacelift.gslrm.data.prepare_rgba`)."""
         root = Path(root)
         names = read_split(split_file)
         if not names:
@@ -55,7 +57,7 @@ class ResidentSplit:
         def one(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             s = read_sample(root / name, views)
             # cameras as the per-step path saw them: stored float32, camera math in float64
-            images, K = resize_views(s.images, s.K.float().double(), size)
+            images, K = prepare(s.images, s.K.float().double(), size)
             return images, s.w2c.float().double(), K
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .. import cameras
 from ..configs import bounded, check_ranges
 from ..data.samples import read_sample, read_split, resize_views
 from ..training import keyed_generator
@@ -95,14 +96,34 @@ def prepare_images(images: torch.Tensor, K: torch.Tensor, size: int) -> tuple[to
     return rgba[:, :3], rgba[:, 3:4], K
 
 
-def augment_colors(rgb: torch.Tensor, alpha: torch.Tensor, cfg: DataConfig, gen: torch.Generator) -> torch.Tensor:
-    """Same brightness/contrast for every view: the foreground colour f becomes
-    clamp((f - 0.5) * c + 0.5 + b), the white background stays white. rgb [V, 3, H, W] on white."""
+def prepare_rgba(images: torch.Tensor, K: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`prepare_images` as one RGBA tensor [V, 4, S, S] (rgb on white ; alpha) and K: what
+    :class:`~mousefacelift.data.resident.ResidentSplit` keeps for GS-LRM."""
+    rgb, alpha, K = prepare_images(images, K, size)
+    return torch.cat([rgb, alpha], 1), K
+
+
+def color_jitter(cfg: DataConfig, gen: torch.Generator) -> tuple[float, float]:
+    """One sample's contrast gain c in [1 - contrast, 1 + contrast] and brightness offset b in
+    [-brightness, brightness], drawn from ``gen`` (c first)."""
     c = 1 + cfg.contrast * (2 * torch.rand((), generator=gen).item() - 1)
     b = cfg.brightness * (2 * torch.rand((), generator=gen).item() - 1)
+    return c, b
+
+
+def apply_color_jitter(rgb: torch.Tensor, alpha: torch.Tensor, c, b) -> torch.Tensor:
+    """The foreground colour f becomes clamp((f - 0.5) * c + 0.5 + b); the white background stays
+    white. rgb [..., 3, H, W] on white, alpha [..., 1, H, W]; c, b floats or tensors broadcasting
+    against rgb (one per sample: the same for all its views)."""
     fg = ((rgb - (1 - alpha)) / alpha.clamp(min=1e-6)).clamp(0, 1)  # un-composite
     fg = ((fg - 0.5) * c + 0.5 + b).clamp(0, 1)
     return fg * alpha + (1 - alpha)
+
+
+def augment_colors(rgb: torch.Tensor, alpha: torch.Tensor, cfg: DataConfig, gen: torch.Generator) -> torch.Tensor:
+    """Same brightness/contrast for every view (:func:`color_jitter`, :func:`apply_color_jitter`).
+    rgb [V, 3, H, W] on white."""
+    return apply_color_jitter(rgb, alpha, *color_jitter(cfg, gen))
 
 
 class GSLRMDataset(torch.utils.data.Dataset):
@@ -143,6 +164,37 @@ class GSLRMDataset(torch.utils.data.Dataset):
                 "target_c2w": c2w[tt], "target_K": K[tt],
                 "target_is_input": torch.tensor([t in inputs for t in targets]),
                 "input_views": ti, "target_views": tt, "index": i}
+
+
+def resident_batch(split, cfg: DataConfig, seed: int, step: int, indices: list[int]) -> dict:
+    """The batch that :class:`GSLRMDataset` + :func:`collate` make for ``(indices, step)``, built on
+    the device from a :class:`~mousefacelift.data.resident.ResidentSplit` loaded with
+    :func:`prepare_rgba` at the model's size: the same keyed draws (views, then colour jitter, per
+    sample), applied to the whole batch at once. Tensors on ``split.device``; cameras float32."""
+    V = split.images.shape[1]
+    n_in = step_input_views(cfg, seed, step)
+    plans, jitter = [], []
+    for i in indices:
+        gen = keyed_generator(seed, step, i)
+        plans.append(choose_views(V, cfg, gen, n_in))
+        jitter.append(color_jitter(cfg, gen) if cfg.augment else (1.0, 0.0))
+    dev = split.device
+    idx = torch.tensor(indices, device=dev)
+    ti = torch.tensor([p[0] for p in plans], device=dev)                    # [B, Vi]
+    tt = torch.tensor([p[1] for p in plans], device=dev)                    # [B, Vt]
+    rgba = split.images[idx]                                                # [B, V, 4, S, S]
+    rgb, alpha = rgba[:, :, :3], rgba[:, :, 3:]
+    if cfg.augment:
+        cb = torch.tensor(jitter, dtype=rgb.dtype, device=dev).view(-1, 2, 1, 1, 1, 1)
+        rgb = apply_color_jitter(rgb, alpha, cb[:, 0], cb[:, 1])
+    w2c = split.w2c[idx]
+    c2w, w2c, K = cameras.invert_rigid(w2c).float(), w2c.float(), split.K[idx].float()
+    rows = torch.arange(len(indices), device=dev)[:, None]
+    return {"input_images": rgb[rows, ti], "input_c2w": c2w[rows, ti], "input_K": K[rows, ti],
+            "target_images": rgb[rows, tt], "target_alpha": alpha[rows, tt], "target_w2c": w2c[rows, tt],
+            "target_c2w": c2w[rows, tt], "target_K": K[rows, tt],
+            "target_is_input": (tt[:, :, None] == ti[:, None, :]).any(-1),
+            "input_views": ti, "target_views": tt, "index": idx}
 
 
 class StepBatchSampler(torch.utils.data.Sampler):

@@ -18,6 +18,7 @@ readable one, loaded with weights_only (:mod:`mousefacelift.training`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -40,7 +41,8 @@ from ..tracking import Tracker
 from ..training import (RunConfig, clear_checkpoints, latest_checkpoint, load_latest_checkpoint, resolve_device,
                         rng_state, save_checkpoint, set_rng_state, time_is_up)
 from ..data.samples import read_split
-from .data import DataConfig, GSLRMDataset, StepBatchSampler, collate
+from ..data.resident import ResidentSplit
+from .data import DataConfig, GSLRMDataset, StepBatchSampler, collate, prepare_rgba, resident_batch
 from .losses import GSLRMLoss, LossConfig
 from .model import GSLRM, GSLRMConfig, load_model_state, read_checkpoint
 
@@ -71,7 +73,10 @@ class TrainConfig(RunConfig):
     val_every: int = bounded(1000, min=0)  # 0 = validate only at the end (when val_split is set)
     val_max_samples: int = bounded(8, min=0)  # 0 = the whole validation split
     precision: str = "bf16"                # bf16 autocast of the transformer on CUDA (always fp32 on CPU) | fp32
-    num_workers: int = bounded(0, min=0)   # DataLoader workers per process
+    num_workers: int = bounded(0, min=0)   # DataLoader workers per process (threads decoding the split when resident)
+    resident_data: bool = False            # decode the training split once at the model's size and build batches on
+    #                                        the training device (same keyed draws as the DataLoader path; memory
+    #                                        N x V x 4 x S^2 x 4 bytes: 1300 samples at 256 px = 8 GB)
     overfit_samples: int = bounded(0, min=0)  # > 0: train on the first N samples only, no augmentation
     progress_bar: bool = True              # tqdm on rank 0
 
@@ -204,6 +209,13 @@ class Trainer:
         data_cfg = dataclasses.replace(cfg.data, augment=cfg.data.augment and not cfg.overfit_samples)
         self.dataset = GSLRMDataset(Path(cfg.data_root), Path(cfg.data_root) / cfg.train_split,
                                     cfg.model.image_size, data_cfg, seed=cfg.seed, limit=cfg.overfit_samples)
+        self.resident = None
+        if cfg.resident_data:
+            split = ResidentSplit.load(cfg.data_root, Path(cfg.data_root) / cfg.train_split, cfg.model.image_size,
+                                       device=self.device, workers=cfg.num_workers or 8, prepare=prepare_rgba)
+            n = len(self.dataset)  # overfit_samples: the first n
+            self.resident = dataclasses.replace(split, images=split.images[:n], w2c=split.w2c[:n], K=split.K[:n],
+                                                names=split.names[:n])
         self.tracker = Tracker.create(cfg.tracking, self.out, name="gslrm", params=asdict(cfg), rank=self.dist.rank)
         self.tracker.truncate_after(self.step)
         self.use_bf16 = cfg.autocast_bf16(self.device)
@@ -293,12 +305,15 @@ class Trainer:
         end = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step else cfg.steps
         sampler = StepBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, start_step=self.step,
                                    rank=self.dist.rank, world_size=self.dist.world_size)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
-                                             num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+        if self.resident is not None:  # batches built on the device, step by step
+            it = (resident_batch(self.resident, self.dataset.cfg, cfg.seed, step, sampler.indices(step))
+                  for step in itertools.count(self.step))
+        else:
+            it = iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
+                                                  num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda"))
         from tqdm.auto import tqdm
         bar = tqdm(total=end, initial=self.step, disable=not (self.is_main and cfg.progress_bar), desc="gslrm")
         losses, step_seconds, t0, start_step, timed_out = [], [], time.time(), self.step, False
-        it = iter(loader)
         while self.step < end:
             t_step = time.perf_counter()
             scalars = self.train_step(next(it))  # its .item() calls wait for the GPU
