@@ -158,7 +158,7 @@ def baseline_rows(data_root: str | os.PathLike, names: list[str], n_inputs: list
     """Question 1's plans (:func:`evaluation.view_plans`, same seed: same inputs and targets as the
     GS-LRM) answered by the baselines ``methods``; rows as :func:`evaluation.reconstruction_rows`'s
     with the method as "model". Samples: the first ``eval_cfg.max_samples`` (0 = all); images at
-    ``image_size`` (the GS-LRM's)."""
+    ``image_size`` (the scored size: the GS-LRM's, or notebook 07's score_size)."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {METHODS}")
@@ -197,18 +197,21 @@ def baseline_rows(data_root: str | os.PathLike, names: list[str], n_inputs: list
 def one_view_rows(model, data_root: str | os.PathLike, names: list[str], reference_view: int,
                   eval_cfg: evaluation.EvalConfig, lpips=None) -> evaluation.EvalResult:
     """End to end's baseline: the GS-LRM on the reference view alone, rendered into every other view
-    (the end-to-end path's targets); rows with question "end_to_end", model "gslrm_one_view"."""
+    (the end-to-end path's targets); rows with question "end_to_end", model "gslrm_one_view". Input at
+    the GS-LRM's size, targets at ``eval_cfg.score_size`` (0: the same)."""
     S = model.cfg.image_size
+    R = eval_cfg.score_size or S
     res = evaluation.EvalResult()
     todo = names[:eval_cfg.max_samples] if eval_cfg.max_samples > 0 else list(names)
     for name in todo:
-        s = evaluation.load_eval_sample(Path(data_root) / name, S)
+        s_in = evaluation.load_eval_sample(Path(data_root) / name, S)
+        s = s_in if R == S else evaluation.load_eval_sample(Path(data_root) / name, R)
         targets = [v for v in range(s["rgb"].shape[0]) if v != reference_view]
         evaluation.check_plan([reference_view], targets)
         uu, tt = torch.tensor([reference_view]), torch.tensor(targets)
         _, rgb, alpha = evaluation.reconstruct_and_render(
-            model, s["rgb"][uu][None], s["c2w"][uu][None], s["K"][uu][None], s["w2c"][tt][None], s["K"][tt][None],
-            eval_cfg.backend, eval_cfg.bf16)
+            model, s_in["rgb"][uu][None], s_in["c2w"][uu][None], s_in["K"][uu][None], s["w2c"][tt][None],
+            s["K"][tt][None], eval_cfg.backend, eval_cfg.bf16, R)
         m = evaluation.score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips,
                              evaluation.st_lpips_model(eval_cfg, rgb.device))
         for k, t in enumerate(targets):

@@ -226,6 +226,7 @@ def end_to_end_rows(pipe, model, data_root: str | os.PathLike, names: list[str],
     from .mvdiffusion.pipeline import resize_views
 
     S, Sm = model.cfg.image_size, pipe.image_size
+    R = cfg.score_size or S
     ref = pipe.model.config.reference_view
     res = EvalResult()
     todo = _names(names, cfg)
@@ -240,30 +241,36 @@ def end_to_end_rows(pipe, model, data_root: str | os.PathLike, names: list[str],
         gens = pipe(imgs[:, ref], w2c[:, ref], w2c, Km, sampler,          # object i's noise: seed + i
                     generator=[torch.Generator().manual_seed(cfg.seed + start + j) for j in range(len(chunk))]).cpu()
         for j, name in enumerate(chunk):
-            _end_to_end_object(res, start + j, load_eval_sample(Path(data_root) / name, S), gens[j], imgs[j], Km[j],
-                               model, ref, cfg, lpips, gslrm_views, keep_reference, label)
+            s = load_eval_sample(Path(data_root) / name, R)                # targets, at the scored size
+            K_in = s["K"] if R == S else load_eval_sample(Path(data_root) / name, S)["K"]  # GS-LRM's inputs
+            _end_to_end_object(res, start + j, s, K_in, gens[j], imgs[j], Km[j], model, ref, cfg, lpips, gslrm_views,
+                               keep_reference, label)
     return res
 
 
-def _end_to_end_object(res: EvalResult, i: int, s: dict, gen: torch.Tensor, imgs: torch.Tensor, Km: torch.Tensor,
-                       model, ref: int, cfg: EvalConfig, lpips, gslrm_views: list[int] | None, keep_reference: bool,
-                       label: str) -> None:
+def _end_to_end_object(res: EvalResult, i: int, s: dict, K_in: torch.Tensor, gen: torch.Tensor, imgs: torch.Tensor,
+                       Km: torch.Tensor, model, ref: int, cfg: EvalConfig, lpips, gslrm_views: list[int] | None,
+                       keep_reference: bool, label: str) -> None:
     """Question 2 for object ``i`` of the split: its generated views gen [V, 4, Sm, Sm] (real views
-    imgs [V, 4, Sm, Sm] with intrinsics Km [V, 3, 3] at the generator's size) -> GS-LRM -> rows."""
+    imgs [V, 4, Sm, Sm] with intrinsics Km [V, 3, 3] at the generator's size) -> GS-LRM (inputs at
+    its size S, intrinsics K_in [V, 3, 3]) -> rows scored against sample ``s`` (loaded at the scored
+    size R: ``cfg.score_size`` or S)."""
     from .mvdiffusion.pipeline import composite
 
-    S, V = model.cfg.image_size, len(s["view_ids"])
+    S, R, V = model.cfg.image_size, s["rgb"].shape[-1], len(s["view_ids"])
     if keep_reference:
         gen[ref] = composite(imgs[ref], (1.0, 1.0, 1.0))
     # generated RGB is already over white: resize it as opaque, and its alpha separately
-    g_rgb = prepare_images(torch.cat([gen[:, :3], torch.ones_like(gen[:, 3:])], 1), Km, S)[0]
-    g_alpha = prepare_images(gen, Km, S)[1]                          # [V, 1, S, S]
+    opaque = torch.cat([gen[:, :3], torch.ones_like(gen[:, 3:])], 1)
+    g_in = prepare_images(opaque, Km, S)[0]                          # [V, 3, S, S]: GS-LRM's inputs
+    g_rgb = g_in if R == S else prepare_images(opaque, Km, R)[0]     # [V, 3, R, R]: scored
+    g_alpha = prepare_images(gen, Km, R)[1]                          # [V, 1, R, R]
     used = list(range(V)) if not gslrm_views else list(gslrm_views)
     targets = [v for v in range(V) if v != ref]
     check_plan([ref], targets)  # the reference is the only real input
     uu, tt = torch.tensor(used), torch.tensor(targets)
-    out, rgb, alpha = reconstruct_and_render(model, g_rgb[uu][None], s["c2w"][uu][None], s["K"][uu][None],
-                                             s["w2c"][tt][None], s["K"][tt][None], cfg.backend, cfg.bf16)
+    out, rgb, alpha = reconstruct_and_render(model, g_in[uu][None], s["c2w"][uu][None], K_in[uu][None],
+                                             s["w2c"][tt][None], s["K"][tt][None], cfg.backend, cfg.bf16, R)
     st = st_lpips_model(cfg, rgb.device)
     m = score(rgb[0], alpha[0], s["rgb"][tt], s["alpha"][tt], lpips, st)   # each [Vt]
     st_cpu = st_lpips_model(cfg)  # the generated views and the sample's own views live on the CPU

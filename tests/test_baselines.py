@@ -86,3 +86,6 @@ def test_one_view_rows_score_the_end_to_end_targets(data):  # noqa: F811
     rows = baselines.one_view_rows(tiny_gslrm(), root, names, 0, EvalConfig()).rows
     assert len(rows) == len(names) * 5 and {r["model"] for r in rows} == {"gslrm_one_view"}
     assert all(r["inputs"] == "10" and r["target_view"] != 10 and r["question"] == "end_to_end" for r in rows)
+    big = baselines.one_view_rows(tiny_gslrm(), root, names, 0, EvalConfig(score_size=2 * SIZE)).rows  # other pixels
+    assert [(r["sample"], r["target_view"]) for r in big] == [(r["sample"], r["target_view"]) for r in rows]
+    assert all(math.isfinite(r["psnr_fg"]) for r in big) and big[0]["psnr_fg"] != rows[0]["psnr_fg"]

@@ -195,6 +195,17 @@ def test_end_to_end_scores_every_view_but_the_reference(data, monkeypatch):
     ex = res.examples[0]
     assert ex["generated"].shape == (6, 3, SIZE, SIZE) and ex["views"] == [10, 11, 13, 14, 15]
     assert len(ex["gaussians"]) > 0
+    # score_size: the same rows, every one scored at R px (GS-LRM still fed at its own size)
+    R = 2 * SIZE
+    big = end_to_end_rows(pipe, tiny_gslrm(), root, names, SamplerConfig(steps=2), EvalConfig(score_size=R))
+    assert [(r["question"], r["model"], key(r)) for r in big.rows] == [(r["question"], r["model"], key(r)) for r in res.rows]
+    s = load_eval_sample(root / names[0], R)
+    expected = score(torch.stack([s["rgb"][2]] * 5), torch.stack([s["alpha"][2]] * 5), s["rgb"][[0, 1, 3, 4, 5]],
+                     s["alpha"][[0, 1, 3, 4, 5]])
+    copy = [r for r in big.rows if r["model"] == COPY_REFERENCE]
+    assert [r["psnr_fg"] for r in copy[:5]] == pytest.approx(expected["psnr_fg"].tolist())
+    assert big.examples[0]["generated"].shape == (6, 3, R, R) and big.examples[0]["pred"].shape[-1] == R
+    assert spy.calls[-1]["inputs"].shape[:2] == (1, 6)
 
 
 def test_chamfer_maps_gaussians_back_to_mm():

@@ -413,9 +413,8 @@ def read_frames(rec: Recording, frame_indices: Sequence[int], cameras: Sequence[
                 allow_keyframe_jumps: bool = True) -> Iterator[Frame]:
     """Yield the requested frames (sorted, unique) as :class:`Frame` objects.
 
-    Each video is read sequentially on its own thread (colour and mask videos apart; cv2 releases
-    the GIL while decoding), ``chunk_size`` frames at a time, so memory holds at most ``chunk_size``
-    multi-view frames. ``workers`` caps the threads (None: one per video).
+    Each video is read sequentially, one thread per camera (cv2 releases the GIL while decoding),
+    ``chunk_size`` frames at a time, so memory holds at most ``chunk_size`` multi-view frames.
     With ``allow_keyframe_jumps`` a reader facing a long gap jumps forward to the last keyframe
     before the next wanted frame instead of decoding the whole gap (never backwards, never per frame)."""
     from tqdm.auto import tqdm
@@ -428,23 +427,25 @@ def read_frames(rec: Recording, frame_indices: Sequence[int], cameras: Sequence[
     def reader(path: Path, gray: bool) -> _SequentialReader:
         return _SequentialReader(path, gray, keyframe_indices(path) if jumps else None)
 
-    rgb_readers = [reader(rec.video_path(c), False) for c in cams]
-    mask_readers = [reader(rec.mask_path(c), True) for c in cams]
-    everyone = rgb_readers + mask_readers
+    readers = [(reader(rec.video_path(c), False), reader(rec.mask_path(c), True)) for c in cams]
+
+    def work(i: int, chunk: list[int]):
+        return readers[i][0].read(chunk), readers[i][1].read(chunk)
+
     try:
-        with ThreadPoolExecutor(max_workers=workers or len(everyone)) as pool, \
+        with ThreadPoolExecutor(max_workers=workers or len(cams)) as pool, \
                 tqdm(total=len(frames), desc="decoding", unit="frame", disable=not progress) as bar:
             for s in range(0, len(frames), chunk_size):
                 chunk = frames[s:s + chunk_size]
-                results = list(pool.map(lambda r: r.read(chunk), everyone))
-                rgb, mask = results[:len(cams)], results[len(cams):]
+                results = list(pool.map(lambda i: work(i, chunk), range(len(cams))))
                 for j, f in enumerate(chunk):
-                    yield Frame(index=f, cameras=cams, rgb=np.stack([r[j] for r in rgb]),
-                                mask=np.stack([m[j] for m in mask]))
+                    yield Frame(index=f, cameras=cams, rgb=np.stack([r[0][j] for r in results]),
+                                mask=np.stack([r[1][j] for r in results]))
                     bar.update(1)
     finally:
-        for r in everyone:
-            r.close()
+        for rgb_reader, mask_reader in readers:
+            rgb_reader.close()
+            mask_reader.close()
 
 
 def read_frames_seek(rec: Recording, frame_indices: Sequence[int], cameras: Sequence[int] | None = None
