@@ -55,6 +55,7 @@ class InferConfig:
     elevation_deg: float = 0.0              # turntable camera elevation
     fps: int = bounded(30, min=1)           # video frame rate
     backend: str = "auto"                   # rasterizer backend
+    bf16: bool = True                       # bf16 autocast of the GS-LRM transformer on CUDA (the CPU runs fp32)
 
     def __post_init__(self):
         check_ranges(self)
@@ -158,6 +159,15 @@ def _write_png(path: Path, img: np.ndarray) -> Path:
     return path
 
 
+def _gaussians(model, rgb: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, cfg: InferConfig):
+    """GS-LRM on one object's views rgb [V, 3, S, S] on white, c2w [V, 4, 4], K [V, 3, 3] ->
+    :class:`Gaussians` (on the model's device) without those fainter than ``cfg.min_opacity``."""
+    dev = next(model.parameters()).device
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda"):
+        out = model(rgb[None].to(dev), c2w[None].float().to(dev), K[None].float().to(dev))
+    return gaussians_from_output(out, 0, cfg.min_opacity)
+
+
 @torch.no_grad()
 def infer_image(image: str | os.PathLike, mvdiffusion: str | os.PathLike, gslrm: str | os.PathLike,
                 out_dir: str | os.PathLike, camera: str = "", config: InferConfig | None = None) -> dict:
@@ -191,8 +201,7 @@ def infer_image(image: str | os.PathLike, mvdiffusion: str | os.PathLike, gslrm:
     # 3. Gaussians, PLY, turntable (the generated RGB is already over white: resized as opaque)
     S = model.cfg.image_size
     rgb, _, Kg = prepare_images(torch.cat([views[:, :3], torch.ones_like(views[:, 3:])], 1), Km, S)
-    g = model(rgb[None].to(dev), cameras.invert_rigid(w2c)[None].float().to(dev), Kg[None].float().to(dev))
-    gs = gaussians_from_output(g, 0, cfg.min_opacity)
+    gs = _gaussians(model, rgb, cameras.invert_rigid(w2c), Kg, cfg)
     ply = gs.write_ply(out / "gaussians.ply")
     frames = render_turntable(gs, cfg.turntable_frames, radius=cameras.FACELIFT_DISTANCE,
                               elevation_deg=cfg.elevation_deg, image_size=cfg.render_size or S, backend=cfg.backend)
@@ -237,9 +246,7 @@ def infer_recording(recording: str | os.PathLike, frames: range, gslrm: str | os
         pf = process_frame(frame, rec, ext)
         images = torch.from_numpy(pf.images).permute(0, 3, 1, 2).float() / 255.0
         rgb, _, K = prepare_images(images, pf.K, S)
-        c2w = cameras.invert_rigid(pf.w2c)
-        g = gaussians_from_output(model(rgb[None].to(dev), c2w[None].float().to(dev), K[None].float().to(dev)),
-                                  0, cfg.min_opacity)
+        g = _gaussians(model, rgb, cameras.invert_rigid(pf.w2c), K, cfg)
         path = to_world_mm(g, pf.provenance["normalization"]).write_ply(out / f"frame_{frame.index:06d}.ply")
         plys.append(path)
         info[frame.index] = {"ply": path.name, "normalization": pf.provenance["normalization"],

@@ -55,3 +55,15 @@ def test_mvdiffusion_bench_reports_per_object_time_when_batching(monkeypatch):
     assert len(per_object) == 2 and all(rows[c]["unit"] == "s" and rows[c]["value"] > 0 for c in per_object)
     ratio = next(r for c, r in rows.items() if "throughput at 4 vs 1" in c)
     assert ratio["unit"] == "x" and ratio["value"] > 0
+
+
+@pytest.mark.slow
+def test_4d_bench_reconstructs_a_frame_range_end_to_end():
+    """bench_gslrm_4d runs `mfl infer --recording`'s path on a fresh procedural recording and reports
+    reconstructed frames per second with the PLY count (tiny model on the CPU)."""
+    rows = bench.bench_gslrm_4d(torch.device("cpu"), n_frames=3)
+    fps, ms = rows
+    assert fps["unit"] == "frames/s" and fps["value"] > 0 and "PLYs written" in fps["note"]
+    assert ms["unit"] == "ms" and ms["value"] > 0
+    written = int(fps["note"].split()[0])
+    assert 1 <= written <= 3 and fps["value"] == pytest.approx(written / (3 * ms["value"] / 1e3), rel=0.01)

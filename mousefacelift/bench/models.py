@@ -272,6 +272,44 @@ def bench_gslrm(device: torch.device) -> list[dict]:
     return rows
 
 
+def bench_gslrm_4d(device: torch.device, n_frames: int | None = None) -> list[dict]:
+    """The 4D path, ``mfl infer --recording R --frames A:B``: frames per second of reconstructing a
+    frame range of a procedural recording (576x512, 6 cameras) from all its real views, end to end:
+    decoding the videos, extracting each frame (rectified views at the GS-LRM's size), GS-LRM
+    (bf16 on CUDA), writing one PLY per frame and the sequence video; loading the model once is
+    included. CUDA: FaceLift's 24 x 1024 at 512 px (random weights: the speed is that of any weights),
+    48 frames; CPU: the tiny model at 32 px, 4 frames (the mechanics, not a speed figure)."""
+    import dataclasses
+
+    from ..data import procedural
+    from ..gslrm.model import GSLRM, GSLRMConfig
+    from ..infer import InferConfig, infer_recording
+    from .data import video_codec
+
+    cuda = device.type == "cuda"
+    n = n_frames or (48 if cuda else 4)
+    model_cfg = GSLRMConfig.full(image_size=512) if cuda else GSLRMConfig.tiny(image_size=32)
+    what = f"{model_cfg.layers} x {model_cfg.width} @{model_cfg.image_size}"
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = procedural.generate_recording(Path(tmp) / "recording", procedural.ProceduralConfig(
+            n_frames=n + 2, resolution_scale=0.5, device=device.type, video_codec=video_codec()))
+        torch.manual_seed(0)
+        ckpt = Path(tmp) / "gslrm.pt"
+        torch.save({"model": GSLRM(model_cfg).state_dict(), "config": dataclasses.asdict(model_cfg)}, ckpt)
+        cfg = InferConfig(device=device.type)
+        infer_recording(rec, range(0, 2), ckpt, Path(tmp) / "warm-up", cfg)  # first kernels, rasterizer build
+        t0 = time.perf_counter()
+        out = infer_recording(rec, range(2, 2 + n), ckpt, Path(tmp) / "out", cfg)
+        seconds = time.perf_counter() - t0
+    done = len(out["plys"])
+    note = (f"{done} PLYs written, {len(out['skipped'])} frames skipped (mouse cut by the border); decoding, "
+            f"extraction, GS-LRM, PLYs, video and model loading included")
+    return [row("gslrm_4d", f"recording 576x512 -> GS-LRM {what}, {n} frames: reconstructed frames/s",
+                done / seconds, "frames/s", note),
+            row("gslrm_4d", f"recording 576x512 -> GS-LRM {what}, {n} frames: time per frame",
+                seconds / max(1, n) * 1e3, "ms", "all frames of the range, skipped ones included")]
+
+
 def bench_gslrm_scaling(device: torch.device, process_counts: tuple[int, ...] | None = None,
                         steps: int = 12) -> list[dict]:
     """GS-LRM data-parallel scaling: the same training step (batch per process fixed: weak scaling)
