@@ -149,10 +149,12 @@ def frame_skip_reason(mask: np.ndarray, min_pixels: int, border_margin: int, bor
 def mask_centroids(mask: np.ndarray) -> torch.Tensor:
     """Centroid of each view's mask, uv [V, 2] float64 in the project convention (pixel (i, j) has
     its centre at (j + 0.5, i + 0.5)). mask [V, H, W] bool, every view non-empty."""
+    import cv2
+
     out = []
-    for m in mask:
-        ii, jj = np.nonzero(m)
-        out.append((jj.mean() + 0.5, ii.mean() + 0.5))
+    for m in mask:  # image moments: sums in float64, computed by OpenCV without holding the GIL
+        mo = cv2.moments(m.view(np.uint8), binaryImage=True)
+        out.append((mo["m10"] / mo["m00"] + 0.5, mo["m01"] / mo["m00"] + 0.5))
     return torch.tensor(out, dtype=torch.float64)
 
 

@@ -54,18 +54,19 @@ def rectify_view(rgb: np.ndarray, mask: np.ndarray, K: torch.Tensor, w2c: torch.
     R_new = cameras.look_at_rotation(C, center.to(C.dtype))
     w2c_new = cameras.w2c_from_RT(R_new, -(R_new @ C))
     H = cameras.rotation_homography(K, w2c[:3, :3], K_new, R_new)
-    alpha = mask.astype(np.uint8) * 255
+    # one RGBA image, blurred and warped in one call each (channels are independent: the same result
+    # as colour and alpha apart, with no numpy copies holding the GIL on extraction's threads)
+    rgba = cv2.merge([rgb, mask.view(np.uint8) * np.uint8(255)])
     if antialias:
         # local area scale at the source point that lands on the output centre: |J| = det(H) / w^3
         src = torch.linalg.solve(H, torch.tensor([image_size / 2, image_size / 2, 1.0], dtype=H.dtype))
         w = (H @ (src / src[2]))[2]
         scale = abs(float(torch.linalg.det(H) / w ** 3)) ** 0.5
-        rgb, alpha = _antialias(rgb, scale), _antialias(alpha, scale)
+        rgba = _antialias(rgba, scale)
     M = cameras.homography_to_opencv(H).numpy()
-    size = (image_size, image_size)
-    out_rgb = cv2.warpPerspective(rgb, M, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    out_a = cv2.warpPerspective(alpha, M, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return View(rgba=np.dstack([out_rgb, out_a]), K=K_new, w2c=w2c_new, H=H)
+    out = cv2.warpPerspective(rgba, M, (image_size, image_size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+    return View(rgba=out, K=K_new, w2c=w2c_new, H=H)
 
 
 def crop_view(rgb: np.ndarray, mask: np.ndarray, K: torch.Tensor, w2c: torch.Tensor, center: torch.Tensor,
