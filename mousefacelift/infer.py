@@ -35,6 +35,7 @@ from . import cameras
 from .configs import bounded, check_ranges
 from .evaluation import gaussians_from_output, to_world_mm
 from .gaussians import render_turntable, turntable_cameras
+from .gslrm.attention import ATTENTION_MODES
 from .gslrm.data import prepare_images
 from .viz import to_uint8, write_video
 
@@ -56,9 +57,12 @@ class InferConfig:
     fps: int = bounded(30, min=1)           # video frame rate
     backend: str = "auto"                   # rasterizer backend
     bf16: bool = True                       # bf16 autocast of the GS-LRM transformer on CUDA (the CPU runs fp32)
+    attention: str = "sdpa"                 # GS-LRM attention kernel: sdpa | fp8 | auto (gslrm.attention)
 
     def __post_init__(self):
         check_ranges(self)
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"InferConfig.attention {self.attention!r} is not one of {ATTENTION_MODES}")
 
 
 def parse_frames(spec: str) -> range:
@@ -185,7 +189,7 @@ def infer_image(image: str | os.PathLike, mvdiffusion: str | os.PathLike, gslrm:
     out.mkdir(parents=True, exist_ok=True)
     pipe = MVDiffusionPipeline.from_pretrained(mvdiffusion).to(dev)
     pipe.model.eval()
-    model = from_pretrained(gslrm).to(dev)
+    model = from_pretrained(gslrm).to(dev).set_attention(cfg.attention)
     w2c, K, order = arrange(w2c, K, ref, pipe.model.config.reference_view)
     rv, Sm = pipe.model.config.reference_view, pipe.image_size
     ref_img, _ = resize_views(rgba[None], K[rv:rv + 1], Sm)                    # [1, 4, Sm, Sm]
@@ -229,7 +233,7 @@ def infer_recording(recording: str | os.PathLike, frames: range, gslrm: str | os
     if not wanted:
         raise ValueError(f"--frames {frames.start}:{frames.stop}: {recording} has frames 0..{rec.n_frames - 1}")
     out.mkdir(parents=True, exist_ok=True)
-    model = from_pretrained(gslrm).to(dev)
+    model = from_pretrained(gslrm).to(dev).set_attention(cfg.attention)
     S = model.cfg.image_size
     ext = ExtractConfig(view_policy="rectify", image_size=S, progress=False)
     size = cfg.render_size or S

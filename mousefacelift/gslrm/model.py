@@ -37,6 +37,7 @@ from .. import cameras
 from ..configs import bounded, check_ranges, from_dict
 from ..gaussians import SH_C0, Gaussians, rasterize  # SH_C0: colour = 0.5 + SH_C0 * sh0
 from ..training import CKPT_GLOB, checkpoint_name, latest_checkpoint, load_checkpoint
+from .attention import ATTENTION_MODES, attention
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class GSLRMConfig:
     qk_norm: bool = False             # True: parameter-free RMS norm of queries and keys per head (no new
     #                                   state-dict keys). Bounds attention logits so a from-scratch run takes a
     #                                   higher learning rate; False reproduces FaceLift's attention
+    attention: str = "sdpa"           # kernel: "sdpa" (PyTorch's), "fp8" (Triton fp8 forward: inference on fp8 GPUs),
+    #                                   "auto" (fp8 where it can run and no gradient is recorded); see gslrm.attention
 
     def __post_init__(self):
         check_ranges(self)
@@ -74,6 +77,8 @@ class GSLRMConfig:
             raise ValueError(f"GSLRMConfig: width {self.width} is not divisible by heads {self.heads}")
         if self.image_size % self.patch:
             raise ValueError(f"GSLRMConfig: image_size {self.image_size} is not a multiple of patch {self.patch}")
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"GSLRMConfig: attention {self.attention!r} is not one of {ATTENTION_MODES}")
 
     @property
     def sh_coeffs(self) -> int:
@@ -175,6 +180,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = cfg.heads
         self.qk_norm = cfg.qk_norm
+        self.mode = cfg.attention  # which kernel (GSLRM.set_attention changes it after loading weights)
         self.to_qkv = nn.Linear(cfg.width, 3 * cfg.width, bias=False)  # rows: q | k | v
         self.fc = nn.Linear(cfg.width, cfg.width, bias=False)
 
@@ -184,7 +190,7 @@ class SelfAttention(nn.Module):
         q, k, v = (t.reshape(B, L, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))
         if self.qk_norm:  # unit-RMS rows: logits q.k / sqrt(dh) stay within +-sqrt(dh)
             q, k = F.rms_norm(q, q.shape[-1:]), F.rms_norm(k, k.shape[-1:])
-        y = F.scaled_dot_product_attention(q, k, v)               # [B, h, L, dh]
+        y = attention(q, k, v, self.mode)                         # [B, h, L, dh]
         return self.fc(y.transpose(1, 2).reshape(B, L, D))
 
 
@@ -316,6 +322,14 @@ class GSLRM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def set_attention(self, mode: str) -> "GSLRM":
+        """Use attention kernel ``mode`` (:data:`~mousefacelift.gslrm.attention.ATTENTION_MODES`) from now
+        on, e.g. "fp8" for inference with weights trained under "sdpa" (no weight changes)."""
+        self.cfg = replace(self.cfg, attention=mode)  # validates the mode
+        for block in self.transformer_layers:
+            block.attn.mode = mode
+        return self
 
 
 # ----------------------------------------------------------------------------------------------
