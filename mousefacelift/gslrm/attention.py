@@ -1,6 +1,6 @@
 """GS-LRM's attention: PyTorch's SDPA (the default), or an FP8 flash-attention forward for inference.
 
-FP8 path (:func:`fp8_attention`, a Triton kernel written for this project; forward only):
+FP8 path (:func:`fp8_attention`; its Triton kernel, written for this project, is :mod:`.fp8_kernel`; forward only):
 
 1. q, k and v are quantised to float8 e4m3 with one scale per (batch, head): ``amax / 448``;
 2. S = q k^T on fp8 tensor cores with fp32 accumulation, scaled back and by ``log2(e) / sqrt(d)``;
@@ -19,6 +19,7 @@ is being recorded; otherwise SDPA.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import os
 
@@ -29,50 +30,20 @@ ATTENTION_MODES = ("sdpa", "fp8", "auto")
 E4M3_MAX = 448.0  # largest finite float8 e4m3 (fn) value
 
 
-@functools.lru_cache(maxsize=None)
 def _kernel():
-    """The Triton kernel, built on first use (Triton is needed only for this path)."""
+    """(triton, the kernel), imported on first use: Triton is needed only for this path."""
     import triton
-    import triton.language as tl
 
-    @triton.jit
-    def fp8_attention_fwd(Q, K, Vt, O, SQ, SK, SV, L, qk_factor,
-                          stride_q, stride_k, stride_v, stride_o,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
-        """One BLOCK_M tile of queries of one (batch, head): Q, K [BH, L, D] fp8 (rows of D contiguous),
-        Vt [BH, D, L] fp8, O [BH, L, D]; SQ, SK, SV [BH] fp32 scales; qk_factor = log2(e) / sqrt(D)."""
-        m_block, bh = tl.program_id(0), tl.program_id(1)
-        offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, D)
-        q = tl.load(Q + bh * stride_q + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < L, other=0.0)
-        s_scale = tl.load(SQ + bh) * tl.load(SK + bh) * qk_factor
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, D], tl.float32)
-        for start in range(0, L, BLOCK_N):
-            n = start + offs_n
-            kt = tl.load(K + bh * stride_k + n[None, :] * D + offs_d[:, None], mask=n[None, :] < L, other=0.0)
-            s = tl.dot(q, kt) * s_scale                                   # [BLOCK_M, BLOCK_N], log2 units
-            s = tl.where(n[None, :] < L, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.math.exp2(s - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(Vt + bh * stride_v + offs_d[None, :] * L + n[:, None], mask=n[:, None] < L, other=0.0)
-            acc = tl.dot(p.to(tl.float8e4nv), v, acc * alpha[:, None])   # [BLOCK_M, D]
-            m_i = m_new
-        out = acc * (tl.load(SV + bh) / l_i)[:, None]
-        tl.store(O + bh * stride_o + offs_m[:, None] * D + offs_d[None, :], out.to(O.dtype.element_ty),
-                 mask=offs_m[:, None] < L)
-
+    from .fp8_kernel import fp8_attention_fwd
     return triton, fp8_attention_fwd
 
 
 def _quantise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [N, L, D] -> (float8 e4m3 [N, L, D], fp32 scale [N]) with x ~ q * scale, one scale per row block."""
-    scale = x.abs().amax(dim=(1, 2)).float().clamp_min(1e-12) / E4M3_MAX
-    return (x.float() / scale[:, None, None]).to(torch.float8_e4m3fn), scale
+    """x [N, L, D] -> (float8 e4m3 [N, L, D], fp32 scale [N]) with x ~ q * scale, one scale per row block.
+    The multiplier is rounded to x's dtype first, so x is read once with no fp32 copy; the largest
+    value then lands within a bf16 rounding of 448 (below 464, where e4m3 would overflow)."""
+    inv = (E4M3_MAX / x.abs().amax(dim=(1, 2)).float().clamp_min(1e-12)).to(x.dtype)
+    return (x * inv[:, None, None]).to(torch.float8_e4m3fn), 1.0 / inv.float()
 
 
 def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_m: int = 128, block_n: int = 64,
@@ -110,9 +81,7 @@ def fp8_unavailable(device: torch.device) -> str | None:
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < (8, 9):
         return f"fp8 attention needs compute capability 8.9+ (fp8 tensor cores), this GPU has {major}.{minor}"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("triton") is None:
         return "fp8 attention needs Triton (pip install triton)"
     return None
 
