@@ -28,6 +28,7 @@ def key_block(acc, l_i, m_i, q, K, Vt, start, L, s_scale, offs_n, offs_d, D: tl.
     acc = tl.dot(p.to(tl.float8e4nv), v, acc * alpha[:, None])       # [BLOCK_M, D]
     return acc, l_i, m_new
 
+
 @triton.jit
 def fp8_attention_fwd(Q, K, Vt, O, SQ, SK, SV, L, qk_factor,
                       stride_q, stride_k, stride_v, stride_o,

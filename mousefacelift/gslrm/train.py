@@ -111,7 +111,8 @@ def setup_distributed(device_knob: str) -> tuple[DistInfo, torch.device]:
     return DistInfo(), resolve_device(device_knob)
 
 
-# model settings that may differ from the weights' own: memory, resolution and the attention kernel, not what the weights compute
+# model settings that may differ from the weights' own: memory, resolution and the attention kernel,
+# not what the weights compute
 INIT_FREE_FIELDS = ("grad_checkpointing", "image_size", "attention")
 
 
