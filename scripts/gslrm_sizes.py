@@ -18,6 +18,7 @@ wide at every resolution (-5.0 at 256 px, as in params/gpu.yaml).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from mousefacelift import evaluation
+from mousefacelift.bench import timed
 from mousefacelift.data.samples import read_split
 from mousefacelift.gslrm.data import DataConfig, collate
 from mousefacelift.gslrm.model import GSLRMConfig
@@ -51,20 +53,13 @@ def recipe(data: Path, out: Path, layers: int, width: int, size: int, steps: int
 
 
 def step_seconds(cfg: TrainConfig, warmup: int = 3, repeats: int = 6) -> float:
-    """Median seconds of one training step on real batches (the trainer's own train_step)."""
+    """Median seconds of one training step on a real batch (the trainer's own train_step)."""
     trainer = Trainer(cfg)
-    batches = [collate([trainer.dataset[(i * cfg.batch_size + j, 0)] for j in range(cfg.batch_size)])
-               for i in range(2)]
-    times = []
-    for i in range(warmup + repeats):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        trainer.train_step(batches[i % 2])
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    batch = collate([trainer.dataset[(j, 0)] for j in range(cfg.batch_size)])
+    ms = timed(functools.partial(trainer.train_step, batch), trainer.device, repeats=repeats, warmup=warmup)
     del trainer
     torch.cuda.empty_cache()
-    return sorted(times[warmup:])[repeats // 2]
+    return ms / 1e3
 
 
 def run_one(data: Path, out: Path, layers: int, width: int, size: int, seconds: float, score_size: int,
