@@ -274,6 +274,10 @@ def bench_gslrm(device: torch.device) -> list[dict]:
             except Exception as e:
                 log.warning("fp8 attention failed: %s", e)
                 rows.append(row("gslrm", "inference 6 views @512: fp8 attention", float("nan"), "ms", f"failed: {e}"))
+            try:
+                rows += attention_rows(cfg, 6, size, device)
+            except Exception as e:
+                log.warning("attention rows failed: %s", e)
     return rows
 
 
@@ -304,6 +308,52 @@ def _fp8_inference_rows(model, infer, sdpa_ms: float, flops: float, w2c, K, size
             row("gslrm", "fp8 attention vs SDPA: PSNR between the renders at the 6 input cameras", psnr, "dB",
                 "same weights (random) and inputs"),
             row("gslrm", "fp8 attention vs SDPA: relative RMS difference of the Gaussian centres", centres, "")]
+
+
+FP8_BLOCKS = ((128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (256, 64, 8, 3))
+
+
+def attention_rows(cfg, n_views: int, size: int, device: torch.device) -> list[dict]:
+    """GS-LRM's attention alone at its inference shape (one sample: heads x L tokens x head dim,
+    bf16 unit-Gaussian q, k, v): milliseconds and TFLOP/s (4 L^2 D per head) of SDPA's default and
+    cuDNN backends and of the fp8 kernel at each (BLOCK_M, BLOCK_N, warps, stages) in FP8_BLOCKS,
+    with each fp8 output's relative RMS difference from SDPA's."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..gslrm.attention import fp8_attention, fp8_unavailable
+
+    H, D = cfg.heads, cfg.width // cfg.heads
+    L = n_views * (size // cfg.patch) ** 2 + cfg.n_global
+    q, k, v = (torch.randn(1, H, L, D, device=device, dtype=torch.bfloat16) for _ in range(3))
+    flops = 4 * L * L * D * H
+    what = f"attention alone, {H} heads x {L} tokens x {D}"
+    rows = []
+
+    def add(case, fn, note=""):
+        ms = timed(fn, device, repeats=10, warmup=2)
+        rows.append(row("gslrm", f"{what}: {case}", ms, "ms", f"{flops / (ms / 1e3) / 1e12:.0f} TFLOP/s" + note))
+
+    with torch.no_grad():
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        add("SDPA default", lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+        try:
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                add("SDPA cuDNN", lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+        except RuntimeError as e:
+            log.warning("cuDNN attention: %s", e)
+        if fp8_unavailable(device):
+            return rows
+        for bm, bn, warps, stages in FP8_BLOCKS:
+            kw = dict(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
+            try:
+                out = fp8_attention(q, k, v, **kw).float()
+                rel = float((out - ref.float()).square().mean().sqrt() / ref.float().square().mean().sqrt())
+                add(f"fp8 BLOCK_M {bm}, BLOCK_N {bn}, {warps} warps, {stages} stages",
+                    lambda: fp8_attention(q, k, v, **kw), f"; relative RMS vs SDPA {rel:.4f}")
+            except Exception as e:  # a configuration that does not fit (shared memory, registers) is a row
+                log.warning("fp8 %s: %s", kw, e)
+                rows.append(row("gslrm", f"{what}: fp8 {kw}", float("nan"), "ms", f"failed: {type(e).__name__}: {e}"))
+    return rows
 
 
 def bench_gslrm_4d(device: torch.device, n_frames: int | None = None) -> list[dict]:
