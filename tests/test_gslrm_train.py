@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mousefacelift import cameras
-from mousefacelift.data.samples import read_sample, sample_name, write_sample, write_split
+from mousefacelift import cameras, evaluation
+from mousefacelift.data.samples import read_sample, read_split, sample_name, write_sample, write_split
 from mousefacelift.gaussians import rasterize
 from mousefacelift.data.resident import ResidentSplit
 from mousefacelift.gslrm.data import (DataConfig, GSLRMDataset, StepBatchSampler, choose_views, collate, prepare_rgba,
@@ -118,15 +118,20 @@ def test_training_with_a_random_number_of_views_resumes_exactly(data_root, tmp_p
 
 @pytest.mark.parametrize("data", [DataConfig(input_views=5, min_input_views=1),
                                   DataConfig(input_views=3, targets_include_inputs=True, augment=False),
-                                  DataConfig(input_views=4, fixed_targets=[1, 4], brightness=0.3, contrast=0.3)])
+                                  DataConfig(input_views=4, fixed_targets=[1, 4], brightness=0.3, contrast=0.3),
+                                  DataConfig(input_views=4, fixed_targets=[1, 4], brightness=0.3, contrast=0.3,
+                                             target_size=32)])
 def test_resident_batches_are_the_loader_batches(data_root, data):
     """resident_batch (the split decoded once, the batch built at once) gives the batch that the
-    per-sample loader + collate give for the same (indices, step): same views, same colour jitter."""
+    per-sample loader + collate give for the same (indices, step): same views, same colour jitter,
+    targets at target_size where it is set."""
     ds = GSLRMDataset(data_root, data_root / "splits/train.txt", 16, data, seed=3)
     split = ResidentSplit.load(data_root, data_root / "splits/train.txt", 16, prepare=prepare_rgba, workers=2)
+    targets = (ResidentSplit.load(data_root, data_root / "splits/train.txt", data.target_size, prepare=prepare_rgba,
+                                  workers=2) if data.target_size else None)
     for step, indices in ((0, [0, 1]), (7, [2, 0, 2]), (12, [1])):
         ref = collate([ds[(i, step)] for i in indices])
-        got = resident_batch(split, data, 3, step, indices)
+        got = resident_batch(split, data, 3, step, indices, targets)
         assert set(got) == set(ref)
         for k in ref:
             assert got[k].shape == ref[k].shape, k
@@ -147,6 +152,32 @@ def test_resident_training_resumes_exactly_and_matches_the_loader(data_root, tmp
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) == 0.0
     loader = train(_cfg(data_root, tmp_path / "loader", **kw))
     assert torch.allclose(torch.tensor(full["losses"]), torch.tensor(loader["losses"]), atol=1e-4, rtol=1e-4)
+
+
+def test_targets_at_a_finer_size_than_the_model(data_root, tmp_path):
+    """target_size: a 16 px model supervised at 32 px. An item's inputs are the 16 px item's, its
+    targets the 32 px item's (views, intrinsics and colour jitter from the same keyed draws);
+    resident and loader runs train alike on them, and validation scores at score_size."""
+    split = data_root / "splits/train.txt"
+    item = GSLRMDataset(data_root, split, 16, DataConfig(input_views=4, target_size=32), seed=3)[(1, 5)]
+    at16 = GSLRMDataset(data_root, split, 16, DataConfig(input_views=4), seed=3)[(1, 5)]
+    at32 = GSLRMDataset(data_root, split, 32, DataConfig(input_views=4), seed=3)[(1, 5)]
+    for k in item:
+        assert torch.equal(torch.as_tensor(item[k]), torch.as_tensor((at32 if k.startswith("target_") else at16)[k])), k
+    assert item["target_images"].shape[-1] == 32 and item["input_images"].shape[-1] == 16
+    kw = dict(data=DataConfig(input_views=4, target_size=32), batch_size=2, steps=2, val_split="splits/train.txt",
+              val_every=2, score_size=32)
+    a = train(_cfg(data_root, tmp_path / "resident", resident_data=True, **kw))
+    b = train(_cfg(data_root, tmp_path / "loader", **kw))
+    assert torch.allclose(torch.tensor(a["losses"]), torch.tensor(b["losses"]), atol=1e-4, rtol=1e-4)
+    model = load_gslrm_checkpoint(a["checkpoint"])
+    names = read_split(split)
+
+    def psnr(size):
+        ev = evaluation.EvalConfig(seed=3, max_samples=0, n_examples=0, score_size=size)
+        return evaluate(model, data_root, names, 4, ev)["psnr_fg"]
+    assert a["val"]["psnr_fg"] == pytest.approx(psnr(32), abs=1e-4)
+    assert abs(a["val"]["psnr_fg"] - psnr(0)) > 1e-3  # not the model's own 16 px
 
 
 def test_dataset_resizes_with_intrinsics_and_augments_all_views_alike(data_root):

@@ -298,8 +298,8 @@ def _fp8_inference_rows(model, infer, sdpa_ms: float, flops: float, w2c, K, size
         out = infer(model)
     finally:
         model.set_attention("sdpa")
-    a = ref.render(w2c.float()[None], K.float()[None], size, size).rgb.float()
-    b = out.render(w2c.float()[None], K.float()[None], size, size).rgb.float()
+    a = ref.render(w2c.float()[None], K, size, size).rgb.float()   # K [1, 6, 3, 3], as the model was given
+    b = out.render(w2c.float()[None], K, size, size).rgb.float()
     psnr = float(-10 * torch.log10((a - b).square().mean().clamp_min(1e-12)))
     centres = float((out.means - ref.means).float().square().mean().sqrt() / ref.means.float().square().mean().sqrt())
     return [row("gslrm", "inference 6 views @512: fp8 attention (Triton)", ms, "ms",

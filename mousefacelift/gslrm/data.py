@@ -35,6 +35,8 @@ class DataConfig:
     augment: bool = True                   # brightness/contrast jitter, same for all views of a sample
     brightness: float = bounded(0.1, min=0)  # additive offset drawn from [-b, b]
     contrast: float = bounded(0.1, min=0, max=1)  # gain drawn from [1 - c, 1 + c] about 0.5
+    target_size: int = bounded(0, min=0)   # side (px) of the supervised target views (0: the model's size); larger:
+    #                                        the Gaussians are rendered and compared at that finer size
 
     def __post_init__(self):
         check_ranges(self)
@@ -120,12 +122,6 @@ def apply_color_jitter(rgb: torch.Tensor, alpha: torch.Tensor, c, b) -> torch.Te
     return fg * alpha + (1 - alpha)
 
 
-def augment_colors(rgb: torch.Tensor, alpha: torch.Tensor, cfg: DataConfig, gen: torch.Generator) -> torch.Tensor:
-    """Same brightness/contrast for every view (:func:`color_jitter`, :func:`apply_color_jitter`).
-    rgb [V, 3, H, W] on white."""
-    return apply_color_jitter(rgb, alpha, *color_jitter(cfg, gen))
-
-
 class GSLRMDataset(torch.utils.data.Dataset):
     """Samples of a split file as GS-LRM items. Indexed by ``(sample index, step)`` pairs (see
     :class:`StepBatchSampler`); an int index means step 0.
@@ -155,22 +151,26 @@ class GSLRMDataset(torch.utils.data.Dataset):
         gen = keyed_generator(self.seed, step, i)
         inputs, targets = choose_views(s.images.shape[0], self.cfg, gen, step_input_views(self.cfg, self.seed, step))
         rgb, alpha, K = prepare_images(s.images, s.K, self.image_size)
+        T = self.cfg.target_size or self.image_size
+        t_rgb, t_alpha, t_K = (rgb, alpha, K) if T == self.image_size else prepare_images(s.images, s.K, T)
         if self.cfg.augment:
-            rgb = augment_colors(rgb, alpha, self.cfg, gen)
-        w2c, c2w, K = s.w2c.float(), s.c2w.float(), K.float()
+            c, b = color_jitter(self.cfg, gen)
+            rgb, t_rgb = apply_color_jitter(rgb, alpha, c, b), apply_color_jitter(t_rgb, t_alpha, c, b)
+        w2c, c2w, K, t_K = s.w2c.float(), s.c2w.float(), K.float(), t_K.float()
         ti, tt = torch.tensor(inputs), torch.tensor(targets)
         return {"input_images": rgb[ti], "input_c2w": c2w[ti], "input_K": K[ti],
-                "target_images": rgb[tt], "target_alpha": alpha[tt], "target_w2c": w2c[tt],
-                "target_c2w": c2w[tt], "target_K": K[tt],
+                "target_images": t_rgb[tt], "target_alpha": t_alpha[tt], "target_w2c": w2c[tt],
+                "target_c2w": c2w[tt], "target_K": t_K[tt],
                 "target_is_input": torch.tensor([t in inputs for t in targets]),
                 "input_views": ti, "target_views": tt, "index": i}
 
 
-def resident_batch(split, cfg: DataConfig, seed: int, step: int, indices: list[int]) -> dict:
+def resident_batch(split, cfg: DataConfig, seed: int, step: int, indices: list[int], targets=None) -> dict:
     """The batch that :class:`GSLRMDataset` + :func:`collate` make for ``(indices, step)``, built on
     the device from a :class:`~mousefacelift.data.resident.ResidentSplit` loaded with
-    :func:`prepare_rgba` at the model's size: the same keyed draws (views, then colour jitter, per
-    sample), applied to the whole batch at once. Tensors on ``split.device``; cameras float32."""
+    :func:`prepare_rgba` at the model's size (``targets``: the same split at ``cfg.target_size``, where
+    that differs): the same keyed draws (views, then colour jitter, per sample), applied to the whole
+    batch at once. Tensors on ``split.device``; cameras float32."""
     V = split.images.shape[1]
     n_in = step_input_views(cfg, seed, step)
     plans, jitter = [], []
@@ -182,17 +182,23 @@ def resident_batch(split, cfg: DataConfig, seed: int, step: int, indices: list[i
     idx = torch.tensor(indices, device=dev)
     ti = torch.tensor([p[0] for p in plans], device=dev)                    # [B, Vi]
     tt = torch.tensor([p[1] for p in plans], device=dev)                    # [B, Vt]
-    rgba = split.images[idx]                                                # [B, V, 4, S, S]
-    rgb, alpha = rgba[:, :, :3], rgba[:, :, 3:]
-    if cfg.augment:
-        cb = torch.tensor(jitter, dtype=rgb.dtype, device=dev).view(-1, 2, 1, 1, 1, 1)
-        rgb = apply_color_jitter(rgb, alpha, cb[:, 0], cb[:, 1])
-    w2c = split.w2c[idx]
-    c2w, w2c, K = cameras.invert_rigid(w2c).float(), w2c.float(), split.K[idx].float()
     rows = torch.arange(len(indices), device=dev)[:, None]
-    return {"input_images": rgb[rows, ti], "input_c2w": c2w[rows, ti], "input_K": K[rows, ti],
-            "target_images": rgb[rows, tt], "target_alpha": alpha[rows, tt], "target_w2c": w2c[rows, tt],
-            "target_c2w": c2w[rows, tt], "target_K": K[rows, tt],
+    cb = torch.tensor(jitter, dtype=split.images.dtype, device=dev).view(-1, 2, 1, 1, 1, 1)
+
+    def views(s, which):  # s.images [N, V, 4, S, S] -> rgb [B, v, 3, S, S] (jittered), alpha [B, v, 1, S, S]
+        rgba = s.images[idx[:, None], which]
+        rgb, alpha = rgba[:, :, :3], rgba[:, :, 3:]
+        return (apply_color_jitter(rgb, alpha, cb[:, 0], cb[:, 1]) if cfg.augment else rgb), alpha
+
+    targets = split if targets is None else targets
+    in_rgb, _ = views(split, ti)
+    t_rgb, t_alpha = views(targets, tt)
+    w2c = split.w2c[idx]
+    c2w, w2c = cameras.invert_rigid(w2c).float(), w2c.float()
+    K, t_K = split.K[idx].float(), targets.K[idx].float()
+    return {"input_images": in_rgb, "input_c2w": c2w[rows, ti], "input_K": K[rows, ti],
+            "target_images": t_rgb, "target_alpha": t_alpha, "target_w2c": w2c[rows, tt],
+            "target_c2w": c2w[rows, tt], "target_K": t_K[rows, tt],
             "target_is_input": (tt[:, :, None] == ti[:, None, :]).any(-1),
             "input_views": ti, "target_views": tt, "index": idx}
 

@@ -72,6 +72,7 @@ class TrainConfig(RunConfig):
     skip_factor: float = bounded(20.0, gt=0)  # skip the update when pre-clip grad norm > skip_factor * grad_clip
     val_every: int = bounded(1000, min=0)  # 0 = validate only at the end (when val_split is set)
     val_max_samples: int = bounded(8, min=0)  # 0 = the whole validation split
+    score_size: int = bounded(0, min=0)    # validation scored at this side (px; 0: the model's size), as EvalConfig's
     precision: str = "bf16"                # bf16 autocast of the transformer on CUDA (always fp32 on CPU) | fp32
     num_workers: int = bounded(0, min=0)   # DataLoader workers per process (threads decoding the split when resident)
     resident_data: bool = False            # decode the training split once at the model's size and build batches on
@@ -210,13 +211,17 @@ class Trainer:
         data_cfg = dataclasses.replace(cfg.data, augment=cfg.data.augment and not cfg.overfit_samples)
         self.dataset = GSLRMDataset(Path(cfg.data_root), Path(cfg.data_root) / cfg.train_split,
                                     cfg.model.image_size, data_cfg, seed=cfg.seed, limit=cfg.overfit_samples)
-        self.resident = None
+        self.resident = self.resident_targets = None
         if cfg.resident_data:
-            split = ResidentSplit.load(cfg.data_root, Path(cfg.data_root) / cfg.train_split, cfg.model.image_size,
-                                       device=self.device, workers=cfg.num_workers or 8, prepare=prepare_rgba)
-            n = len(self.dataset)  # overfit_samples: the first n
-            self.resident = dataclasses.replace(split, images=split.images[:n], w2c=split.w2c[:n], K=split.K[:n],
-                                                names=split.names[:n])
+            def resident(size: int) -> ResidentSplit:
+                split = ResidentSplit.load(cfg.data_root, Path(cfg.data_root) / cfg.train_split, size,
+                                           device=self.device, workers=cfg.num_workers or 8, prepare=prepare_rgba)
+                n = len(self.dataset)  # overfit_samples: the first n
+                return dataclasses.replace(split, images=split.images[:n], w2c=split.w2c[:n], K=split.K[:n],
+                                           names=split.names[:n])
+            self.resident = resident(cfg.model.image_size)
+            T = cfg.data.target_size
+            self.resident_targets = resident(T) if T and T != cfg.model.image_size else None
         self.tracker = Tracker.create(cfg.tracking, self.out, name="gslrm", params=asdict(cfg), rank=self.dist.rank)
         self.tracker.truncate_after(self.step)
         self.use_bf16 = cfg.autocast_bf16(self.device)
@@ -307,7 +312,8 @@ class Trainer:
         sampler = StepBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, start_step=self.step,
                                    rank=self.dist.rank, world_size=self.dist.world_size)
         if self.resident is not None:  # batches built on the device, step by step
-            it = (resident_batch(self.resident, self.dataset.cfg, cfg.seed, step, sampler.indices(step))
+            it = (resident_batch(self.resident, self.dataset.cfg, cfg.seed, step, sampler.indices(step),
+                                 self.resident_targets)
                   for step in itertools.count(self.step))
         else:
             it = iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
@@ -359,7 +365,8 @@ class Trainer:
             return {}
         cfg = self.cfg
         root = Path(cfg.val_data_root or cfg.data_root)
-        ev_cfg = evaluation.EvalConfig(seed=cfg.seed, max_samples=cfg.val_max_samples, n_examples=0, bf16=self.use_bf16)
+        ev_cfg = evaluation.EvalConfig(seed=cfg.seed, max_samples=cfg.val_max_samples, n_examples=0, bf16=self.use_bf16,
+                                       score_size=cfg.score_size)
         res = evaluate(self.model, root, read_split(root / cfg.val_split), cfg.data.input_views, ev_cfg)
         self.tracker.log({f"val/{k}": res[k] for k in ("psnr_fg", "ssim_fg", "mask_iou")}, step=self.step)
         log.info("val at step %d: PSNR_fg %.2f dB, SSIM_fg %.3f, IoU %.3f over %d views", self.step,
