@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mousefacelift.gslrm.attention import attention, fp8_unavailable
+from mousefacelift.gslrm.attention import attention, fa4_unavailable, fp8_unavailable
 from mousefacelift.gslrm.model import GSLRM, GSLRMConfig
 from mousefacelift.gslrm.train import check_init_config
 
@@ -103,3 +103,63 @@ def test_fp8_attention_matches_sdpa_on_the_gpu():
         ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
     rel = float((got - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt())
     assert rel < FP8_REL_RMS
+
+
+def test_fa4_wrapper_passes_the_tokens_major_layout_and_returns_heads_major(monkeypatch):
+    """The FA4 call on a CPU with a stand-in for ``flash_attn.cute`` (exact attention on the
+    [B, L, H, D] layout FlashAttention takes, returning (out, lse) as FA4 does): the wrapper's
+    transposes give SDPA's result, reading the model's q, k, v without a copy."""
+    import sys
+    import types
+
+    from mousefacelift.gslrm.attention import fa4_attention
+    seen = {}
+
+    def flash_attn_func(q, k, v):
+        seen["contiguous"] = q.is_contiguous()
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2), torch.zeros(q.shape[0], q.shape[2], q.shape[1])
+
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func = flash_attn_func
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    torch.manual_seed(0)
+    B, L, H, D = 2, 10, 3, 8
+    q, k, v = (torch.randn(B, L, H, D).transpose(1, 2) for _ in range(3))  # as SelfAttention makes them
+    got = fa4_attention(q, k, v)
+    assert got.shape == (B, H, L, D) and seen["contiguous"]
+    assert torch.allclose(got, F.scaled_dot_product_attention(q, k, v), atol=1e-6)
+
+
+def test_fa4_says_what_it_needs(monkeypatch):
+    q = torch.randn(1, 2, 8, 16)
+    assert "CUDA" in fa4_unavailable(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="CUDA"):
+        attention(q, q, q, "fa4")
+    check = fa4_unavailable.__wrapped__  # past the per-device cache
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert "9.x or 10.x" in check(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    import importlib.util
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert "pip install flash-attn-4" in check(torch.device("cuda"))
+
+
+@pytest.mark.gpu
+def test_fa4_matches_sdpa_forward_and_backward_on_the_gpu():
+    """FlashAttention-4 against SDPA at GS-LRM's inference length, head dim 64, bf16."""
+    device = torch.device("cuda") if torch.cuda.is_available() else None
+    if device is None or fa4_unavailable(device):
+        pytest.skip(fa4_unavailable(device) if device else "needs CUDA")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 6 * 4096 + 2, 2, 64, device=device, dtype=torch.bfloat16).transpose(1, 2)
+               .requires_grad_() for _ in range(3))
+    got = attention(q, k, v, "fa4")
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    rel = lambda a, b: float((a.double() - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt())
+    assert rel(got, ref) < 0.01
+    g = torch.randn_like(got)
+    grads = torch.autograd.grad(got, (q, k, v), g)
+    refs = torch.autograd.grad(ref, (q, k, v), g.double())
+    assert all(rel(a, b.double()) < 0.02 for a, b in zip(grads, refs))

@@ -269,11 +269,13 @@ def bench_gslrm(device: torch.device) -> list[dict]:
             except Exception as e:
                 log.warning("GS-LRM inference profile failed: %s", e)
                 rows.append(row("gslrm", f"inference 6 views @{size} profile", float("nan"), "", f"failed: {e}"))
-            try:  # the fp8 kernel beside SDPA, same weights and inputs
-                rows += _fp8_inference_rows(model, infer, eager, fl, w2c, K, size, device)
-            except Exception as e:
-                log.warning("fp8 attention failed: %s", e)
-                rows.append(row("gslrm", "inference 6 views @512: fp8 attention", float("nan"), "ms", f"failed: {e}"))
+            for mode in ("fa4", "fp8"):  # the other kernels beside SDPA, same weights and inputs
+                try:
+                    rows += kernel_inference_rows(mode, model, infer, eager, fl, w2c, K, size, device)
+                except Exception as e:
+                    log.warning("%s attention failed: %s", mode, e)
+                    rows.append(row("gslrm", f"inference 6 views @512: {mode} attention", float("nan"), "ms",
+                                    f"failed: {e}"))
             try:
                 rows += attention_rows(cfg, 6, size, device)
             except Exception as e:
@@ -281,18 +283,23 @@ def bench_gslrm(device: torch.device) -> list[dict]:
     return rows
 
 
-def _fp8_inference_rows(model, infer, sdpa_ms: float, flops: float, w2c, K, size: int, device) -> list[dict]:
-    """GS-LRM inference with the fp8 attention kernel (:mod:`mousefacelift.gslrm.attention`) against
-    SDPA (``sdpa_ms``, measured in the same call on the same model and inputs): time, TFLOP/s,
+KERNEL_NAMES = {"fa4": "FlashAttention-4", "fp8": "fp8 attention (Triton)"}
+
+
+def kernel_inference_rows(mode: str, model, infer, sdpa_ms: float, flops: float, w2c, K, size: int,
+                          device) -> list[dict]:
+    """GS-LRM inference with attention kernel ``mode`` ("fa4" or "fp8", :mod:`mousefacelift.gslrm.attention`)
+    against SDPA (``sdpa_ms``, measured in the same call on the same model and inputs): time, TFLOP/s,
     and the accuracy cost: PSNR between the two models' renders at the 6 input cameras, and the
     relative RMS difference of the Gaussian centres."""
-    from ..gslrm.attention import fp8_unavailable
+    from ..gslrm.attention import fa4_unavailable, fp8_unavailable
 
-    why = fp8_unavailable(device)
+    name = KERNEL_NAMES[mode]
+    why = {"fa4": fa4_unavailable, "fp8": fp8_unavailable}[mode](device)
     if why:
-        return [row("gslrm", "inference 6 views @512: fp8 attention", float("nan"), "ms", f"unavailable: {why}")]
+        return [row("gslrm", f"inference 6 views @512: {name}", float("nan"), "ms", f"unavailable: {why}")]
     ref = infer(model)
-    model.set_attention("fp8")
+    model.set_attention(mode)
     try:
         ms = timed(lambda: infer(model), device, repeats=10)
         out = infer(model)
@@ -302,12 +309,12 @@ def _fp8_inference_rows(model, infer, sdpa_ms: float, flops: float, w2c, K, size
     b = out.render(w2c.float()[None], K, size, size).rgb.float()
     psnr = float(-10 * torch.log10((a - b).square().mean().clamp_min(1e-12)))
     centres = float((out.means - ref.means).float().square().mean().sqrt() / ref.means.float().square().mean().sqrt())
-    return [row("gslrm", "inference 6 views @512: fp8 attention (Triton)", ms, "ms",
+    return [row("gslrm", f"inference 6 views @512: {name}", ms, "ms",
                 f"{flops / (ms / 1e3) / 1e12:.0f} TFLOP/s; {sdpa_ms / ms:.3f}x SDPA's {sdpa_ms:.1f} ms in this call; "
                 "target <= 150 ms"),
-            row("gslrm", "fp8 attention vs SDPA: PSNR between the renders at the 6 input cameras", psnr, "dB",
+            row("gslrm", f"{name} vs SDPA: PSNR between the renders at the 6 input cameras", psnr, "dB",
                 "same weights (random) and inputs"),
-            row("gslrm", "fp8 attention vs SDPA: relative RMS difference of the Gaussian centres", centres, "")]
+            row("gslrm", f"{name} vs SDPA: relative RMS difference of the Gaussian centres", centres, "")]
 
 
 FP8_BLOCKS = ((128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (256, 64, 8, 3))
@@ -320,7 +327,7 @@ def attention_rows(cfg, n_views: int, size: int, device: torch.device) -> list[d
     with each fp8 output's relative RMS difference from SDPA's."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from ..gslrm.attention import fp8_attention, fp8_unavailable
+    from ..gslrm.attention import fa4_attention, fa4_unavailable, fp8_attention, fp8_unavailable
 
     H, D = cfg.heads, cfg.width // cfg.heads
     L = n_views * (size // cfg.patch) ** 2 + cfg.n_global
@@ -341,6 +348,17 @@ def attention_rows(cfg, n_views: int, size: int, device: torch.device) -> list[d
                 add("SDPA cuDNN", lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
         except RuntimeError as e:
             log.warning("cuDNN attention: %s", e)
+        why = fa4_unavailable(device)
+        if why:
+            rows.append(row("gslrm", f"{what}: FlashAttention-4", float("nan"), "ms", f"unavailable: {why}"))
+        else:
+            try:
+                out = fa4_attention(q, k, v).float()
+                rel = float((out - ref.float()).square().mean().sqrt() / ref.float().square().mean().sqrt())
+                add("FlashAttention-4", lambda: fa4_attention(q, k, v), f"; relative RMS vs SDPA {rel:.4f}")
+            except Exception as e:
+                log.warning("FlashAttention-4: %s", e)
+                rows.append(row("gslrm", f"{what}: FlashAttention-4", float("nan"), "ms", f"failed: {type(e).__name__}: {e}"))
         if fp8_unavailable(device):
             return rows
         for bm, bn, warps, stages in FP8_BLOCKS:

@@ -1,4 +1,11 @@
-"""GS-LRM's attention: PyTorch's SDPA (the default), or an FP8 flash-attention forward for inference.
+"""GS-LRM's attention: PyTorch's SDPA (the default), FlashAttention-4's Hopper/Blackwell kernels when the
+``flash-attn-4`` package is installed ("fa4", training and inference), or an FP8 flash-attention forward
+for inference ("fp8").
+
+FA4 path (:func:`fa4_attention`): ``flash_attn.cute.flash_attn_func`` on the tokens-major layout the
+model makes q, k and v in ([B, L, H, D]: no copy), bf16 or fp16, with its own backward. It needs a GPU
+of compute capability 9.x or 10.x and the package (``pip install flash-attn-4``, which brings NVIDIA's
+CUTLASS DSL). Not yet measured here.
 
 FP8 path (:func:`fp8_attention`; its Triton kernel, written for this project, is :mod:`.fp8_kernel`; forward only):
 
@@ -27,7 +34,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-ATTENTION_MODES = ("sdpa", "fp8")
+ATTENTION_MODES = ("sdpa", "fa4", "fp8")
 E4M3_MAX = 448.0  # largest finite float8 e4m3 (fn) value
 
 
@@ -74,6 +81,35 @@ def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_m: in
 
 
 @functools.lru_cache(maxsize=None)
+def fa4_unavailable(device: torch.device) -> str | None:
+    """Why FlashAttention-4 cannot run on ``device`` (None: it can): it needs CUDA, a Hopper or
+    Blackwell GPU (compute capability 9.x or 10.x) and the flash-attn-4 package."""
+    if device.type != "cuda":
+        return f"FlashAttention-4 needs a CUDA device, not {device.type}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major not in (9, 10):
+        return f"FlashAttention-4 needs compute capability 9.x or 10.x (Hopper, Blackwell), this GPU has {major}.{minor}"
+    try:
+        found = importlib.util.find_spec("flash_attn.cute") is not None
+    except ModuleNotFoundError:  # no flash_attn package at all
+        found = False
+    if not found:
+        return "FlashAttention-4 is not installed (pip install flash-attn-4)"
+    return None
+
+
+def fa4_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax(q k^T / sqrt(D)) v by FlashAttention-4. q, k, v [B, H, L, D] bf16/fp16 (typically
+    transposed views of [B, L, H, D] tensors, which the kernel reads as they are) -> [B, H, L, D]
+    (a transposed view of the kernel's [B, L, H, D] output). Differentiable."""
+    from flash_attn.cute import flash_attn_func
+
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    out = out[0] if isinstance(out, tuple) else out                       # (out, lse)
+    return out.transpose(1, 2)
+
+
+@functools.lru_cache(maxsize=None)
 def fp8_unavailable(device: torch.device) -> str | None:
     """Why the fp8 kernel cannot run on ``device`` (None: it can): it needs CUDA, fp8 tensor cores
     (compute capability 8.9 or newer) and Triton."""
@@ -88,9 +124,14 @@ def fp8_unavailable(device: torch.device) -> str | None:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "sdpa") -> torch.Tensor:
-    """Self-attention q, k, v [B, H, L, D] -> [B, H, L, D] by ``mode`` ("sdpa" or "fp8")."""
+    """Self-attention q, k, v [B, H, L, D] -> [B, H, L, D] by ``mode`` ("sdpa", "fa4" or "fp8")."""
     if mode == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
+    if mode == "fa4":
+        why = fa4_unavailable(q.device)
+        if why:
+            raise RuntimeError(why)
+        return fa4_attention(q, k, v)
     if mode == "fp8":
         interpreted = q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"  # tests on a CPU
         why = None if interpreted else fp8_unavailable(q.device)
@@ -100,4 +141,4 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "sd
     raise ValueError(f"attention mode {mode!r} is not one of {ATTENTION_MODES}")
 
 
-__all__ = ["ATTENTION_MODES", "attention", "fp8_attention", "fp8_unavailable"]
+__all__ = ["ATTENTION_MODES", "attention", "fa4_attention", "fa4_unavailable", "fp8_attention", "fp8_unavailable"]
