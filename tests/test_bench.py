@@ -12,12 +12,24 @@ def test_gslrm_scaling_runs_torchrun_with_each_process_count():
     """Two gloo processes on a CPU: the DDP path of the scaling benchmark end to end (about 30 s)."""
     rows = bench.bench_gslrm_scaling(torch.device("cpu"), process_counts=(1, 2), steps=5)
     by_case = {r["case"]: r for r in rows}
-    one = by_case["train step @32, batch 2 per process, 1 process: samples/s"]["value"]
-    two = by_case["train step @32, batch 2 per process, 2 processes: samples/s"]["value"]
+    case = "2 x 128 train step @32, batch 2 per process, {}: {}"  # the tiny config
+    one = by_case[case.format("1 process", "samples/s")]["value"]
+    two = by_case[case.format("2 processes", "samples/s")]["value"]
     assert one > 0 and two > 0
-    assert by_case["train step @32, batch 2 per process, 1 process: efficiency"]["value"] == 1.0
-    assert math.isclose(by_case["train step @32, batch 2 per process, 2 processes: efficiency"]["value"],
+    assert by_case[case.format("1 process", "efficiency")]["value"] == 1.0
+    assert math.isclose(by_case[case.format("2 processes", "efficiency")]["value"],
                         two / (2 * one), rel_tol=1e-3)  # rows keep 4 significant digits
+
+
+def test_scaling_measures_the_gslrm_that_params_gpu_yaml_trains():
+    import yaml
+
+    from mousefacelift.runner import repo_root
+    cfg, batch, target = bench.adopted_gslrm()
+    section = yaml.safe_load((repo_root() / "params" / "gpu.yaml").read_text())["06_gslrm_finetune"]
+    assert (cfg.layers, cfg.width, cfg.heads, cfg.image_size) == tuple(section[k] for k in ("layers", "width", "heads",
+                                                                                              "image_size"))
+    assert (batch, target, cfg.qk_norm) == (section["batch_size"], section.get("target_size", 0), section["qk_norm"])
 
 
 def test_gslrm_scaling_is_skipped_with_one_device():

@@ -59,7 +59,7 @@ def row(benchmark: str, case: str, value: float, unit: str, note: str = "") -> d
 
 
 from .data import bench_decoding, bench_rasterizer, bench_synthetic, time_decoding, time_rasterizer, video_codec  # noqa: E402
-from .models import (bench_gslrm, bench_gslrm_4d, bench_gslrm_scaling, bench_mvdiffusion,  # noqa: E402
+from .models import (adopted_gslrm, bench_gslrm, bench_gslrm_4d, bench_gslrm_scaling, bench_mvdiffusion,  # noqa: E402
                      bench_mvdiffusion_trainer, gslrm_step_flops, kernel_category, profile_gslrm_inference)
 
 BENCHMARKS = {"synthetic": bench_synthetic, "decoding": bench_decoding, "rasterizer": bench_rasterizer,

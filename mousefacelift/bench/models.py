@@ -412,13 +412,28 @@ def bench_gslrm_4d(device: torch.device, n_frames: int | None = None) -> list[di
                 seconds / max(1, n) * 1e3, "ms", "all frames of the range, skipped ones included")]
 
 
+def adopted_gslrm() -> tuple[object, int, int]:
+    """The GS-LRM that params/gpu.yaml trains (its notebook 06 section over the notebook's defaults)
+    -> (GSLRMConfig, batch per process, target size in px; 0: the model's own)."""
+    from .. import params, runner
+    from ..gslrm.model import GSLRMConfig
+
+    root = runner.repo_root()
+    p = params.resolve(root / "params" / "gpu.yaml", runner.find_notebooks(root / "notebooks"))["06_gslrm_finetune"]
+    cfg = GSLRMConfig(layers=p["layers"], width=p["width"], heads=p["heads"], image_size=p["image_size"],
+                      render_global=p["render_global_gaussians"], color_from_input=p["color_from_input"],
+                      qk_norm=p["qk_norm"], scale_bias=p["scale_bias"])
+    return cfg, p["batch_size"], p.get("target_size", 0)
+
+
 def bench_gslrm_scaling(device: torch.device, process_counts: tuple[int, ...] | None = None,
                         steps: int = 12) -> list[dict]:
     """GS-LRM data-parallel scaling: the same training step (batch per process fixed: weak scaling)
     under torchrun with 1, 2, 4, ... processes, one per GPU (NCCL). Reports samples/s and the
-    efficiency against N x the one-process figure, all measured in this call. Full config at
-    256 px with batch 4 per GPU on CUDA; on a CPU only when ``process_counts`` is given (tiny
-    config, gloo: a check of the mechanics, not a speed figure)."""
+    efficiency against N x the one-process figure, all measured in this call. On CUDA params/gpu.yaml's
+    GS-LRM (:func:`adopted_gslrm`: its size, batch and target size, the split resident on each GPU);
+    on a CPU only when ``process_counts`` is given (tiny config at 32 px, batch 2, gloo: a check of the
+    mechanics, not a speed figure)."""
     from ..gslrm.data import DataConfig
     from ..gslrm.model import GSLRMConfig
     from ..gslrm.train import TrainConfig
@@ -435,23 +450,24 @@ def bench_gslrm_scaling(device: torch.device, process_counts: tuple[int, ...] | 
         if n_gpus not in process_counts:
             process_counts += (n_gpus,)
     process_counts = tuple(sorted({1, *process_counts}))  # efficiency is against the one-process rate
-    size, batch = (256, 4) if cuda else (32, 2)
-    model_cfg = GSLRMConfig.full(image_size=size) if cuda else GSLRMConfig.tiny(image_size=size)
+    model_cfg, batch, target = adopted_gslrm() if cuda else (GSLRMConfig.tiny(image_size=32), 2, 0)
+    size = model_cfg.image_size
     rows, base = [], None
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "samples"
-        _random_samples(root, batch * max(process_counts), size)
+        _random_samples(root, batch * max(process_counts), max(size, target))
         for n in process_counts:
             cfg = TrainConfig(out_dir=str(Path(tmp) / f"ddp{n}"), data_root=str(root), train_split="train.txt",
-                              model=model_cfg, data=DataConfig(input_views=5, augment=False), steps=steps,
-                              batch_size=batch, device=device.type, tracking=TrackingConfig(mode="disabled"),
+                              model=model_cfg, data=DataConfig(input_views=5, augment=False, target_size=target),
+                              steps=steps, batch_size=batch, device=device.type, tracking=TrackingConfig(mode="disabled"),
                               resume=False, progress_bar=False, warmup_steps=1, checkpoint_every=10 ** 6,
-                              keep_last=1, num_workers=2, log_every=10 ** 6,
+                              keep_last=1, num_workers=2, log_every=10 ** 6, resident_data=cuda,
                               skip_factor=float("inf"))  # every step applies its update: equal work per step
             summary = launch(cfg, launcher="torchrun", nproc_per_node=n)
             rate = n * batch / summary["step_seconds_median"]
             base = base or rate / n
-            what = f"train step @{size}, batch {batch} per process, {n} process{'es' if n > 1 else ''}"
+            what = (f"{model_cfg.layers} x {model_cfg.width} train step @{size}" + (f" (targets @{target})" if target else "")
+                    + f", batch {batch} per process, {n} process{'es' if n > 1 else ''}")
             rows += [row("gslrm_scaling", f"{what}: time", summary["step_seconds_median"] * 1e3, "ms",
                          f"median of {steps - 3} steps after 3 warm-up steps"),
                      row("gslrm_scaling", f"{what}: samples/s", rate, "samples/s"),
