@@ -90,13 +90,21 @@ def test_the_kernel_is_a_model_setting_that_changes_no_weight():
     check_init_config(GSLRMConfig.tiny(attention="fp8"), vars(GSLRMConfig.tiny()), "a checkpoint")
 
 
+def gpu_for(unavailable) -> torch.device:
+    """The CUDA device where the kernel that ``unavailable`` checks can run (else the test is skipped); seeds torch."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    device = torch.device("cuda")
+    if unavailable(device):
+        pytest.skip(unavailable(device))
+    torch.manual_seed(0)
+    return device
+
+
 @pytest.mark.gpu
 def test_fp8_attention_matches_sdpa_on_the_gpu():
     """At GS-LRM's length (6 views x 64 x 64 patches + 2 global tokens), head dim 64, bf16 inputs."""
-    device = torch.device("cuda") if torch.cuda.is_available() else None
-    if device is None or fp8_unavailable(device):
-        pytest.skip(fp8_unavailable(device) if device else "needs CUDA")
-    torch.manual_seed(0)
+    device = gpu_for(fp8_unavailable)
     q, k, v = (torch.randn(1, 2, 6 * 4096 + 2, 64, device=device, dtype=torch.bfloat16) for _ in range(3))
     with torch.no_grad():
         got = attention(q, k, v, "fp8").double()
@@ -149,10 +157,7 @@ def test_fa4_says_what_it_needs(monkeypatch):
 @pytest.mark.gpu
 def test_fa4_matches_sdpa_forward_and_backward_on_the_gpu():
     """FlashAttention-4 against SDPA at GS-LRM's inference length, head dim 64, bf16."""
-    device = torch.device("cuda") if torch.cuda.is_available() else None
-    if device is None or fa4_unavailable(device):
-        pytest.skip(fa4_unavailable(device) if device else "needs CUDA")
-    torch.manual_seed(0)
+    device = gpu_for(fa4_unavailable)
     q, k, v = (torch.randn(1, 6 * 4096 + 2, 2, 64, device=device, dtype=torch.bfloat16).transpose(1, 2)
                .requires_grad_() for _ in range(3))
     got = attention(q, k, v, "fa4")
