@@ -127,8 +127,8 @@ class GSLRMDataset(torch.utils.data.Dataset):
     :class:`StepBatchSampler`); an int index means step 0.
 
     An item: input_images [Vi, 3, S, S] on white, input_c2w [Vi, 4, 4], input_K [Vi, 3, 3];
-    target_images [Vt, 3, S, S], target_alpha [Vt, 1, S, S], target_w2c / target_c2w, target_K;
-    target_is_input [Vt] bool; input_views [Vi], target_views [Vt] (positions in the sample);
+    target_images [Vt, 3, T, T], target_alpha [Vt, 1, T, T], target_w2c / target_c2w, target_K (for T x T;
+    T = ``cfg.target_size`` or S); target_is_input [Vt] bool; input_views [Vi], target_views [Vt] (positions in the sample);
     index (the sample index). Cameras float32, OpenCV, normalized world.
     """
 
