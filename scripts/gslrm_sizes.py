@@ -122,6 +122,12 @@ def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def plans(resolutions: list[int], target_sizes: list[int]) -> list[tuple[int, int]]:
+    """(model resolution, target size; 0: its own) pairs in the given order, a model supervised at its
+    own size once whether asked for by 0 or by that size."""
+    return list(dict.fromkeys((res, target if target != res else 0) for res in resolutions for target in target_sizes))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path)
@@ -144,9 +150,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     sizes = [tuple(int(x) for x in s.split("x")) for s in a.sizes.split(",")]
     rows = []
-    plans = dict.fromkeys((res, target if target != res else 0) for res in ints(a.resolutions)
-                          for target in ints(a.target_sizes))  # in order; supervised at its own size once
-    for res, target in plans:
+    for res, target in plans(ints(a.resolutions), ints(a.target_sizes)):
         for layers, width in sizes:
             log.info("%d x %d at %d px, targets at %d px, for %.0f s", layers, width, res, target or res, a.seconds)
             try:
