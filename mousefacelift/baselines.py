@@ -204,8 +204,7 @@ def one_view_rows(model, data_root: str | os.PathLike, names: list[str], referen
     res = evaluation.EvalResult()
     todo = names[:eval_cfg.max_samples] if eval_cfg.max_samples > 0 else list(names)
     for name in todo:
-        s_in = evaluation.load_eval_sample(Path(data_root) / name, S)
-        s = s_in if R == S else evaluation.load_eval_sample(Path(data_root) / name, R)
+        s_in, s = evaluation.load_eval_sizes(Path(data_root) / name, S, R)
         targets = [v for v in range(s["rgb"].shape[0]) if v != reference_view]
         evaluation.check_plan([reference_view], targets)
         uu, tt = torch.tensor([reference_view]), torch.tensor(targets)

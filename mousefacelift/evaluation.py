@@ -100,13 +100,22 @@ def check_plan(inputs: list[int], targets: list[int]) -> None:
 
 
 def load_eval_sample(sample_dir: str | os.PathLike, image_size: int) -> dict:
-    """A sample at the GS-LRM's size: rgb [V, 3, S, S] on white, alpha [V, 1, S, S], rgba
-    [V, 4, S, S] (resized, not composited), w2c / c2w [V, 4, 4], K [V, 3, 3] (float32, scaled to S),
-    view_ids, provenance, name."""
+    """A sample at the GS-LRM's size: rgb [V, 3, S, S] on white, alpha [V, 1, S, S], w2c / c2w
+    [V, 4, 4], K [V, 3, 3] (float32, scaled to S), view_ids, provenance, name."""
+    return load_eval_sizes(sample_dir, image_size)[0]
+
+
+def load_eval_sizes(sample_dir: str | os.PathLike, image_size: int, score_size: int = 0) -> tuple[dict, dict]:
+    """The sample read once -> (at the GS-LRM's ``image_size``, at ``score_size``), each as
+    :func:`load_eval_sample`'s; the same dict twice when ``score_size`` is 0 or equal."""
     s = samples_io.read_sample(sample_dir)
-    rgb, alpha, K = prepare_images(s.images, s.K, image_size)
-    return {"rgb": rgb, "alpha": alpha, "w2c": s.w2c.float(), "c2w": s.c2w.float(), "K": K.float(),
-            "view_ids": s.view_ids, "provenance": s.provenance, "name": Path(sample_dir).name}
+
+    def at(size: int) -> dict:
+        rgb, alpha, K = prepare_images(s.images, s.K, size)
+        return {"rgb": rgb, "alpha": alpha, "w2c": s.w2c.float(), "c2w": s.c2w.float(), "K": K.float(),
+                "view_ids": s.view_ids, "provenance": s.provenance, "name": Path(sample_dir).name}
+    own = at(image_size)
+    return own, (own if score_size in (0, image_size) else at(score_size))
 
 
 def _names(names: list[str], cfg: EvalConfig) -> list[str]:
@@ -188,8 +197,7 @@ def reconstruction_rows(model, data_root: str | os.PathLike, names: list[str], n
     R = cfg.score_size or S
     res = EvalResult()
     for i, name in enumerate(_names(names, cfg)):
-        s = load_eval_sample(Path(data_root) / name, S)
-        t = s if R == S else load_eval_sample(Path(data_root) / name, R)  # the targets, at the scored size
+        s, t = load_eval_sizes(Path(data_root) / name, S, R)         # the inputs; the targets, at the scored size
         V = s["rgb"].shape[0]
         for n in n_inputs:
             plans = view_plans(V, n, i, cfg.seed)
@@ -241,9 +249,8 @@ def end_to_end_rows(pipe, model, data_root: str | os.PathLike, names: list[str],
         gens = pipe(imgs[:, ref], w2c[:, ref], w2c, Km, sampler,          # object i's noise: seed + i
                     generator=[torch.Generator().manual_seed(cfg.seed + start + j) for j in range(len(chunk))]).cpu()
         for j, name in enumerate(chunk):
-            s = load_eval_sample(Path(data_root) / name, R)                # targets, at the scored size
-            K_in = s["K"] if R == S else load_eval_sample(Path(data_root) / name, S)["K"]  # GS-LRM's inputs
-            _end_to_end_object(res, start + j, s, K_in, gens[j], imgs[j], Km[j], model, ref, cfg, lpips, gslrm_views,
+            s_in, s = load_eval_sizes(Path(data_root) / name, S, R)       # GS-LRM's inputs; targets at the scored size
+            _end_to_end_object(res, start + j, s, s_in["K"], gens[j], imgs[j], Km[j], model, ref, cfg, lpips, gslrm_views,
                                keep_reference, label)
     return res
 
@@ -489,7 +496,7 @@ def metrics_document(summaries: list[dict], lpips_reason: str, **sections) -> di
     return {"protocol": dict(metrics.PROTOCOL), "lpips": lp, "summaries": summaries, **sections}
 
 
-__all__ = ["COPY_REFERENCE", "EvalConfig", "EvalResult", "view_plans", "check_plan", "load_eval_sample", "reconstruct_and_render",
+__all__ = ["COPY_REFERENCE", "EvalConfig", "EvalResult", "view_plans", "check_plan", "load_eval_sample", "load_eval_sizes", "reconstruct_and_render",
            "score", "view_row", "sample_row", "reconstruction_rows", "end_to_end_rows", "gaussians_from_output",
            "to_world_mm", "chamfer_to_surface", "true_surface", "reconstruct_sample", "chamfer_rows", "degradation_rows",
            "shift_vs_blur_rows", "st_lpips_model", "st_lpips_status", "summarize_rows",

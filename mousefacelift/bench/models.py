@@ -2,6 +2,7 @@
 and their scaling over the GPUs of a machine."""
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
@@ -218,7 +219,7 @@ def bench_gslrm(device: torch.device) -> list[dict]:
             data_ms = (time.perf_counter() - t0) * 1e3
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            ms = timed(lambda: trainer.train_step(batch_data), device, repeats=5 if cuda else 2, warmup=2)
+            ms = timed(functools.partial(trainer.train_step, batch_data), device, repeats=5 if cuda else 2, warmup=2)
             flops = gslrm_step_flops(model_cfg, 5, batch)
             tflops = flops / (ms / 1e3) / 1e12
             what = f"train step @{size}, batch {batch}, 5+1 views ({'full' if cuda else 'tiny'})"
@@ -292,10 +293,10 @@ def kernel_inference_rows(mode: str, model, infer, sdpa_ms: float, flops: float,
     against SDPA (``sdpa_ms``, measured in the same call on the same model and inputs): time, TFLOP/s,
     and the accuracy cost: PSNR between the two models' renders at the 6 input cameras, and the
     relative RMS difference of the Gaussian centres."""
-    from ..gslrm.attention import fa4_unavailable, fp8_unavailable
+    from ..gslrm.attention import unavailable
 
     name = KERNEL_NAMES[mode]
-    why = {"fa4": fa4_unavailable, "fp8": fp8_unavailable}[mode](device)
+    why = unavailable(mode, device)
     if why:
         return [row("gslrm", f"inference 6 views @512: {name}", float("nan"), "ms", f"unavailable: {why}")]
     ref = infer(model)
@@ -327,7 +328,7 @@ def attention_rows(cfg, n_views: int, size: int, device: torch.device) -> list[d
     with each fp8 output's relative RMS difference from SDPA's."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from ..gslrm.attention import fa4_attention, fa4_unavailable, fp8_attention, fp8_unavailable
+    from ..gslrm.attention import fa4_attention, fp8_attention, unavailable
 
     H, D = cfg.heads, cfg.width // cfg.heads
     L = n_views * (size // cfg.patch) ** 2 + cfg.n_global
@@ -348,29 +349,26 @@ def attention_rows(cfg, n_views: int, size: int, device: torch.device) -> list[d
                 add("SDPA cuDNN", lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
         except RuntimeError as e:
             log.warning("cuDNN attention: %s", e)
-        why = fa4_unavailable(device)
+        def kernel(case, fn):  # timed beside SDPA with its difference from it; a failure (e.g. an fp8 block
+            try:               # configuration that does not fit in shared memory) is a row
+                out = fn().float()
+                rel = float((out - ref.float()).square().mean().sqrt() / ref.float().square().mean().sqrt())
+                add(case, fn, f"; relative RMS vs SDPA {rel:.4f}")
+            except Exception as e:
+                log.warning("%s: %s", case, e)
+                rows.append(row("gslrm", f"{what}: {case}", float("nan"), "ms", f"failed: {type(e).__name__}: {e}"))
+
+        why = unavailable("fa4", device)
         if why:
             rows.append(row("gslrm", f"{what}: FlashAttention-4", float("nan"), "ms", f"unavailable: {why}"))
         else:
-            try:
-                out = fa4_attention(q, k, v).float()
-                rel = float((out - ref.float()).square().mean().sqrt() / ref.float().square().mean().sqrt())
-                add("FlashAttention-4", lambda: fa4_attention(q, k, v), f"; relative RMS vs SDPA {rel:.4f}")
-            except Exception as e:
-                log.warning("FlashAttention-4: %s", e)
-                rows.append(row("gslrm", f"{what}: FlashAttention-4", float("nan"), "ms", f"failed: {type(e).__name__}: {e}"))
-        if fp8_unavailable(device):
+            kernel("FlashAttention-4", lambda: fa4_attention(q, k, v))
+        if unavailable("fp8", device):
             return rows
         for bm, bn, warps, stages in FP8_BLOCKS:
-            kw = dict(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
-            try:
-                out = fp8_attention(q, k, v, **kw).float()
-                rel = float((out - ref.float()).square().mean().sqrt() / ref.float().square().mean().sqrt())
-                add(f"fp8 BLOCK_M {bm}, BLOCK_N {bn}, {warps} warps, {stages} stages",
-                    lambda: fp8_attention(q, k, v, **kw), f"; relative RMS vs SDPA {rel:.4f}")
-            except Exception as e:  # a configuration that does not fit (shared memory, registers) is a row
-                log.warning("fp8 %s: %s", kw, e)
-                rows.append(row("gslrm", f"{what}: fp8 {kw}", float("nan"), "ms", f"failed: {type(e).__name__}: {e}"))
+            kernel(f"fp8 BLOCK_M {bm}, BLOCK_N {bn}, {warps} warps, {stages} stages",
+                   functools.partial(fp8_attention, q, k, v, block_m=bm, block_n=bn, num_warps=warps,
+                                     num_stages=stages))
     return rows
 
 

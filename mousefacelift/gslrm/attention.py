@@ -123,22 +123,23 @@ def fp8_unavailable(device: torch.device) -> str | None:
     return None
 
 
+def unavailable(mode: str, device: torch.device) -> str | None:
+    """Why kernel ``mode`` cannot run on ``device`` (None: it can; SDPA always can)."""
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"attention mode {mode!r} is not one of {ATTENTION_MODES}")
+    return {"sdpa": lambda d: None, "fa4": fa4_unavailable, "fp8": fp8_unavailable}[mode](device)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "sdpa") -> torch.Tensor:
     """Self-attention q, k, v [B, H, L, D] -> [B, H, L, D] by ``mode`` ("sdpa", "fa4" or "fp8")."""
     if mode == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
-    if mode == "fa4":
-        why = fa4_unavailable(q.device)
-        if why:
-            raise RuntimeError(why)
-        return fa4_attention(q, k, v)
-    if mode == "fp8":
-        interpreted = q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"  # tests on a CPU
-        why = None if interpreted else fp8_unavailable(q.device)
-        if why:
-            raise RuntimeError(why)
-        return fp8_attention(q, k, v)
-    raise ValueError(f"attention mode {mode!r} is not one of {ATTENTION_MODES}")
+    interpreted = mode == "fp8" and q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"  # CPU tests
+    why = None if interpreted else unavailable(mode, q.device)  # an unknown mode: ValueError
+    if why:
+        raise RuntimeError(why)
+    return fa4_attention(q, k, v) if mode == "fa4" else fp8_attention(q, k, v)
 
 
-__all__ = ["ATTENTION_MODES", "attention", "fa4_attention", "fa4_unavailable", "fp8_attention", "fp8_unavailable"]
+__all__ = ["ATTENTION_MODES", "attention", "fa4_attention", "fa4_unavailable", "fp8_attention", "fp8_unavailable",
+           "unavailable"]
