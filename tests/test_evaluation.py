@@ -154,7 +154,7 @@ def test_score_size_scores_models_of_any_resolution_on_the_same_pixels(data, mon
     root, names = data
     R = 2 * SIZE
     model = tiny_gslrm()
-    s_in, s = evaluation.load_eval_sample(root / names[0], SIZE), evaluation.load_eval_sample(root / names[0], R)
+    s_in, s = evaluation.load_eval_sizes(root / names[0], SIZE, R)
     _, rgb, alpha = evaluation.reconstruct_and_render(model, s_in["rgb"][None, :2], s_in["c2w"][None, :2],
                                                       s_in["K"][None, :2], s["w2c"][None, 2:], s["K"][None, 2:], size=R)
     assert rgb.shape == (1, 4, 3, R, R) and alpha.shape == (1, 4, 1, R, R)
