@@ -232,6 +232,7 @@ def bench_gslrm(device: torch.device) -> list[dict]:
                                 f"peak {peak} TFLOP/s; target >= 0.40 at 512"))
             if cuda:
                 rows.append(row("gslrm", f"{what}: peak memory", torch.cuda.max_memory_allocated(device) / 2 ** 30, "GiB"))
+                rows += fa4_train_rows(trainer, batch_data, what, ms, flops, device)
             del trainer
         # inference: 6 views at 512 (CUDA) / 6 views at the tiny size (CPU), no grad
         size = 512 if cuda else 32
@@ -285,6 +286,26 @@ def bench_gslrm(device: torch.device) -> list[dict]:
 
 
 KERNEL_NAMES = {"fa4": "FlashAttention-4", "fp8": "fp8 attention (Triton)"}
+
+
+def fa4_train_rows(trainer, batch_data, what: str, sdpa_ms: float, flops: float, device) -> list[dict]:
+    """The same training step with FlashAttention-4 (forward and backward) in place of SDPA, timed
+    after the SDPA step of the same trainer (``sdpa_ms``): does the kernel pay in training too?"""
+    from ..gslrm.attention import unavailable
+
+    why = unavailable("fa4", device)
+    if why:
+        return [row("gslrm", f"{what}: FlashAttention-4 time", float("nan"), "ms", f"unavailable: {why}")]
+    trainer.model.set_attention("fa4")
+    try:
+        ms = timed(functools.partial(trainer.train_step, batch_data), device, repeats=5, warmup=2)
+    except Exception as e:
+        log.warning("FlashAttention-4 training step failed: %s", e)
+        return [row("gslrm", f"{what}: FlashAttention-4 time", float("nan"), "ms", f"failed: {type(e).__name__}: {e}")]
+    finally:
+        trainer.model.set_attention("sdpa")
+    return [row("gslrm", f"{what}: FlashAttention-4 time", ms, "ms",
+                f"{flops / (ms / 1e3) / 1e12:.0f} TFLOP/s; {sdpa_ms / ms:.3f}x SDPA's {sdpa_ms:.1f} ms in this call")]
 
 
 def kernel_inference_rows(mode: str, model, infer, sdpa_ms: float, flops: float, w2c, K, size: int,
