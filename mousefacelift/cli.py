@@ -226,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--turntable-frames", dest="turntable_frames", type=int, default=120)
     p.add_argument("--render-size", dest="render_size", type=int, default=0, help="video size (0 = GS-LRM size)")
     p.add_argument("--fps", type=int, default=30)
-    p.add_argument("--attention", default="sdpa", choices=["sdpa", "fa4", "fp8"],
-                   help="GS-LRM attention kernel (fa4: FlashAttention-4 when installed; fp8: the Triton fp8 forward, measured slower than sdpa on an H200)")
+    p.add_argument("--attention", default="auto", choices=["auto", "sdpa", "fa4", "fp8"],
+                   help="GS-LRM attention kernel (auto: FlashAttention-4 where installed and checked, else sdpa; "
+                        "fp8: the Triton fp8 forward, measured slower than sdpa on an H200)")
     p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser("doctor", help="check that a recording's new_cam.pkl fits its videos (units, conventions, "

@@ -57,7 +57,7 @@ class InferConfig:
     fps: int = bounded(30, min=1)           # video frame rate
     backend: str = "auto"                   # rasterizer backend
     bf16: bool = True                       # bf16 autocast of the GS-LRM transformer on CUDA (the CPU runs fp32)
-    attention: str = "sdpa"                 # GS-LRM attention kernel: sdpa | fa4 | fp8 (gslrm.attention)
+    attention: str = "auto"                 # GS-LRM attention kernel: auto | sdpa | fa4 | fp8 (gslrm.attention)
 
     def __post_init__(self):
         check_ranges(self)

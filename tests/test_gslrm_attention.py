@@ -168,3 +168,49 @@ def test_fa4_matches_sdpa_forward_and_backward_on_the_gpu():
     grads = torch.autograd.grad(got, (q, k, v), g)
     refs = torch.autograd.grad(ref, (q, k, v), g.double())
     assert all(rel(a, b.double()) < 0.02 for a, b in zip(grads, refs))
+
+
+def test_auto_is_sdpa_where_fa4_cannot_run():
+    """On a CPU, and for fp32 inputs anywhere, "auto" runs SDPA; a named kernel is never replaced."""
+    from mousefacelift.gslrm.attention import resolve
+    q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
+    assert resolve("auto", q) == "sdpa" and resolve("fa4", q) == "fa4" and resolve("sdpa", q) == "sdpa"
+    assert torch.equal(attention(q, k, v, "auto"), F.scaled_dot_product_attention(q, k, v))
+    assert resolve("auto", q.bfloat16()) == "sdpa"  # bf16, but no CUDA device
+
+
+@pytest.mark.parametrize("kernel, ready", [("exact", True), ("wrong", False), ("broken", False)])
+def test_fa4_ready_checks_the_kernel_against_sdpa(monkeypatch, caplog, kernel, ready):
+    """The check "auto" relies on, with the kernel stood in for on the CPU: a kernel that matches SDPA is
+    taken; one that is wrong or that raises (a broken install) is not, and the log says why; the answer
+    is kept per device."""
+    import logging
+
+    import mousefacelift.gslrm.attention as A
+    calls = []
+
+    def stand_in(q, k, v):
+        calls.append(1)
+        if kernel == "broken":
+            raise ImportError("No module named 'cutlass.cute'")
+        out = F.scaled_dot_product_attention(q, k, v)
+        return out if kernel == "exact" else out + 0.1 * out.abs().mean()
+
+    monkeypatch.setattr(A, "_FA4_READY", {})
+    monkeypatch.setattr(A, "fa4_unavailable", lambda device: None)
+    monkeypatch.setattr(A, "fa4_attention", stand_in)
+    with caplog.at_level(logging.INFO, logger=A.__name__):
+        assert A.fa4_ready(torch.device("cpu")) is ready
+        assert A.fa4_ready(torch.device("cpu")) is ready
+    assert len(calls) == 1
+    said = caplog.text
+    assert ("uses FlashAttention-4" in said) if ready else ("uses SDPA" in said)
+    if kernel == "broken":
+        assert "cutlass.cute" in said
+    if kernel == "wrong":
+        assert "relative RMS" in said
+
+
+def test_fa4_ready_is_false_where_fa4_is_unavailable():
+    from mousefacelift.gslrm.attention import fa4_ready
+    assert fa4_ready(torch.device("cpu")) is False

@@ -206,7 +206,8 @@ def bench_gslrm(device: torch.device) -> list[dict]:
         for size, batch in cases:
             root = Path(tmp) / f"s{size}"
             _random_samples(root, batch, size)
-            model_cfg = GSLRMConfig.full(image_size=size) if cuda else GSLRMConfig.tiny(image_size=size)
+            make = GSLRMConfig.full if cuda else GSLRMConfig.tiny
+            model_cfg = make(image_size=size, attention="sdpa")  # the baseline; FA4 is timed beside it
             cfg = TrainConfig(out_dir=str(root / "out"), data_root=str(root), train_split="train.txt",
                               model=model_cfg, data=DataConfig(input_views=5, augment=False), steps=10 ** 6,
                               batch_size=batch, device=device.type, tracking=TrackingConfig(mode="disabled"),
@@ -236,7 +237,7 @@ def bench_gslrm(device: torch.device) -> list[dict]:
             del trainer
         # inference: 6 views at 512 (CUDA) / 6 views at the tiny size (CPU), no grad
         size = 512 if cuda else 32
-        cfg = GSLRMConfig.full(image_size=size) if cuda else GSLRMConfig.tiny(image_size=size)
+        cfg = (GSLRMConfig.full if cuda else GSLRMConfig.tiny)(image_size=size, attention="sdpa")
         model = GSLRM(cfg).to(device).eval()
         from .. import cameras
         w2c, K = cameras.canonical_rig(image_size=size, device=device)
@@ -423,8 +424,10 @@ def bench_gslrm_4d(device: torch.device, n_frames: int | None = None) -> list[di
         out = infer_recording(rec, range(2, 2 + n), ckpt, Path(tmp) / "out", cfg)
         seconds = time.perf_counter() - t0
     done = len(out["plys"])
+    from ..gslrm.attention import fa4_ready
+    kernel = "FlashAttention-4" if cuda and fa4_ready(device) else "SDPA"  # what attention "auto" ran
     note = (f"{done} PLYs written, {len(out['skipped'])} frames skipped (mouse cut by the border); decoding, "
-            f"extraction, GS-LRM, PLYs, video and model loading included")
+            f"extraction, GS-LRM ({kernel} attention), PLYs, video and model loading included")
     return [row("gslrm_4d", f"recording 576x512 -> GS-LRM {what}, {n} frames: reconstructed frames/s",
                 done / seconds, "frames/s", note),
             row("gslrm_4d", f"recording 576x512 -> GS-LRM {what}, {n} frames: time per frame",

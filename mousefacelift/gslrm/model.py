@@ -68,8 +68,9 @@ class GSLRMConfig:
     qk_norm: bool = False             # True: parameter-free RMS norm of queries and keys per head (no new
     #                                   state-dict keys). Bounds attention logits so a from-scratch run takes a
     #                                   higher learning rate; False reproduces FaceLift's attention
-    attention: str = "sdpa"           # kernel: "sdpa" (PyTorch's), "fa4" (FlashAttention-4, when installed) or "fp8"
-    #                                   (Triton fp8 forward: inference only; slower than SDPA on an H200); see gslrm.attention
+    attention: str = "auto"           # kernel: "auto" (FlashAttention-4 where installed and checked, else SDPA), "sdpa",
+    #                                   "fa4" or "fp8" (Triton fp8 forward: inference only; slower than SDPA on an H200);
+    #                                   no kernel changes a weight (see gslrm.attention)
 
     def __post_init__(self):
         check_ranges(self)
