@@ -345,6 +345,26 @@ def true_surface(provenance: dict, n_points: int, generator: torch.Generator) ->
     return procedural.sample_surface(rec, int(frame), n_points, generator), ""
 
 
+def behaviour_labels(data_root: str | os.PathLike, names: list[str], high_deg: float = 45.0) -> dict[int, str] | None:
+    """frame index -> what the mouse does there (:func:`procedural.behaviour`: walking, a low or a high
+    rear) for the samples ``names`` under ``data_root``, from their recording's true poses; None when
+    they do not come from a procedural recording (a real one has no ground truth). Rows carry "frame",
+    so ``summarize_rows([{**r, "behaviour": labels[r["frame"]]} for r in rows], by=("behaviour",))``
+    scores each behaviour apart."""
+    from .data import procedural
+
+    poses, labels = {}, {}
+    for name in names:
+        prov = samples_io.read_cameras(Path(data_root) / name)[0].get("provenance", {})
+        rec, frame = prov.get("recording"), prov.get("frame_index")
+        if rec is None or frame is None or not (Path(rec) / procedural.GT_DIR / "params.json").is_file():
+            return None
+        if rec not in poses:
+            poses[rec] = procedural.load_ground_truth(rec)[1]
+        labels[int(frame)] = procedural.behaviour(poses[rec], int(frame), high_deg)
+    return labels
+
+
 @torch.no_grad()
 def reconstruct_sample(model, sample_dir: str | os.PathLike, input_views: list[int] | None = None):
     """GS-LRM on the real views at positions ``input_views`` (None = all) of one sample

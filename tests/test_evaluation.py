@@ -341,3 +341,23 @@ def test_scale_rows_carry_st_lpips_and_the_shift_vs_blur_pairs_match_in_psnr(dat
     mean = {d["model"]: d for d in summarize_rows(pairs)}
     print({m: (round(d["psnr_fg"], 2), round(d["ssim_fg"], 3), round(d["st_lpips"], 4)) for m, d in mean.items()})
     assert mean["shift_1px"]["st_lpips"] < 0.5 * mean["blur_equal_mse"]["st_lpips"]  # measured 0.0085 vs 0.079
+
+
+def test_behaviour_labels_come_from_the_recordings_true_poses(procedural_recording, tmp_path, data):
+    """Samples whose provenance names a procedural recording get each frame's behaviour from its true
+    poses (procedural.behaviour); samples without one (here the test's synthetic samples) get None."""
+    from mousefacelift import cameras
+    from mousefacelift.data import procedural, samples
+
+    w2c, K = cameras.canonical_rig(image_size=8)
+    names = []
+    for f in (2, 7):
+        names.append(f"sample_{f:06d}")
+        samples.write_sample(tmp_path / names[-1], np.zeros((6, 8, 8, 4), np.uint8), w2c, K, list(range(6)),
+                             provenance={"recording": str(procedural_recording), "frame_index": f})
+    pose = procedural.load_ground_truth(procedural_recording)[1]
+    labels = evaluation.behaviour_labels(tmp_path, names)
+    assert labels == {2: procedural.behaviour(pose, 2), 7: procedural.behaviour(pose, 7)}
+    assert set(labels.values()) <= {"walking", "rear <= 45 deg", "rear > 45 deg"}
+    root, synthetic = data
+    assert evaluation.behaviour_labels(root, synthetic) is None

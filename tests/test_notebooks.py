@@ -121,6 +121,7 @@ def test_01_extracts_consistent_samples(tiny_run):
     r = results(tiny_run, "01_data_extraction")
     assert r["n_written"] >= 8 and r["train"] >= 4 and r["test"] >= 1
     assert r["centre_within_5mm"] >= 0.95  # triangulated vs true centre of the procedural mouse
+    assert set(r["highest_pitch_deg"]) == {"train", "val", "test"} and isinstance(r["coverage_warnings"], list)
 
 
 def test_02_reprojection_is_exact(tiny_run):
@@ -244,3 +245,7 @@ def test_06_gslrm_trains_resumably_and_scores_real_test_views(tiny_run):
     held = (run / "gslrm" / "test_per_view.csv").read_text().splitlines()
     assert len(held) == 1 + r["n_test_views"]
     assert (run / r["ply"]).is_file() and (run / r["turntable"]).is_file()
+    # the procedural recording's test frames scored by behaviour: every scored frame once
+    n_frames = len({line.split(",")[3] for line in held[1:]})
+    assert sum(b["n_frames"] for b in r["by_behaviour"].values()) == n_frames
+    assert set(r["by_behaviour"]) <= {"walking", "rear <= 45 deg", "rear > 45 deg"}

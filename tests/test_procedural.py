@@ -441,3 +441,32 @@ def test_frames_reach_the_encoders_in_their_own_layout(tmp_path):
     videos.write(bgr.numpy())
     videos.close()
     assert all((tmp_path / "v" / f"{v}.mp4").stat().st_size > 0 for v in range(2))
+
+
+def test_split_coverage_names_a_rear_the_train_split_never_saw():
+    """Three stretches: walking, a low rear (40 deg) and a high rear (85 deg). With the high rear only in
+    the test split, the coverage rows count it and the warning names the test split and both heights;
+    with a high rear in train too, nothing is said."""
+    from mousefacelift.data.procedural import PoseTrack, POSE_FIELDS, split_coverage
+    n = 30
+    pitch = np.zeros(n)
+    pitch[10:20], pitch[20:30] = np.radians(40), np.radians(85)
+    fields = {k: np.zeros(n) for k in POSE_FIELDS}
+    fields.update(pitch=pitch, rearing=pitch > np.radians(20))
+    pose = PoseTrack(**fields)
+    rows, warnings = split_coverage(pose, {"train": range(0, 20), "val": [], "test": range(20, 30)})
+    by = {r["split"]: r for r in rows}
+    assert by["train"]["frames"] == 20 and by["train"]["rearing frames"] == 10
+    assert by["train"]["highest pitch (deg)"] == 40.0 and by["test"]["frames pitched > 45 deg"] == 10
+    assert by["val"]["frames"] == 0
+    assert len(warnings) == 1 and "test split" in warnings[0] and "85" in warnings[0] and "40" in warnings[0]
+    assert split_coverage(pose, {"train": range(0, 30), "test": range(20, 30)})[1] == []
+
+
+def test_behaviour_of_a_frame_follows_its_pitch_and_rearing_flag():
+    from mousefacelift.data.procedural import PoseTrack, POSE_FIELDS, behaviour
+    fields = {k: np.zeros(3) for k in POSE_FIELDS}
+    fields.update(pitch=np.radians([0.0, 30.0, 60.0]), rearing=np.array([False, True, False]))
+    pose = PoseTrack(**fields)
+    assert [behaviour(pose, f) for f in range(3)] == ["walking", "rear <= 45 deg", "rear > 45 deg"]
+    assert behaviour(pose, 2, high_deg=70) == "walking"  # pitched 60 without the flag: the rise of a rear

@@ -19,16 +19,18 @@ its motion), :mod:`.geometry` (the body as quadrics: ray casting, containment, s
 cache, ground truth and contact sheets).
 
 Entry points: :func:`generate_recording`, :func:`ensure_recording` (cached by config hash),
-:func:`simulate_motion`, :func:`sample_surface`, :func:`contact_sheet`, :func:`demo_config`.
+:func:`simulate_motion`, :func:`sample_surface`, :func:`contact_sheet`, :func:`demo_config`,
+:func:`split_coverage` (which behaviours each split holds), :func:`behaviour` (one frame's).
 """
 from .config import (FORMAT_VERSION, GT_DIR, RUNTIME_KEYS, ProceduralConfig, RigConfig, SceneConfig, config_hash,
                      demo_config, image_size, rig_cameras, simulate_motion)
-from .generate import contact_sheet, ensure_recording, generate_recording, load_ground_truth, sample_surface
+from .generate import (behaviour, contact_sheet, ensure_recording, generate_recording, load_ground_truth,
+                       sample_surface, split_coverage)
 from .mouse import ARENA_CENTER_MM, KEYPOINT_NAMES, POSE_FIELDS, BodyConfig, MotionConfig, MouseShapes, PoseTrack, build_mouse
 from .render import Scene, build_scene, keypoints_2d, render_frame, render_frames
 
 __all__ = ["FORMAT_VERSION", "GT_DIR", "RUNTIME_KEYS", "ProceduralConfig", "RigConfig", "SceneConfig", "config_hash",
            "demo_config", "image_size", "rig_cameras", "simulate_motion", "contact_sheet", "ensure_recording",
-           "generate_recording", "load_ground_truth", "sample_surface", "ARENA_CENTER_MM", "KEYPOINT_NAMES",
-           "POSE_FIELDS", "BodyConfig", "MotionConfig", "MouseShapes", "PoseTrack", "build_mouse", "Scene",
-           "build_scene", "keypoints_2d", "render_frame", "render_frames"]
+           "generate_recording", "load_ground_truth", "sample_surface", "split_coverage", "behaviour", "ARENA_CENTER_MM",
+           "KEYPOINT_NAMES", "POSE_FIELDS", "BodyConfig", "MotionConfig", "MouseShapes", "PoseTrack", "build_mouse",
+           "Scene", "build_scene", "keypoints_2d", "render_frame", "render_frames"]

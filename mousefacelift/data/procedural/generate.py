@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,6 +277,40 @@ def load_ground_truth(recording_dir: str | os.PathLike) -> tuple[ProceduralConfi
         raise ValueError(f"{gt}: not a procedural recording's ground truth ({e}); "
                          "regenerate it with mousefacelift.data.procedural.ensure_recording") from e
     return cfg, pose, kp
+
+
+def behaviour(pose: PoseTrack, frame: int, high_deg: float = 45.0) -> str:
+    """What the mouse does in ``frame``, from its true pose: "walking", "rear <= {high_deg} deg" or
+    "rear > {high_deg} deg" (pitched above ``high_deg``, rearing flag or not: the rise of a high rear counts)."""
+    pitch = float(np.degrees(pose.pitch[frame]))
+    if pitch > high_deg:
+        return f"rear > {high_deg:g} deg"
+    return f"rear <= {high_deg:g} deg" if pose.rearing[frame] else "walking"
+
+
+def split_coverage(pose: PoseTrack, splits: dict[str, Sequence[int]], high_deg: float = 45.0,
+                   margin_deg: float = 10.0) -> tuple[list[dict], list[str]]:
+    """Which behaviours each split holds, from the ground-truth poses: one row per split (its frames,
+    rearing frames, frames pitched above ``high_deg``, highest pitch in degrees) and the warnings a reader
+    needs. A held-out split whose highest rear is more than ``margin_deg`` above the train split's asks
+    the model for a pose it never saw, so its scores on those frames measure extrapolation.
+    splits: name -> frame indices of the recording (e.g. {"train": [...], "val": [...], "test": [...]})."""
+    rows = []
+    for name, frames in splits.items():
+        f = np.asarray(list(frames), dtype=int)
+        pitch = np.degrees(pose.pitch[f]) if f.size else np.zeros(0)
+        rows.append({"split": name, "frames": int(f.size), "rearing frames": int(pose.rearing[f].sum()) if f.size else 0,
+                     f"frames pitched > {high_deg:g} deg": int((pitch > high_deg).sum()),
+                     "highest pitch (deg)": round(float(pitch.max()), 1) if f.size else float("nan")})
+    top = {r["split"]: r["highest pitch (deg)"] for r in rows if r["frames"]}
+    warnings = []
+    if "train" in top:
+        for name, deg in top.items():
+            if name != "train" and deg > top["train"] + margin_deg:
+                warnings.append(f"the {name} split holds rears up to {deg:.0f} deg, the train split only up to "
+                                f"{top['train']:.0f} deg: its scores on those frames measure extrapolation. A longer "
+                                "recording (synthetic_frames) puts rearing episodes on both sides")
+    return rows, warnings
 
 
 def sample_surface(recording_dir_or_pose: str | os.PathLike | PoseTrack, frame: int, n_points: int,
