@@ -348,9 +348,8 @@ def true_surface(provenance: dict, n_points: int, generator: torch.Generator) ->
 def behaviour_labels(data_root: str | os.PathLike, names: list[str], high_deg: float = 45.0) -> dict[int, str] | None:
     """frame index -> what the mouse does there (:func:`procedural.behaviour`: walking, a low or a high
     rear) for the samples ``names`` under ``data_root``, from their recording's true poses; None when
-    they do not come from a procedural recording (a real one has no ground truth). Rows carry "frame",
-    so ``summarize_rows([{**r, "behaviour": labels[r["frame"]]} for r in rows], by=("behaviour",))``
-    scores each behaviour apart."""
+    they do not come from a procedural recording (a real one has no ground truth). See
+    :func:`summarize_by_behaviour`."""
     from .data import procedural
 
     poses, labels = {}, {}
@@ -363,6 +362,14 @@ def behaviour_labels(data_root: str | os.PathLike, names: list[str], high_deg: f
             poses[rec] = procedural.load_ground_truth(rec)[1]
         labels[int(frame)] = procedural.behaviour(poses[rec], int(frame), high_deg)
     return labels
+
+
+def summarize_by_behaviour(rows: list[dict], labels: dict[int, str], by: tuple[str, ...] = (),
+                           metric_names: tuple[str, ...] = ("psnr_fg", "ssim_fg", "mask_iou")) -> list[dict]:
+    """:func:`summarize_rows` of ``rows`` grouped by ``by`` and by what the mouse does in each row's frame
+    (``labels`` from :func:`behaviour_labels`), clustered by frame as always."""
+    return summarize_rows([{**r, "behaviour": labels[r["frame"]]} for r in rows], by=(*by, "behaviour"),
+                          metric_names=metric_names)
 
 
 @torch.no_grad()
@@ -518,7 +525,8 @@ def metrics_document(summaries: list[dict], lpips_reason: str, **sections) -> di
 
 __all__ = ["COPY_REFERENCE", "EvalConfig", "EvalResult", "view_plans", "check_plan", "load_eval_sample", "load_eval_sizes", "reconstruct_and_render",
            "score", "view_row", "sample_row", "reconstruction_rows", "end_to_end_rows", "gaussians_from_output",
-           "to_world_mm", "chamfer_to_surface", "true_surface", "reconstruct_sample", "chamfer_rows", "degradation_rows",
+           "to_world_mm", "chamfer_to_surface", "true_surface", "behaviour_labels", "summarize_by_behaviour",
+           "reconstruct_sample", "chamfer_rows", "degradation_rows",
            "shift_vs_blur_rows", "st_lpips_model", "st_lpips_status", "summarize_rows",
            "paired_difference",
            "comparison_grid", "metrics_document"]

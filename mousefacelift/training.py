@@ -88,6 +88,8 @@ class RunConfig:
     keep_last: int = bounded(3, min=0)      # newest checkpoints kept (0 = all)
     resume: bool = True                     # continue from the newest checkpoint; False deletes an earlier run's
     log_every: int = bounded(10, min=1)     # steps between logged scalars
+    cudnn_benchmark: bool = True            # CUDA: cuDNN times its convolution algorithms once per new shape and keeps
+    #                                         the fastest (a training's shapes are fixed, so it pays from the next step)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self):
@@ -150,6 +152,13 @@ def resolve_device(knob: str, local_rank: int | None = None) -> torch.device:
     if local_rank is not None and knob.startswith("cuda"):
         return torch.device("cuda", local_rank)
     return torch.device(knob)
+
+
+def configure_backends(cfg: RunConfig, device: torch.device) -> None:
+    """The process-wide backend settings a run asks for, on ``device``: on CUDA, cuDNN's algorithm
+    search (``cfg.cudnn_benchmark``). Called by each trainer once its device is known."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
 
 
 # ----------------------------------------------------------------------------------------------

@@ -359,5 +359,11 @@ def test_behaviour_labels_come_from_the_recordings_true_poses(procedural_recordi
     labels = evaluation.behaviour_labels(tmp_path, names)
     assert labels == {2: procedural.behaviour(pose, 2), 7: procedural.behaviour(pose, 7)}
     assert set(labels.values()) <= {"walking", "rear <= 45 deg", "rear > 45 deg"}
+    rows = [{"model": "m", "sample": n, "frame": f, "psnr_fg": float(f), "mask_iou": 0.5} for n, f in zip(names, (2, 7))]
+    by = {(d["model"], d["behaviour"]): d for d in evaluation.summarize_by_behaviour(rows, labels, by=("model",),
+                                                                                     metric_names=("psnr_fg", "mask_iou"))}
+    for f in (2, 7):  # each frame under its own behaviour (the two may share one: then their mean)
+        d = by[("m", labels[f])]
+        assert d["psnr_fg"] == pytest.approx(np.mean([g for g in (2.0, 7.0) if labels[int(g)] == labels[f]]))
     root, synthetic = data
     assert evaluation.behaviour_labels(root, synthetic) is None

@@ -214,6 +214,9 @@ def test_07_evaluation_scores_held_out_views_by_the_protocol(tiny_run):
     assert sorted(scale) == sorted(metrics.DEGRADATIONS) and all(math.isfinite(v) for v in scale.values())
     assert scale["shift_1px"] > scale["shift_2px"] and scale["blur_0.5px"] > scale["blur_1px"] > scale["blur_2px"]
     assert r["chamfer_mm"] is not None and 0 < r["chamfer_mm"] < 500  # procedural data: 3D error in mm
+    by = r["by_behaviour_psnr_fg"]  # procedural data: the GS-LRM beside each baseline, by behaviour
+    assert {"real", *r["baseline_psnr_fg"]} == set(by) and all(set(b) <= {"walking", "rear <= 45 deg", "rear > 45 deg"}
+                                                              for b in by.values())
     doc = json.loads((run / "eval" / "metrics.json").read_text())
     assert doc["protocol"]["name"] == metrics.PROTOCOL["name"]
     assert doc["lpips"]["available"] == r["lpips_available"] and (doc["lpips"]["available"] or doc["lpips"]["reason"])

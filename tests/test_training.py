@@ -368,3 +368,19 @@ def test_resume_off_starts_over_in_both_trainers(blobs, mvd_data, tmp_path):
     mvd_train.train(mv)
     mvd_train.train(dataclasses.replace(mv, steps=1, resume=False))
     assert [p.name for p in list_checkpoints(mv.checkpoint_dir)] == [checkpoint_name(1)]
+
+
+@pytest.mark.parametrize("trainer", [gslrm_train, mvd_train])
+def test_cudnn_search_is_a_run_setting_applied_on_cuda_only(monkeypatch, tmp_path, trainer):
+    """Both trainers' configs carry ``cudnn_benchmark`` (one default, in RunConfig); configure_backends
+    sets cuDNN's search from it on a CUDA device and leaves the process alone on a CPU."""
+    extra = {"data_root": "unused", "train_split": "unused"} if trainer is gslrm_train else {}
+    cfg = trainer.TrainConfig(out_dir=str(tmp_path), **extra)
+    assert cfg.cudnn_benchmark is True
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    training.configure_backends(cfg, torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    training.configure_backends(cfg, torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True
+    training.configure_backends(dataclasses.replace(cfg, cudnn_benchmark=False), torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is False

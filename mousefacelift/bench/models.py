@@ -101,10 +101,10 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
     """The MVDiffusion trainer itself (resident data, keyed randomness on the device, optimizer,
     EMA; no validation) on params/gpu.yaml's 40.7 M pixel UNet at 64 px, bf16, 64 objects per step
     per process, from 256 px samples: objects/s and the fraction of bf16 peak its UNet step reaches,
-    eager and torch.compile side by side; with several GPUs, eager under torchrun on all of them
-    (weak scaling against the eager one-process rate of this call; compiling under DDP took more than
-    4 minutes per process on an H200 machine, too long for a benchmark). On a CPU the 32 px test UNet, 2
-    objects per step, eager (the mechanics, not a speed figure)."""
+    eager with cuDNN's algorithm search off and on, and torch.compile, side by side; with several GPUs,
+    eager under torchrun on all of them (weak scaling against the eager one-process rate of this call;
+    compiling under DDP took more than 4 minutes per process on an H200 machine, too long for a benchmark).
+    On a CPU the 32 px test UNet, 2 objects per step, eager (the mechanics, not a speed figure)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from ..mvdiffusion.model import MVDiffusionConfig, MVDiffusionModel
@@ -127,15 +127,17 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
     peak = peak_tflops(device)
     n_gpus = torch.cuda.device_count() if cuda else 0
     rows, base = [], None
-    cases = [("eager", False, 1)] + ([("torch.compile", True, 1)] if cuda else []) + \
-        ([("eager", False, n_gpus)] if n_gpus >= 2 else [])
+    # (name, compiled, processes, cuDNN algorithm search): the search off beside on (RunConfig.cudnn_benchmark)
+    cases = ([("eager, cuDNN search off", False, 1, False)] if cuda else []) + [("eager", False, 1, True)] + \
+        ([("torch.compile", True, 1, True)] if cuda else []) + ([("eager", False, n_gpus, True)] if n_gpus >= 2 else [])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "samples"
         _random_samples(root, 2 * batch, size)
-        for name, compiled, n in cases:
-            cfg = TrainConfig(data_root=str(root), train_split=str(root / "train.txt"), out_dir=str(Path(tmp) / f"{name}{n}"),
-                              model=model_cfg, steps=steps, batch_size=batch, device=device.type,
-                              precision="bf16" if cuda else "fp32", compile=compiled, resume=False,
+        for i, (name, compiled, n, search) in enumerate(cases):
+            cfg = TrainConfig(data_root=str(root), train_split=str(root / "train.txt"),
+                              out_dir=str(Path(tmp) / f"case{i}"), model=model_cfg, steps=steps, batch_size=batch,
+                              device=device.type, precision="bf16" if cuda else "fp32", compile=compiled, resume=False,
+                              cudnn_benchmark=search,
                               checkpoint_every=10 ** 6, log_every=5, warmup_steps=1,
                               tracking=TrackingConfig(mode="disabled"))
             summary = launch(cfg, launcher="torchrun" if n > 1 else "inprocess", nproc_per_node=n)
@@ -149,7 +151,7 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
                 rows.append(row("mvdiffusion_trainer", f"{case}: UNet step TFLOP/s", flops / sec / 1e12, "TFLOP/s",
                                 f"{flops / 1e12:.1f} TFLOP per step (FlopCounterMode); {flops / sec / 1e12 / peak:.1%} of "
                                 f"{peak:.0f} TFLOP/s bf16 peak"))
-            if n == 1 and not compiled:
+            if n == 1 and not compiled and search:
                 base = rate
             elif n > 1 and base:
                 rows.append(row("mvdiffusion_trainer", f"{case}: efficiency", rate / (n * base), "",

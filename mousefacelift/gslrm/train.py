@@ -38,8 +38,8 @@ from .. import launch
 from ..configs import bounded
 from ..stage import warn_schedule_change
 from ..tracking import Tracker
-from ..training import (RunConfig, clear_checkpoints, latest_checkpoint, load_latest_checkpoint, resolve_device,
-                        rng_state, save_checkpoint, set_rng_state, time_is_up)
+from ..training import (RunConfig, clear_checkpoints, configure_backends, latest_checkpoint, load_latest_checkpoint,
+                        resolve_device, rng_state, save_checkpoint, set_rng_state, time_is_up)
 from ..data.samples import read_split
 from ..data.resident import ResidentSplit
 from .data import DataConfig, GSLRMDataset, StepBatchSampler, collate, prepare_rgba, resident_batch
@@ -180,6 +180,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.dist, self.device = setup_distributed(cfg.device)
+        configure_backends(cfg, self.device)
         self.is_main = self.dist.rank == 0
         self.out = cfg.checkpoint_dir
         self.out.mkdir(parents=True, exist_ok=True)

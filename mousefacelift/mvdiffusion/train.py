@@ -45,8 +45,8 @@ from ..data.resident import ResidentSplit
 from ..data.samples import SampleDataset
 from ..stage import warn_schedule_change
 from ..tracking import Tracker
-from ..training import (RunConfig, clear_checkpoints, keyed_generator, load_latest_checkpoint, resolve_device,
-                        save_checkpoint, time_is_up)
+from ..training import (RunConfig, clear_checkpoints, configure_backends, keyed_generator, load_latest_checkpoint,
+                        resolve_device, save_checkpoint, time_is_up)
 from .model import MVDiffusionConfig, MVDiffusionModel, relative_ray_map
 from .pipeline import FaceLiftLoadConfig, MVDiffusionPipeline, PixelCodec, SamplerConfig, composite, resize_views
 from .quality import evaluate, validation_grid
@@ -286,6 +286,7 @@ def train(cfg: TrainConfig) -> dict:
     -> {"losses": {step: loss} of the steps run in this call, "val": [...], "pipeline_dir", "step"}."""
     world, rank, local = (int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
     device = resolve_device(cfg.device, local if "LOCAL_RANK" in os.environ else None)
+    configure_backends(cfg, device)
     if world > 1:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     out_dir = Path(cfg.out_dir)
