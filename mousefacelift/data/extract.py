@@ -75,7 +75,7 @@ class ExtractConfig:
     split_seed: int = 42  # random split: permutation seed
     chunk_size: int = bounded(8, min=1)  # frames decoded per chunk (memory: chunk_size x V full frames)
     workers: int | None = bounded(None, min=1)  # decoding threads and frame-processing threads (None: one per
-    #                                            camera for decoding, one per core, at most 8, for processing)
+    #                                            video for decoding, one per core, at most 8, for processing)
     progress: bool = True  # tqdm progress bar
     allow_calibration_failure: bool = False  # extract even when the calibration check fails (logged in
     #                                          extraction.json; see data/calibration_check.py)

@@ -13,7 +13,7 @@ frame counts agree, cameras are finite, right-handed rotations, upper-triangular
 restricted unpickler: only numpy arrays/scalars and builtin containers can come out of it.
 
 Decoding: :func:`read_frames` reads each video sequentially (``grab()`` skips, ``retrieve()`` only
-the wanted frames), one thread per camera, in chunks of frames so that memory stays bounded.
+the wanted frames), one thread per video, in chunks of frames so that memory stays bounded.
 :func:`read_frames_seek` is the naive per-frame-seek baseline that ``mfl bench --only decoding`` compares to.
 """
 from __future__ import annotations
@@ -413,8 +413,9 @@ def read_frames(rec: Recording, frame_indices: Sequence[int], cameras: Sequence[
                 allow_keyframe_jumps: bool = True) -> Iterator[Frame]:
     """Yield the requested frames (sorted, unique) as :class:`Frame` objects.
 
-    Each video is read sequentially, one thread per camera (cv2 releases the GIL while decoding),
-    ``chunk_size`` frames at a time, so memory holds at most ``chunk_size`` multi-view frames.
+    Each video is read sequentially, one thread per video: a camera's RGB and mask videos decode side by
+    side (cv2 releases the GIL while decoding), ``chunk_size`` frames at a time, so memory holds at most
+    ``chunk_size`` multi-view frames.
     With ``allow_keyframe_jumps`` a reader facing a long gap jumps forward to the last keyframe
     before the next wanted frame instead of decoding the whole gap (never backwards, never per frame)."""
     from tqdm.auto import tqdm
@@ -427,25 +428,22 @@ def read_frames(rec: Recording, frame_indices: Sequence[int], cameras: Sequence[
     def reader(path: Path, gray: bool) -> _SequentialReader:
         return _SequentialReader(path, gray, keyframe_indices(path) if jumps else None)
 
-    readers = [(reader(rec.video_path(c), False), reader(rec.mask_path(c), True)) for c in cams]
-
-    def work(i: int, chunk: list[int]):
-        return readers[i][0].read(chunk), readers[i][1].read(chunk)
+    n = len(cams)
+    readers = [reader(rec.video_path(c), False) for c in cams] + [reader(rec.mask_path(c), True) for c in cams]
 
     try:
-        with ThreadPoolExecutor(max_workers=workers or len(cams)) as pool, \
+        with ThreadPoolExecutor(max_workers=workers or len(readers)) as pool, \
                 tqdm(total=len(frames), desc="decoding", unit="frame", disable=not progress) as bar:
             for s in range(0, len(frames), chunk_size):
                 chunk = frames[s:s + chunk_size]
-                results = list(pool.map(lambda i: work(i, chunk), range(len(cams))))
+                decoded = list(pool.map(lambda r: r.read(chunk), readers))  # [2 n videos][chunk frames]
                 for j, f in enumerate(chunk):
-                    yield Frame(index=f, cameras=cams, rgb=np.stack([r[0][j] for r in results]),
-                                mask=np.stack([r[1][j] for r in results]))
+                    yield Frame(index=f, cameras=cams, rgb=np.stack([d[j] for d in decoded[:n]]),
+                                mask=np.stack([d[j] for d in decoded[n:]]))
                     bar.update(1)
     finally:
-        for rgb_reader, mask_reader in readers:
-            rgb_reader.close()
-            mask_reader.close()
+        for r in readers:
+            r.close()
 
 
 def read_frames_seek(rec: Recording, frame_indices: Sequence[int], cameras: Sequence[int] | None = None
