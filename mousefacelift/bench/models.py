@@ -279,7 +279,7 @@ def bench_gslrm(device: torch.device) -> list[dict]:
                     rows += kernel_inference_rows(mode, model, infer, eager, fl, w2c, K, size, device)
                 except Exception as e:
                     log.warning("%s attention failed: %s", mode, e)
-                    rows.append(row("gslrm", f"inference 6 views @512: {mode} attention", float("nan"), "ms",
+                    rows.append(row("gslrm", f"inference 6 views @512: {KERNEL_NAMES[mode]}", float("nan"), "ms",
                                     f"failed: {e}"))
             try:
                 rows += attention_rows(cfg, 6, size, device)
