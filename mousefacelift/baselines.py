@@ -58,7 +58,7 @@ def visual_hull(alpha: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, cfg: Ba
     """Carve: alpha [V, 1, S, S] (mask = alpha > 0.5), K [V, 3, 3], w2c [V, 4, 4] -> occupancy
     [R, R, R] bool ([iz, iy, ix], the cube of :func:`voxel_centers` about the origin)."""
     R = cfg.hull_resolution
-    pts = voxel_centers(torch.zeros(3, dtype=torch.float64), cfg.hull_half_size, R).reshape(-1, 3)
+    pts = voxel_centers(torch.zeros(3, dtype=torch.float64, device=alpha.device), cfg.hull_half_size, R).reshape(-1, 3)
     inside = inside_masks(pts.float(), alpha[:, 0] > 0.5, K.float(), w2c.float())     # [V, R^3]
     return inside.all(0).reshape(R, R, R)
 
@@ -74,7 +74,7 @@ def render_hull(occ: torch.Tensor, colour: torch.Tensor, K: torch.Tensor, w2c: t
                 cfg: BaselineConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The hull seen by cameras K [Vt, 3, 3], w2c [Vt, 4, 4]: rgb [Vt, 3, S, S] (``colour`` [3] inside
     the silhouette, white outside) and alpha [Vt, 1, S, S] (0 or 1)."""
-    sil = torch.stack([render_silhouette(occ, torch.zeros(3, dtype=torch.float64), cfg.hull_half_size,
+    sil = torch.stack([render_silhouette(occ, torch.zeros(3, dtype=torch.float64, device=occ.device), cfg.hull_half_size,
                                          K[v].double(), w2c[v].double(), size, size, cfg.hull_step_voxels)
                        for v in range(K.shape[0])])[:, None].float()                  # [Vt, 1, S, S]
     rgb = sil * colour.view(1, 3, 1, 1).float() + (1 - sil)
@@ -97,56 +97,76 @@ def hull_gaussians(occ: torch.Tensor, rgb: torch.Tensor, alpha: torch.Tensor, K:
         for shift in (0, 2):
             inner &= pad.narrow(dim, shift, R).narrow((dim + 1) % 3, 1, R).narrow((dim + 2) % 3, 1, R) > 0.5
     surface = occ & ~inner
-    centres = voxel_centers(torch.zeros(3, dtype=torch.float64), cfg.hull_half_size, R)[surface].float()  # [N, 3]
+    centres = voxel_centers(torch.zeros(3, dtype=torch.float64, device=occ.device), cfg.hull_half_size,
+                            R)[surface].float()                                                   # [N, 3]
     voxel = 2 * cfg.hull_half_size / R
     V, _, S, _ = rgb.shape
     uv, z = cameras.project(centres, w2c.float(), K.float())                           # [V, N, 2], [V, N]
     iu, iv = uv[..., 0].floor().long().clamp(0, S - 1), uv[..., 1].floor().long().clamp(0, S - 1)
-    view = torch.arange(V)[:, None].expand_as(iu)
+    view = torch.arange(V, device=iu.device)[:, None].expand_as(iu)
     seen = (alpha[view, 0, iv, iu] > 0.5) & (z > 0)                                    # [V, N]
     col = rgb.permute(0, 2, 3, 1)[view, iv, iu]                                         # [V, N, 3]
     w = seen.float()[..., None]
     colour = (col * w).sum(0) / w.sum(0).clamp_min(1)
     colour = torch.where(w.sum(0) > 0, colour, torch.full_like(colour, 0.5)).clamp(0.02, 0.98)
     n = centres.shape[0]
-    return {"means": centres, "log_scales": torch.full((n, 3), math.log(0.5 * voxel)),
-            "opacity_logits": torch.full((n,), math.log(0.9 / 0.1)), "rgb_logits": torch.logit(colour)}
+    return {"means": centres, "log_scales": torch.full((n, 3), math.log(0.5 * voxel), device=centres.device),
+            "opacity_logits": torch.full((n,), math.log(0.9 / 0.1), device=centres.device),
+            "rgb_logits": torch.logit(colour)}
+
+
+def stack_gaussians(inits: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Several plans' Gaussians of :func:`hull_gaussians` (N_b each) as one batch padded to N = max N_b:
+    means [B, N, 3], log_scales [B, N, 3], opacity_logits [B, N], rgb_logits [B, N, 3], and valid [B, N]
+    (1 for a plan's own Gaussians, 0 for padding: :func:`render_params` gives padding no opacity)."""
+    n = max(1, max(p["means"].shape[0] for p in inits))
+    pad = {"means": 0.0, "log_scales": -10.0, "opacity_logits": 0.0, "rgb_logits": 0.0}  # padding: tiny, at the origin
+    out = {k: torch.stack([F.pad(p[k], (0, 0) * (p[k].dim() - 1) + (0, n - p[k].shape[0]), value=v) for p in inits])
+           for k, v in pad.items()}
+    out["valid"] = torch.stack([(torch.arange(n, device=p["means"].device) < p["means"].shape[0]).float()
+                                for p in inits])
+    return out
 
 
 def render_params(p: dict[str, torch.Tensor], K: torch.Tensor, w2c: torch.Tensor, size: int,
                   backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussians of :func:`hull_gaussians` (raw parameters) seen by K [V, 3, 3], w2c [V, 4, 4]
-    -> rgb [V, 3, S, S] on white, alpha [V, 1, S, S] (differentiable)."""
-    n = p["means"].shape[0]
-    quats = torch.zeros(1, n, 4, dtype=p["means"].dtype, device=p["means"].device)
+    """B plans' Gaussians of :func:`stack_gaussians` (raw parameters) seen by K [B, V, 3, 3], w2c
+    [B, V, 4, 4] -> rgb [B, V, 3, S, S] on white, alpha [B, V, 1, S, S] (differentiable)."""
+    B, n = p["means"].shape[:2]
+    quats = torch.zeros(B, n, 4, dtype=p["means"].dtype, device=p["means"].device)
     quats[..., 0] = 1
-    r = rasterize(p["means"][None], quats, p["log_scales"].exp()[None], torch.sigmoid(p["opacity_logits"])[None],
-                  torch.sigmoid(p["rgb_logits"])[None], w2c[None].to(p["means"]), K[None].to(p["means"]), size, size,
+    r = rasterize(p["means"], quats, p["log_scales"].exp(), torch.sigmoid(p["opacity_logits"]) * p["valid"],
+                  torch.sigmoid(p["rgb_logits"]), w2c.to(p["means"]), K.to(p["means"]), size, size,
                   background=(1.0, 1.0, 1.0), sh_degree=None, backend=backend)
-    return r.rgb[0].permute(0, 3, 1, 2), r.alpha[0].permute(0, 3, 1, 2)
+    return r.rgb.permute(0, 1, 4, 2, 3), r.alpha.permute(0, 1, 4, 2, 3)
 
 
 def fit_gaussians(init: dict[str, torch.Tensor], rgb: torch.Tensor, alpha: torch.Tensor, K: torch.Tensor,
                   w2c: torch.Tensor, cfg: BaselineConfig) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Fit the Gaussians ``init`` to input views rgb [V, 3, S, S] on white and alpha [V, 1, S, S]
-    (cameras K [V, 3, 3], w2c [V, 4, 4]): Adam on MSE(rgb) + fit_mask_weight * MSE(alpha), on the
-    device of ``rgb``. -> (fitted parameters, detached; the loss before each step)."""
+    """Fit B plans at once: the Gaussians ``init`` of :func:`stack_gaussians` to their input views rgb
+    [B, V, 3, S, S] on white and alpha [B, V, 1, S, S] (cameras K [B, V, 3, 3], w2c [B, V, 4, 4]).
+    Adam on the sum over plans of MSE(rgb) + fit_mask_weight * MSE(alpha), on the device of ``rgb``.
+    A plan's loss reaches only its own Gaussians and Adam updates each element on its own, so each
+    plan is fitted as if alone, while the GPU renders all of them in one call per step.
+    -> (fitted parameters, detached; the summed loss before each step)."""
     dev = rgb.device
-    p = {k: v.detach().clone().to(dev).requires_grad_(True) for k, v in init.items()}
-    if p["means"].shape[0] == 0 or cfg.fit_iterations == 0:
+    p = {k: v.detach().clone().to(dev).requires_grad_(k != "valid") for k, v in init.items()}
+    if not bool(p["valid"].any()) or cfg.fit_iterations == 0:
         return {k: v.detach() for k, v in p.items()}, []
     opt = torch.optim.Adam([{"params": [p["means"]], "lr": 0.1 * cfg.fit_lr},
                             {"params": [p["log_scales"], p["opacity_logits"], p["rgb_logits"]], "lr": cfg.fit_lr}])
     K, w2c, S = K.to(dev), w2c.to(dev), rgb.shape[-1]
-    losses = []
+    mask = (alpha > 0.5).to(rgb.dtype)
+    losses = []  # kept on the device: one host sync at the end, not one per step
     for _ in range(cfg.fit_iterations):
         r_rgb, r_alpha = render_params(p, K, w2c, S, cfg.backend)
-        loss = F.mse_loss(r_rgb, rgb) + cfg.fit_mask_weight * F.mse_loss(r_alpha, (alpha > 0.5).to(r_alpha))
+        loss = ((r_rgb - rgb) ** 2).flatten(1).mean(1).sum() \
+            + cfg.fit_mask_weight * ((r_alpha - mask) ** 2).flatten(1).mean(1).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-    return {k: v.detach() for k, v in p.items()}, losses
+        losses.append(loss.detach())
+    return {k: v.detach() for k, v in p.items()}, torch.stack(losses).tolist()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,27 +187,34 @@ def baseline_rows(data_root: str | os.PathLike, names: list[str], n_inputs: list
     todo = names[:eval_cfg.max_samples] if eval_cfg.max_samples > 0 else list(names)
     for i, name in enumerate(todo):
         s = evaluation.load_eval_sample(Path(data_root) / name, image_size)
+        d = {k: s[k].to(device) for k in ("rgb", "alpha", "K", "w2c")}  # carving, marching and fitting on the device
         V = s["rgb"].shape[0]
         for n in n_inputs:
-            for inputs, targets in evaluation.view_plans(V, n, i, eval_cfg.seed):
+            plans = evaluation.view_plans(V, n, i, eval_cfg.seed)
+            preds = {m: [] for m in methods}  # per plan: (rgb [Vt, 3, S, S], alpha [Vt, 1, S, S])
+            inits = []
+            for inputs, targets in plans:
                 evaluation.check_plan(inputs, targets)
                 ii, tt = torch.tensor(inputs), torch.tensor(targets)
-                occ = visual_hull(s["alpha"][ii], s["K"][ii], s["w2c"][ii], cfg)
-                preds = {}
+                occ = visual_hull(d["alpha"][ii], d["K"][ii], d["w2c"][ii], cfg)
                 if "visual_hull" in methods:
-                    preds["visual_hull"] = render_hull(occ, mean_colour(s["rgb"][ii], s["alpha"][ii]), s["K"][tt],
-                                                       s["w2c"][tt], image_size, cfg)
+                    preds["visual_hull"].append(render_hull(occ, mean_colour(d["rgb"][ii], d["alpha"][ii]),
+                                                            d["K"][tt], d["w2c"][tt], image_size, cfg))
                 if "gaussian_fit" in methods:
-                    init = hull_gaussians(occ, s["rgb"][ii], s["alpha"][ii], s["K"][ii], s["w2c"][ii], cfg)
-                    fitted, _ = fit_gaussians(init, s["rgb"][ii].to(device), s["alpha"][ii].to(device),
-                                              s["K"][ii], s["w2c"][ii], cfg)
-                    with torch.no_grad():
-                        preds["gaussian_fit"] = render_params(fitted, s["K"][tt].to(device), s["w2c"][tt].to(device),
-                                                              image_size, cfg.backend) if len(fitted["means"]) else \
-                            (torch.ones(len(targets), 3, image_size, image_size), torch.zeros(len(targets), 1,
-                                                                                             image_size, image_size))
-                for method, (rgb, a) in preds.items():
-                    m = evaluation.score(rgb.clamp(0, 1).cpu(), a.cpu(), s["rgb"][tt], s["alpha"][tt], lpips, st)  # each [Vt]
+                    inits.append(hull_gaussians(occ, d["rgb"][ii], d["alpha"][ii], d["K"][ii], d["w2c"][ii], cfg))
+            if "gaussian_fit" in methods:  # every plan of this N in one batched fit (same N inputs, same Vt)
+                ii = torch.tensor([inputs for inputs, _ in plans])                      # [B, n]
+                tt = torch.tensor([targets for _, targets in plans])                    # [B, Vt]
+                fitted, _ = fit_gaussians(stack_gaussians(inits), d["rgb"][ii], d["alpha"][ii], d["K"][ii],
+                                          d["w2c"][ii], cfg)
+                with torch.no_grad():
+                    rgb, a = render_params(fitted, d["K"][tt], d["w2c"][tt], image_size, cfg.backend)
+                preds["gaussian_fit"] = list(zip(rgb, a))
+            for b, (inputs, targets) in enumerate(plans):
+                for method in methods:
+                    rgb, a = preds[method][b]
+                    m = evaluation.score(rgb.clamp(0, 1).cpu(), a.cpu(), s["rgb"][targets], s["alpha"][targets],
+                                         lpips, st)  # each [Vt]
                     for k, t in enumerate(targets):
                         res.rows.append(evaluation.sample_row("reconstruction", method, s, n, inputs, t, m, k))
         log.info("baselines: %s done (%d/%d)", name, i + 1, len(todo))

@@ -18,7 +18,9 @@
 # inline figures, with a warning. Logs: runs/NAME/logs/. MFL="..." chooses the CLI (default:
 # python3 -m mousefacelift.cli); MFL_RUN_ARGS (e.g. "--kernel python3") is passed to every `mfl run`;
 # BENCH=0 skips step 4. MFL_GIT_COMMIT names the commit for the manifests of a copy (it wins over a
-# stale .git there).
+# stale .git there). STAGGER_S (default 10) seconds pass between the side-by-side starts: Jupyter kernels
+# started in the same second can draw the same free ports, and a notebook then reads another kernel's
+# messages and fails with "Invalid Signature" (06 did, 22 s after starting beside 02-03 and 04).
 set -uo pipefail
 name=${1:-h200-reference}
 params=${2:-params/gpu.yaml}
@@ -26,6 +28,7 @@ synthetic=${3:-params/gpu-synthetic.yaml}
 mfl=${MFL:-python3 -m mousefacelift.cli}
 args=${MFL_RUN_ARGS:-}
 run=runs/$name
+stagger=${STAGGER_S:-10}
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 
 say "01 -> $run"
@@ -35,8 +38,10 @@ mkdir -p "$run/logs"
 say "02-03, 06 (real) and 04 -> 05 -> 06 (generated) side by side; logs in $run/logs"
 $mfl run "$params" --only 02,03 --name "$name" --overwrite $args > "$run/logs/02_03.log" 2>&1 &
 cameras=$!
+sleep "$stagger"
 $mfl run "$params" --only 06 --name "$name" --overwrite $args > "$run/logs/06_real.log" 2>&1 &
 real=$!
+sleep "$stagger"
 pipeline_done=$run/logs/04_05.done  # written once 05 has its samples: 07 may then answer question 2
 rm -f "$pipeline_done"
 generated_chain() {  # exit 0: done; 1: 04 or 05 failed; 2: 06 on the generated samples failed

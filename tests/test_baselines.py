@@ -54,14 +54,43 @@ def test_per_frame_gaussian_fit_lowers_its_loss_and_fits_the_inputs():
     init = baselines.hull_gaussians(occ, rgb[ins], alpha[ins], K[ins], w2c[ins], cfg)
     n = init["means"].shape[0]
     assert 0 < n < occ.sum() and init["means"].norm(dim=1).min() > 0.3  # surface voxels only
-    fitted, losses = baselines.fit_gaussians(init, rgb[ins], alpha[ins], K[ins], w2c[ins], cfg)
+    fitted, losses = baselines.fit_gaussians(baselines.stack_gaussians([init]), rgb[ins][None], alpha[ins][None],
+                                             K[ins][None], w2c[ins][None], cfg)
     assert len(losses) == 25 and losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
     with torch.no_grad():
-        f_rgb, f_alpha = baselines.render_params(fitted, K[ins], w2c[ins], 32, "torch")
+        f_rgb, f_alpha = (t[0] for t in baselines.render_params(fitted, K[ins][None], w2c[ins][None], 32, "torch"))
     h_rgb, _ = baselines.render_hull(occ, baselines.mean_colour(rgb[ins], alpha[ins]), K[ins], w2c[ins], 32, cfg)
     fit_psnr = metrics.psnr_fg(f_rgb, rgb[ins], alpha[ins]).mean().item()
     hull_psnr = metrics.psnr_fg(h_rgb, rgb[ins], alpha[ins]).mean().item()
     assert fit_psnr > hull_psnr, (fit_psnr, hull_psnr)
+
+
+def test_plans_fitted_in_one_batch_match_each_fitted_alone():
+    """The batched fit (one render call per step for every plan of an N) gives each plan what fitting it
+    alone gives, although the plans hold different numbers of Gaussians (padding has no opacity)."""
+    rgb, alpha, w2c, K = sphere_views(24)
+    cfg = BaselineConfig(hull_resolution=16, hull_half_size=1.0, fit_iterations=8, fit_lr=0.05, backend="torch")
+    plans = [[0, 1, 2], [1, 3, 5]]
+    inits = [baselines.hull_gaussians(baselines.visual_hull(alpha[p], K[p], w2c[p], cfg), rgb[p], alpha[p], K[p],
+                                      w2c[p], cfg) for p in plans]
+    sizes = [i["means"].shape[0] for i in inits]
+    assert sizes[0] != sizes[1] and min(sizes) > 0, sizes
+    ii = torch.tensor(plans)
+    both, losses = baselines.fit_gaussians(baselines.stack_gaussians(inits), rgb[ii], alpha[ii], K[ii], w2c[ii], cfg)
+    alone_losses = []
+    for b, (p, init) in enumerate(zip(plans, inits)):
+        alone, lb = baselines.fit_gaussians(baselines.stack_gaussians([init]), rgb[p][None], alpha[p][None],
+                                            K[p][None], w2c[p][None], cfg)
+        alone_losses.append(lb)
+        n = sizes[b]
+        for k in ("means", "log_scales", "opacity_logits", "rgb_logits"):
+            torch.testing.assert_close(both[k][b, :n], alone[k][0], atol=1e-5, rtol=1e-4)
+        with torch.no_grad():
+            r_both = baselines.render_params({k: v[b:b + 1] for k, v in both.items()}, K[p][None], w2c[p][None], 24,
+                                             "torch")
+            r_alone = baselines.render_params(alone, K[p][None], w2c[p][None], 24, "torch")
+        torch.testing.assert_close(r_both[0], r_alone[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(alone_losses).sum(0), atol=1e-5, rtol=1e-4)
 
 
 def test_baseline_rows_follow_the_gslrm_plans(data):  # noqa: F811

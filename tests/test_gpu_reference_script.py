@@ -37,7 +37,7 @@ def run_script(tmp_path, **env):
     calls = tmp_path / "calls.txt"
     calls.write_text("")
     proc = subprocess.run(["bash", str(SCRIPT), "ref"], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "MFL": str(fake), "CALLS": str(calls), **env}, timeout=60)
+                          env={**os.environ, "MFL": str(fake), "CALLS": str(calls), "STAGGER_S": "0", **env}, timeout=60)
     return proc, calls.read_text().splitlines()
 
 
