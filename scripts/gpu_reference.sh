@@ -35,7 +35,10 @@ say "01 -> $run"
 $mfl run "$params" --only 01 --name "$name" $args || { say "01 failed"; exit 1; }
 mkdir -p "$run/logs"
 
-say "02-03, 06 (real) and 04 -> 05 -> 06 (generated) side by side; logs in $run/logs"
+# Side by side, each process's CPU threads get a share of the cores (a process's torch uses them all by default;
+# in runs/h200-session-1 notebook 05's CPU comparison stalled for over 10 minutes beside 06's scoring and 07).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( ($(nproc) + 3) / 4 ))}
+say "02-03, 06 (real) and 04 -> 05 -> 06 (generated) side by side, $OMP_NUM_THREADS CPU threads each; logs in $run/logs"
 $mfl run "$params" --only 02,03 --name "$name" --overwrite $args > "$run/logs/02_03.log" 2>&1 &
 cameras=$!
 sleep "$stagger"

@@ -1,4 +1,5 @@
-"""The committed GPU runs (runs/h200-reference, runs/h200-question3): their READMEs quote their own records.
+"""The committed GPU runs (runs/h200-reference, runs/h200-question3, runs/h200-session-1): their READMEs quote
+their own records.
 
 A number in a README that no longer matches the run's results/*.json, eval/metrics.json or
 bench/bench.json (a re-run committed without updating the text, or a typo) fails here.
@@ -73,3 +74,29 @@ def test_question_3_readme_quotes_its_records():
         quoted(v, f, run)
     assert paired["psnr_fg"]["n_inputs"]["5"]["n"] == 6 * r7["n_samples"]  # every view of every test sample, paired
     assert r7["n_samples"] == results("01_data_extraction", run)["test"] == results("01_data_extraction")["test"]
+
+
+def test_session_run_readme_quotes_its_records():
+    """runs/h200-session-1 (the one-session run that ended inside notebook 07): its README quotes its results,
+    its validation curve and the N-curve copied from notebook 07's printed table."""
+    run = RUNS / "h200-session-1"
+    r6, r4, r1 = (results(s, run) for s in ("06_gslrm_finetune", "04_mvdiffusion_finetune", "01_data_extraction"))
+    for v, f in ((r6["psnr_fg"], ".2f"), (r6["mask_iou"], ".3f"), (r6["ssim_fg"], ".3f"),
+                 (r4["test_psnr_fg"], ".2f"), (r4["test_mask_iou"], ".3f"), (r4["baseline_psnr_fg"], ".2f"),
+                 (r4["baseline_mask_iou"], ".3f"), (r1["seconds"], ".1f"),
+                 (results("03_preprocessing_comparison", run)["hull_iou_consistent"], ".3f")):
+        quoted(v, f, run)
+    for b in ("walking", "rear > 45 deg"):
+        quoted(r6["by_behaviour"][b]["psnr_fg"], ".2f", run)
+        quoted(r6["by_behaviour"][b]["mask_iou"], ".3f", run)
+    for line in (run / "gslrm" / "metrics_val.jsonl").read_text().splitlines():
+        val = json.loads(line)
+        quoted(val["val/psnr_fg"], ".2f", run)
+        quoted(val["val/mask_iou"], ".3f", run)
+    curve = json.loads((run / "eval" / "n_curve_partial.json").read_text())["rows"]
+    assert [r["n_inputs"] for r in curve] == [1, 2, 3, 4, 5]
+    assert abs(curve[-1]["psnr_fg"] - r6["psnr_fg"]) < 1e-3  # notebooks 06 and 07 share one scorer
+    for r in curve:
+        quoted(r["psnr_fg"], ".2f", run)
+        quoted(r["mask_iou"], ".3f", run)
+    assert r1["test"] == curve[0]["n_rows"] // 6
