@@ -67,15 +67,16 @@ def mean_colour(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Mean colour of the foreground pixels (alpha > 0.5) of views rgb [V, 3, S, S] -> [3] (grey without any)."""
     fg = (alpha > 0.5).to(rgb.dtype)
     n = fg.sum()
-    return (rgb * fg).sum((0, 2, 3)) / n if n > 0 else torch.full((3,), 0.5, dtype=rgb.dtype)
+    return (rgb * fg).sum((0, 2, 3)) / n if n > 0 else torch.full((3,), 0.5, dtype=rgb.dtype, device=rgb.device)
 
 
 def render_hull(occ: torch.Tensor, colour: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, size: int,
                 cfg: BaselineConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The hull seen by cameras K [Vt, 3, 3], w2c [Vt, 4, 4]: rgb [Vt, 3, S, S] (``colour`` [3] inside
     the silhouette, white outside) and alpha [Vt, 1, S, S] (0 or 1)."""
-    sil = torch.stack([render_silhouette(occ, torch.zeros(3, dtype=torch.float64, device=occ.device), cfg.hull_half_size,
-                                         K[v].double(), w2c[v].double(), size, size, cfg.hull_step_voxels)
+    origin = torch.zeros(3, dtype=torch.float64, device=occ.device)
+    sil = torch.stack([render_silhouette(occ, origin, cfg.hull_half_size, K[v].double(), w2c[v].double(), size, size,
+                                         cfg.hull_step_voxels)
                        for v in range(K.shape[0])])[:, None].float()                  # [Vt, 1, S, S]
     rgb = sil * colour.view(1, 3, 1, 1).float() + (1 - sil)
     return rgb, sil

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import row
+from . import _sync, row, timed
 from ..data import recording
 
 log = logging.getLogger(__name__)
@@ -173,3 +173,60 @@ def time_decoding(rec: recording.Recording, n_frames: int, stride: int = 9, came
            "ratio": t_seek / t_seq, "identical": seq == seek == per_camera}
     log.info("decoding benchmark: %s", out)
     return out
+
+
+def baseline_scene(size: int, device: torch.device, n_gaussians: int = 3000, seed: int = 0):
+    """A mouse-sized blob of random Gaussians (an ellipsoid about the origin, 0.5 x 0.2 x 0.2 normalized
+    units) seen by 6 cameras on two rings at distance 2.7, 30 degree field of view, rendered by the
+    rasterizer of ``device`` -> rgb [6, 3, S, S] on white, alpha [6, 1, S, S], K [6, 3, 3], w2c [6, 4, 4]."""
+    from .. import cameras
+    from ..gaussians import rasterize
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(1, n_gaussians, 3, generator=g) * torch.tensor([0.5, 0.2, 0.2]) / 2
+    quats = torch.randn(1, n_gaussians, 4, generator=g)
+    scales = torch.full((1, n_gaussians, 3), 0.03)
+    colors = torch.rand(1, n_gaussians, 3, generator=g) * 0.5 + 0.2
+    w2c = cameras.orbit_cameras([0.0, 120.0, 240.0, 60.0, 180.0, 300.0], [-30.0] * 3 + [30.0] * 3, 2.7).float()
+    f = cameras.focal_from_fov(30.0, size)
+    K = cameras.intrinsics(f, f, size / 2, size / 2).float().expand(6, 3, 3).clone()
+    with torch.no_grad():
+        r = rasterize(*(t.to(device) for t in (means, quats, scales, torch.full((1, n_gaussians), 0.8), colors,
+                                               w2c[None], K[None])), size, size, sh_degree=None)
+    return r.rgb[0].permute(0, 3, 1, 2), r.alpha[0].permute(0, 3, 1, 2), K.to(device), w2c.to(device)
+
+
+def bench_baselines(device: torch.device) -> list[dict]:
+    """Notebook 07's per-frame Gaussian fit: the six plans of one sample at N = 5 (each view held out
+    in turn) fitted one at a time against all six in one batch, same function, same plans, same run;
+    on CUDA at 256 px, a 64^3 hull and 300 Adam steps (params/gpu.yaml's scoring), on a CPU at 32 px, a
+    24^3 hull and 1 step, timed once (a smoke run: the torch rasterizer is not launch-bound)."""
+    from .. import baselines as bl
+    cuda = device.type == "cuda"
+    size, iterations, voxels = (256, 300, 64) if cuda else (32, 1, 24)
+    rgb, alpha, K, w2c = baseline_scene(size, device, n_gaussians=3000 if cuda else 500)
+    cfg = bl.BaselineConfig(fit_iterations=iterations, hull_resolution=voxels)
+    plans = [[v for v in range(6) if v != t] for t in range(6)]
+    t0 = time.perf_counter()
+    inits = [bl.hull_gaussians(bl.visual_hull(alpha[p], K[p], w2c[p], cfg), rgb[p], alpha[p], K[p], w2c[p], cfg)
+             for p in plans]
+    _sync(device)
+    hull_ms = (time.perf_counter() - t0) * 1e3 / len(plans)
+    ii = torch.tensor(plans)
+
+    def one_at_a_time():
+        for p, init in zip(plans, inits):
+            bl.fit_gaussians(bl.stack_gaussians([init]), rgb[p][None], alpha[p][None], K[p][None], w2c[p][None], cfg)
+
+    def batched():
+        bl.fit_gaussians(bl.stack_gaussians(inits), rgb[ii], alpha[ii], K[ii], w2c[ii], cfg)
+
+    repeats, warmup = (3, 1) if cuda else (1, 0)
+    alone = timed(one_at_a_time, device, repeats=repeats, warmup=warmup)
+    batch = timed(batched, device, repeats=repeats, warmup=warmup)
+    what = (f"6 plans x {iterations} steps @{size}, N = 5, {voxels}^3 hull, "
+            f"{inits[0]['means'].shape[0]} Gaussians per plan")
+    return [row("baselines", "visual hull and initial Gaussians, per plan", hull_ms, "ms"),
+            row("baselines", f"per-frame fit, {what}: one plan at a time", alone, "ms"),
+            row("baselines", f"per-frame fit, {what}: one batch", batch, "ms"),
+            row("baselines", "per-frame fit: one batch vs one plan at a time", alone / batch, "x",
+                "notebook 07 fits each N's plans in one batch")]
