@@ -469,6 +469,8 @@ def test_generate_synthetic_writes_conditioned_cameras_and_resumes(tmp_path):
     assert cmp["n_samples"] == 3 and cmp["n_views"] == 3 * 5 and len(cmp["grids"]) == 2
     assert {r["view"] for r in cmp["per_view"]} == {1, 2, 3, 4, 5}
     assert math.isfinite(cmp["psnr_fg"]) and 0 <= cmp["mask_iou"] <= 1
+    one = compare_synthetic(tmp_path / "src", tmp_path / "out", names, n_grids=2, read_threads=1)  # read ahead or not
+    assert repr(one["per_view"]) == repr(cmp["per_view"]) and [r["sample"] for r in one["per_view"][::5]] == names
     # a second call skips complete samples; a deleted one is regenerated identically
     first = samples.read_sample(tmp_path / "out" / names[1]).images
     import shutil

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +94,7 @@ def generate_synthetic(checkpoint_dir: str | os.PathLike, data_root: str | os.Pa
 
 
 def compare_synthetic(data_root: str | os.PathLike, synthetic_root: str | os.PathLike, names: list[str],
-                      n_grids: int = 0) -> dict:
+                      n_grids: int = 0, read_threads: int = 8) -> dict:
     """Synthetic samples vs their sources: protocol metrics of the generated (non-reference) views
     against the real views resized to the synthetic resolution, and how far the cameras are from
     the source's (w2c exactly; K scaled to the synthetic resolution).
@@ -100,30 +102,42 @@ def compare_synthetic(data_root: str | os.PathLike, synthetic_root: str | os.Pat
     -> {"psnr_fg", "mask_iou", "ssim_fg", "psnr_full": means over generated views, "n_samples",
     "n_views", "per_view": one dict per (sample, view), "w2c_max_abs_diff", "K_max_abs_diff",
     "grids": for the first ``n_grids`` samples (reference [4, S, S], synthetic [V, 4, S, S],
-    real [V, 4, S, S]) on white}."""
+    real [V, 4, S, S]) on white}. ``read_threads`` threads read the samples ahead, in order."""
     data_root, synthetic_root = Path(data_root), Path(synthetic_root)
     rows, grids, w2c_diff, K_diff = [], [], 0.0, 0.0
-    for name in names:
-        syn = samples_io.read_sample(synthetic_root / name)
-        src = samples_io.read_sample(data_root / name)
-        if syn.view_ids != src.view_ids:
-            raise ValueError(f"{synthetic_root / name}: views {syn.view_ids} differ from the source's {src.view_ids}; "
-                             "regenerate it (notebook 05 with overwrite = True)")
-        S = syn.images.shape[-1]
-        real, K = resize_views(src.images, src.K, S)
-        w2c_diff = max(w2c_diff, (syn.w2c - src.w2c).abs().max().item())
-        K_diff = max(K_diff, (syn.K - K).abs().max().item())
-        background = tuple(syn.provenance.get("background", WHITE))
-        if background != WHITE:
-            log.warning("%s was generated on background %s; PSNR_full assumes white", name, background)
-        real = composite(real, WHITE)
-        ref_v = int(syn.provenance.get("reference_view", 0))
-        rows += [{**r, "view": r["target_view"]} for r in generated_rows(
-            syn.images, real, ref_v, name, list(syn.view_ids), "synthetic", syn.provenance.get("frame_index", -1))]
-        if len(grids) < n_grids:
-            grids.append((real[ref_v], syn.images, real))
+    read = lambda name: (samples_io.read_sample(synthetic_root / name), samples_io.read_sample(data_root / name))  # noqa: E731
+    threads = max(1, read_threads)
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # PNG decoding releases the GIL
+        ahead = deque(pool.submit(read, n) for n in names[:2 * threads])  # at most 2 x threads samples in memory
+        for i, name in enumerate(names):
+            syn, src = ahead.popleft().result()
+            if i + 2 * threads < len(names):
+                ahead.append(pool.submit(read, names[i + 2 * threads]))
+            sample_rows, grid, w2c_d, K_d = _compare_one(name, syn, src, synthetic_root, len(grids) < n_grids)
+            rows += sample_rows
+            grids += grid
+            w2c_diff, K_diff = max(w2c_diff, w2c_d), max(K_diff, K_d)
     return {**rows_summary(rows), "n_samples": len(names), "n_views": len(rows), "per_view": rows,
             "w2c_max_abs_diff": w2c_diff, "K_max_abs_diff": K_diff, "grids": grids}
+
+
+def _compare_one(name: str, syn, src, synthetic_root: Path, grid: bool) -> tuple[list[dict], list, float, float]:
+    """One synthetic sample against its source: (its rows, [its grid] when ``grid``, max |w2c difference|,
+    max |K difference|)."""
+    if syn.view_ids != src.view_ids:
+        raise ValueError(f"{synthetic_root / name}: views {syn.view_ids} differ from the source's {src.view_ids}; "
+                         "regenerate it (notebook 05 with overwrite = True)")
+    S = syn.images.shape[-1]
+    real, K = resize_views(src.images, src.K, S)
+    background = tuple(syn.provenance.get("background", WHITE))
+    if background != WHITE:
+        log.warning("%s was generated on background %s; PSNR_full assumes white", name, background)
+    real = composite(real, WHITE)
+    ref_v = int(syn.provenance.get("reference_view", 0))
+    rows = [{**r, "view": r["target_view"]} for r in generated_rows(
+        syn.images, real, ref_v, name, list(syn.view_ids), "synthetic", syn.provenance.get("frame_index", -1))]
+    return (rows, [(real[ref_v], syn.images, real)] if grid else [], (syn.w2c - src.w2c).abs().max().item(),
+            (syn.K - K).abs().max().item())
 
 
 __all__ = ["SyntheticConfig", "generate_synthetic", "compare_synthetic"]
