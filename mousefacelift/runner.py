@@ -371,11 +371,23 @@ def _run_notebooks(plan: RunPlan, verbose: bool = False, console: runlog.Console
         t0 = time.perf_counter()
         try:
             with runlog.capture(cell_log, verbose):
-                log.info("executing %s -> %s", plan.notebooks[stem].name, out)
-                pm.execute_notebook(str(plan.notebooks[stem]), str(out), parameters=nb_params,
-                                    cwd=str(plan.run_dir), kernel_name=plan.kernel, log_output=True,
-                                    progress_bar=False,
-                                    **runlog.execute_options(None if verbose else cell_log))
+                for attempt in range(2):
+                    log.info("executing %s -> %s", plan.notebooks[stem].name, out)
+                    try:
+                        pm.execute_notebook(str(plan.notebooks[stem]), str(out), parameters=nb_params,
+                                            cwd=str(plan.run_dir), kernel_name=plan.kernel, log_output=True,
+                                            progress_bar=False,
+                                            **runlog.execute_options(None if verbose else cell_log))
+                        break
+                    except pm.PapermillExecutionError:
+                        raise
+                    except Exception as e:
+                        if attempt or not _crossed_kernel_channels(e):
+                            raise
+                        log.warning("%s: the Jupyter client read messages signed by another kernel (%s: %.60s): "
+                                    "kernels started in the same second can draw the same ports. Running the "
+                                    "notebook again from its start, once", stem, type(e).__name__, e)
+                        entry["restarted"] = f"{type(e).__name__}: {e}"
             entry["status"] = "ok"
         except pm.PapermillExecutionError as e:
             entry.update(status="failed", error=f"{e.ename}: {e.evalue}", cell=e.cell_index)
@@ -407,6 +419,12 @@ def _run_notebooks(plan: RunPlan, verbose: bool = False, console: runlog.Console
     _write_manifest(plan)  # the run's started / ended / duration_s come from its notebooks' entries
     write_report(plan.run_dir)
     return failure
+
+
+def _crossed_kernel_channels(error: BaseException) -> bool:
+    """Whether executing a notebook failed because its client read another kernel's messages (jupyter_client's
+    "Invalid Signature"), not because of the notebook: then running it again is safe and right."""
+    return isinstance(error, ValueError) and str(error).startswith("Invalid Signature")
 
 
 def run(params_file: str | Path, verbose: bool = False, console: runlog.Console | None = None, **kwargs) -> dict:

@@ -20,7 +20,8 @@
 # BENCH=0 skips step 4. MFL_GIT_COMMIT names the commit for the manifests of a copy (it wins over a
 # stale .git there). STAGGER_S (default 10) seconds pass between the side-by-side starts: Jupyter kernels
 # started in the same second can draw the same free ports, and a notebook then reads another kernel's
-# messages and fails with "Invalid Signature" (06 did, 22 s after starting beside 02-03 and 04).
+# messages and fails with "Invalid Signature" (06 did, 22 s after starting beside 02-03 and 04; `mfl run` now
+# runs such a notebook again once, and the stagger makes it rare).
 set -uo pipefail
 name=${1:-h200-reference}
 params=${2:-params/gpu.yaml}
