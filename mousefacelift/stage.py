@@ -45,6 +45,24 @@ def _plain(value):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return portable_path(value)
+    return value
+
+
+def portable_path(value: str, root: Path | None = None) -> str:
+    """An absolute path as a record should hold it: relative to ``root`` (default: the current
+    directory, which is the run folder inside a notebook) when it lies inside it, else with the home
+    folder written ``~``, so that a record names no machine's folders. Other strings pass unchanged."""
+    if not os.path.isabs(value):
+        return value
+    path, root = Path(value), Path.cwd() if root is None else root
+    for base, shown in ((root, None), (Path.home(), "~")):
+        try:
+            rel = path.relative_to(base)
+        except ValueError:
+            continue
+        return rel.as_posix() if shown is None else f"{shown}/{rel.as_posix()}"
     return value
 
 
@@ -53,7 +71,8 @@ def record_results(stage: str, results: dict, headline: tuple[str, ...] | list[s
     folder; `mfl run` copies them into manifest.json. ``headline`` names the keys of ``results``
     that summarise the notebook (its own measurements, never a parameter or a baseline), in the
     order `mfl run`, `mfl list` and report.html show them; they go to
-    ``results/<stage>.headline.json``. A headline key missing from ``results`` is a KeyError."""
+    ``results/<stage>.headline.json``. A headline key missing from ``results`` is a KeyError.
+    Absolute paths among the values are recorded as :func:`portable_path` writes them."""
     missing = [k for k in headline if k not in results]
     if missing:
         raise KeyError(f"record_results({stage!r}): headline keys {missing} are not in the results "

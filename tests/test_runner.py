@@ -476,3 +476,26 @@ def test_the_kernels_own_output_goes_to_the_cell_log(project, capfd):
     assert "below python" not in out.out + out.err and len(out.out.splitlines()) == 3
     log = (project / "runs" / "k" / "logs" / "03_last.log").read_text()
     assert "below python on stderr" in log and "below python on stdout" in log and "Executing Cell 1" in log
+
+
+def test_recorded_results_name_no_machine_folders(tmp_path, monkeypatch):
+    """record_results writes an absolute path inside the run folder relative to it, one under the home
+    folder with ~, and leaves relative paths and other strings alone (the records of runs/h200-session-1
+    had held the GPU machine's folders)."""
+    import json as _json
+
+    from mousefacelift.stage import portable_path, record_results
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    monkeypatch.chdir(run)
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    path = record_results("06_x", {"checkpoint": str(run / "gslrm" / "ckpt_1.pt"), "n": 3,
+                                   "recording": str(home / ".cache" / "rec"), "ply": "gslrm/a.ply",
+                                   "note": "a /slash inside", "elsewhere": "/opt/data/rec",
+                                   "nested": {"dirs": [str(run / "mvdiffusion" / "pipeline")]}})
+    rec = _json.loads(path.read_text())
+    assert rec["checkpoint"] == "gslrm/ckpt_1.pt" and rec["recording"] == "~/.cache/rec"
+    assert rec["nested"]["dirs"] == ["mvdiffusion/pipeline"] and rec["ply"] == "gslrm/a.ply"
+    assert rec["note"] == "a /slash inside" and rec["elsewhere"] == "/opt/data/rec" and rec["n"] == 3
+    assert portable_path(str(run), run) == "."
