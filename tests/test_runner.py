@@ -490,12 +490,13 @@ def test_recorded_results_name_no_machine_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(run)
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
+    elsewhere = str(tmp_path.parent / "data" / "rec")  # outside the run folder and the home folder: kept
     path = record_results("06_x", {"checkpoint": str(run / "gslrm" / "ckpt_1.pt"), "n": 3,
                                    "recording": str(home / ".cache" / "rec"), "ply": "gslrm/a.ply",
-                                   "note": "a /slash inside", "elsewhere": "/opt/data/rec",
+                                   "note": "a /slash inside", "elsewhere": elsewhere,
                                    "nested": {"dirs": [str(run / "mvdiffusion" / "pipeline")]}})
     rec = _json.loads(path.read_text())
     assert rec["checkpoint"] == "gslrm/ckpt_1.pt" and rec["recording"] == "~/.cache/rec"
     assert rec["nested"]["dirs"] == ["mvdiffusion/pipeline"] and rec["ply"] == "gslrm/a.ply"
-    assert rec["note"] == "a /slash inside" and rec["elsewhere"] == "/opt/data/rec" and rec["n"] == 3
+    assert rec["note"] == "a /slash inside" and rec["elsewhere"] == elsewhere and rec["n"] == 3
     assert portable_path(str(run), run) == "."
