@@ -332,17 +332,28 @@ def chamfer_to_surface(means: torch.Tensor, opacities: torch.Tensor, normalizati
     return {**res, "n_gaussians": int(keep.sum())}
 
 
+def ground_truth_frame(provenance: dict) -> tuple[str | None, int | None, str]:
+    """The procedural recording and frame a sample's provenance names -> (recording, frame, ""), or
+    (None, None, reason) when there is no ground truth to read (a real recording, or no frame named)."""
+    from .data import procedural
+
+    rec, frame = provenance.get("recording"), provenance.get("frame_index")
+    if rec is None or frame is None:
+        return None, None, "the sample's provenance names no recording frame (not from notebook 01?)"
+    if not (Path(rec) / procedural.GT_DIR / "params.json").is_file():
+        return None, None, f"{rec} has no {procedural.GT_DIR}/ (not a procedural recording)"
+    return rec, int(frame), ""
+
+
 def true_surface(provenance: dict, n_points: int, generator: torch.Generator) -> tuple[torch.Tensor | None, str]:
     """Points on the true surface (mm) of the sample's frame, or (None, reason) when the sample does
     not come from a procedural recording with ground truth."""
     from .data import procedural
 
-    rec, frame = provenance.get("recording"), provenance.get("frame_index")
-    if rec is None or frame is None:
-        return None, "the sample's provenance names no recording frame (not from notebook 01?)"
-    if not (Path(rec) / procedural.GT_DIR / "params.json").is_file():
-        return None, f"{rec} has no {procedural.GT_DIR}/ (not a procedural recording)"
-    return procedural.sample_surface(rec, int(frame), n_points, generator), ""
+    rec, frame, why = ground_truth_frame(provenance)
+    if rec is None:
+        return None, why
+    return procedural.sample_surface(rec, frame, n_points, generator), ""
 
 
 def behaviour_labels(data_root: str | os.PathLike, names: list[str], high_deg: float = 45.0) -> dict[int, str] | None:
@@ -354,13 +365,12 @@ def behaviour_labels(data_root: str | os.PathLike, names: list[str], high_deg: f
 
     poses, labels = {}, {}
     for name in names:
-        prov = samples_io.read_cameras(Path(data_root) / name)[0].get("provenance", {})
-        rec, frame = prov.get("recording"), prov.get("frame_index")
-        if rec is None or frame is None or not (Path(rec) / procedural.GT_DIR / "params.json").is_file():
+        rec, frame, _ = ground_truth_frame(samples_io.read_cameras(Path(data_root) / name)[0].get("provenance", {}))
+        if rec is None:
             return None
         if rec not in poses:
             poses[rec] = procedural.load_ground_truth(rec)[1]
-        labels[int(frame)] = procedural.behaviour(poses[rec], int(frame), high_deg)
+        labels[frame] = procedural.behaviour(poses[rec], frame, high_deg)
     return labels
 
 
@@ -525,7 +535,7 @@ def metrics_document(summaries: list[dict], lpips_reason: str, **sections) -> di
 
 __all__ = ["COPY_REFERENCE", "EvalConfig", "EvalResult", "view_plans", "check_plan", "load_eval_sample", "load_eval_sizes", "reconstruct_and_render",
            "score", "view_row", "sample_row", "reconstruction_rows", "end_to_end_rows", "gaussians_from_output",
-           "to_world_mm", "chamfer_to_surface", "true_surface", "behaviour_labels", "summarize_by_behaviour",
+           "to_world_mm", "chamfer_to_surface", "ground_truth_frame", "true_surface", "behaviour_labels", "summarize_by_behaviour",
            "reconstruct_sample", "chamfer_rows", "degradation_rows",
            "shift_vs_blur_rows", "st_lpips_model", "st_lpips_status", "summarize_rows",
            "paired_difference",

@@ -105,7 +105,10 @@ def compare_synthetic(data_root: str | os.PathLike, synthetic_root: str | os.Pat
     real [V, 4, S, S]) on white}. ``read_threads`` threads read the samples ahead, in order."""
     data_root, synthetic_root = Path(data_root), Path(synthetic_root)
     rows, grids, w2c_diff, K_diff = [], [], 0.0, 0.0
-    read = lambda name: (samples_io.read_sample(synthetic_root / name), samples_io.read_sample(data_root / name))  # noqa: E731
+
+    def read(name: str):
+        return samples_io.read_sample(synthetic_root / name), samples_io.read_sample(data_root / name)
+
     threads = max(1, read_threads)
     with ThreadPoolExecutor(max_workers=threads) as pool:  # PNG decoding releases the GIL
         ahead = deque(pool.submit(read, n) for n in names[:2 * threads])  # at most 2 x threads samples in memory
