@@ -506,6 +506,12 @@ def test_quality_vs_steps_reports_each_setting(tmp_path):
                             SamplerConfig(guidance_scale=1.0), max_objects=1, samplers=["ddim", "dpm"])
     assert [(r["sampler"], r["steps"]) for r in rows] == [("ddim", 1), ("dpm", 1)]
     assert all(0 <= r["mask_iou"] <= 1 for r in rows)
+    # guidance scales: one row each, in order, and the scale reaches the sampler (the unguided and the
+    # guided sample of the same noise differ: the untrained model reads its reference and rays)
+    rows = quality_vs_steps(tiny_pipeline(), samples.SampleDataset(tmp_path / "s", tmp_path / "val.txt"), [2],
+                            SamplerConfig(sampler="dpm"), max_objects=1, guidance_scales=[1.0, 4.0])
+    assert [(r["guidance_scale"], r["steps"]) for r in rows] == [(1.0, 2), (4.0, 2)]
+    assert rows[0]["psnr_fg"] != rows[1]["psnr_fg"] and all("copy_fraction" in r for r in rows)
 
 
 @pytest.mark.parametrize("embedding", [False, True])
