@@ -149,7 +149,7 @@ def _run_record(run_dir: Path) -> dict:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     extraction_path = run_dir / "data" / "extraction.json"
     if not extraction_path.is_file() and manifest.get("from_run"):
-        extraction_path = run_dir / manifest["from_run"] / "data" / "extraction.json"  # recorded absolute
+        extraction_path = run_dir / manifest["from_run"] / "data" / "extraction.json"  # relative (older runs: absolute)
     if not extraction_path.is_file():
         raise FileNotFoundError(f"{extraction_path} not found: the training data of {run_dir} is unknown (run "
                                 "notebook 01 in it, or pass the run folder that did)")

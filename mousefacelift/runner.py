@@ -210,7 +210,8 @@ def claim(plan: RunPlan) -> None:
                 "overrides": plan.overrides,  # --set assignments over params_yaml, in order
                 "params": {s: plan.parameters[s] for s in plan.stems},
                 "params_paths_as_given": plan.paths_as_given,  # relative input paths, made absolute in params
-                "from_run": str(plan.from_run) if plan.from_run else None,
+                # relative to the run folder (usually ../NAME), so that the record names no machine's folders
+                "from_run": os.path.relpath(plan.from_run, plan.run_dir) if plan.from_run else None,
                 **environment,
                 "status": "running",
                 "started": dt.datetime.now().isoformat(timespec="seconds"),

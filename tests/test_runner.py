@@ -123,6 +123,7 @@ def test_only_and_from_run(project):
     assert run_cli(project, "--name", "second", "--only", "02,03", "--from-run", str(project / "runs" / "first")) == 0
     man = json.loads((project / "runs" / "second" / "manifest.json").read_text())
     assert set(man["notebooks"]) == {"02_use", "03_last"} and man["notebooks"]["02_use"]["results"] == {"total": 10}
+    assert man["from_run"] == "../first"  # relative to the run folder: the record names no machine's folders
     # without --from-run the input is missing: a clear error naming the producing notebook
     assert run_cli(project, "--name", "third", "--only", "02") == 1
 
