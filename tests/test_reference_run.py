@@ -1,5 +1,5 @@
-"""The committed GPU runs (runs/h200-reference, runs/h200-question3, runs/h200-session-1): their READMEs quote
-their own records.
+"""The committed GPU runs (runs/h200-reference, runs/h200-question3, runs/h200-session-1, runs/h200-session-2):
+their READMEs quote their own records.
 
 A number in a README that no longer matches the run's results/*.json, eval/metrics.json or
 bench/bench.json (a re-run committed without updating the text, or a typo) fails here.
@@ -100,3 +100,62 @@ def test_session_run_readme_quotes_its_records():
         quoted(r["psnr_fg"], ".2f", run)
         quoted(r["mask_iou"], ".3f", run)
     assert r1["test"] == curve[0]["n_rows"] // 6
+
+
+LEVERS = ("base", "random-reference", "generated-loss", "dense", "camera-embedding", "all")
+
+
+def test_levers_and_objects_run_readme_quotes_its_records():
+    """runs/h200-session-2: the lever table is recomputed from each arm's per-view test rows (summaries and
+    paired differences clustered by frame, as the README says), the guidance table, the GS-LRM figures and
+    validation curve, and the bench rows are quoted."""
+    import pandas as pd
+
+    from mousefacelift import evaluation
+
+    run = RUNS / "h200-session-2"
+    rows = {a: pd.read_csv(run / "levers" / a / "test_per_view.csv.gz").to_dict("records") for a in LEVERS}
+
+    def pm(d: dict, fmt: str, sign: str = "") -> None:
+        text = f"{d['mean']:{sign}{fmt}} ± {d['ci95']:{fmt}}"
+        assert text in (run / "README.md").read_text(), f"README does not quote {text}"
+
+    for a in LEVERS:
+        r = json.loads((run / "levers" / a / "04_mvdiffusion_finetune.json").read_text())
+        s = evaluation.summarize_rows(rows[a], by=(), metric_names=("psnr_fg", "mask_iou", "copies"))[0]
+        assert abs(s["mask_iou"] - r["test_mask_iou"]) < 1e-6 and abs(s["psnr_fg"] - r["test_psnr_fg"]) < 1e-6
+        assert s["n_frames"] == r["test_n_objects"] == 64 and s["n_rows"] == r["test_n_views"]
+        pm({"mean": s["mask_iou"], "ci95": s["mask_iou_ci95"]}, ".3f")
+        pm({"mean": s["psnr_fg"], "ci95": s["psnr_fg_ci95"]}, ".2f")
+        quoted(r["test_copy_fraction"], ".3f", run)
+        quoted(r["steps"], "d", run)
+        copy = [{**x, "psnr_fg": x["reference_psnr_fg"], "mask_iou": x["reference_mask_iou"]} for x in rows[a]]
+        pm(evaluation.paired_difference(rows[a], copy, "mask_iou")["n_inputs"][1], ".3f", "+")
+        if a != "base":
+            pm(evaluation.paired_difference(rows[a], rows["base"], "mask_iou")["n_inputs"][1], ".3f", "+")
+            pm(evaluation.paired_difference(rows[a], rows["base"], "psnr_fg")["n_inputs"][1], ".2f", "+")
+        assert [q["guidance_scale"] for q in r["quality_vs_steps"]] == [1.0, 2.0, 3.0]
+        for q in r["quality_vs_steps"]:
+            quoted(q["mask_iou"], ".3f", run)
+            quoted(q["copy_fraction"], ".3f", run)
+    quoted(r["baseline_mask_iou"], ".3f", run)
+    quoted(r["baseline_psnr_fg"], ".2f", run)
+    gs = run / "gslrm-objects"
+    r6 = results("06_gslrm_finetune", gs)
+    assert results("01_data_extraction", gs)["recording"] == \
+        results("01_data_extraction", RUNS / "h200-session-1")["recording"]  # the same recording as the run it is set beside
+    for v, f in ((r6["psnr_fg"], ".2f"), (r6["mask_iou"], ".3f"), (r6["ssim_fg"], ".3f")):
+        quoted(v, f, run)
+    for b in ("walking", "rear > 45 deg"):
+        quoted(r6["by_behaviour"][b]["psnr_fg"], ".2f", run)
+        quoted(r6["by_behaviour"][b]["mask_iou"], ".3f", run)
+    for line in (gs / "gslrm" / "metrics_val.jsonl").read_text().splitlines():
+        val = json.loads(line)
+        quoted(val["val/psnr_fg"], ".2f", run)
+        quoted(val["val/mask_iou"], ".3f", run)
+    fmt = {"objects/s": ".1f", "x": ".2f"}
+    for b in json.loads((run / "bench" / "bench.json").read_text())["rows"]:
+        if b["unit"] in fmt:
+            quoted(b["value"], fmt[b["unit"]], run)
+        elif b["case"].endswith(("one plan at a time", "one batch")):
+            quoted(b["value"], ".0f" if b["value"] > 1000 else ".1f", run)
