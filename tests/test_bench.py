@@ -42,6 +42,14 @@ def test_kernel_categories():
     assert bench.kernel_category("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
     assert bench.kernel_category("nvjet_tst_256x128_64x4_2x1_v_bz_coopA_NTN") == "matmul"
     assert bench.kernel_category("vectorized_elementwise_kernel<4, GeluFunctor>") == "other"
+    # the UNet's classes: cuDNN's convolutions (whose names also say gemm), its layout conversions, GroupNorm
+    assert bench.kernel_category("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == "convolution"
+    assert bench.kernel_category("sm90_xmma_wgrad_implicit_gemm_indexed_bf16bf16") == "convolution"
+    assert bench.kernel_category("void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>") == "layout"
+    assert bench.kernel_category("void at::native::RowwiseMomentsCUDAKernel<c10::BFloat16>") == "normalization"
+    assert bench.kernel_category("void at::native::vectorized_layer_norm_kernel<float>") == "normalization"
+    assert bench.kernel_category("void at::native::unrolled_elementwise_kernel<copy_kernel, convert>") == "other"
+    assert set(bench.KERNEL_CLASSES) >= {"attention", "convolution", "matmul", "normalization", "layout", "other"}
 
 
 def test_video_codec_falls_back_to_mp4v_without_imageio_ffmpeg(monkeypatch):
@@ -79,3 +87,17 @@ def test_4d_bench_reconstructs_a_frame_range_end_to_end():
     assert ms["unit"] == "ms" and ms["value"] > 0
     written = int(fps["note"].split()[0])
     assert 1 <= written <= 3 and fps["value"] == pytest.approx(written / (3 * ms["value"] / 1e3), rel=0.01)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.profiler's CUDA kernels)")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_unet_step_profile_splits_the_kernel_time_by_class(channels_last):
+    from mousefacelift.mvdiffusion.model import MVDiffusionConfig
+
+    rows = bench.profile_unet_step(MVDiffusionConfig.tiny(), 2, torch.device("cuda"), channels_last, flops=1e9)
+    total, *parts = rows
+    assert total["unit"] == "ms" and total["value"] > 0 and "kernel time" in total["case"]
+    by_class = {r["case"].rsplit(": ", 1)[1].removesuffix(" kernels"): r["value"] for r in parts}
+    assert "convolution" in by_class and set(by_class) <= set(bench.KERNEL_CLASSES)
+    assert abs(sum(by_class.values()) - total["value"]) < 1e-2 * total["value"] + 1e-3

@@ -136,6 +136,26 @@ def test_exact_resume_reproduces_losses(data):
     assert logged == [1, 2, 3, 4]
 
 
+def test_channels_last_trains_like_the_default_layout_and_resumes_exactly(data):
+    """NHWC weights and activations change the convolutions' summation order only: the same losses and
+    exported weights as the default layout to float tolerance; a resumed NHWC run matches an uninterrupted
+    one exactly (its checkpoints hold the NHWC tensors)."""
+    nchw = train(tiny_config(data, "nchw", steps=3, checkpoint_every=100))
+    nhwc = train(tiny_config(data, "nhwc", steps=3, checkpoint_every=100, channels_last=True))
+    part = train(tiny_config(data, "nhwc_resumed", steps=3, stop_at_step=2, channels_last=True))
+    rest = train(tiny_config(data, "nhwc_resumed", steps=3, channels_last=True))
+    for s in (1, 2, 3):
+        assert abs(nhwc["losses"][s] - nchw["losses"][s]) < 1e-4 * max(1.0, abs(nchw["losses"][s]))
+    assert part["losses"][2] == nhwc["losses"][2] and rest["losses"][3] == nhwc["losses"][3]
+    ckpt = torch.load(data / "nhwc_resumed" / "checkpoints" / "ckpt_0000000000000002.pt", weights_only=True)
+    w = ckpt["model"]["unet.conv_in.weight"]  # [C_out, C_in, 3, 3] trained in NHWC
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    a = MVDiffusionPipeline.from_pretrained(data / "nchw" / "pipeline").model.state_dict()
+    b = MVDiffusionPipeline.from_pretrained(data / "nhwc" / "pipeline").model.state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_resume_with_a_changed_schedule_warns(data, caplog):
     train(tiny_config(data, "cut", steps=4, stop_at_step=2))

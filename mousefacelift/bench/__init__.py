@@ -60,7 +60,8 @@ def row(benchmark: str, case: str, value: float, unit: str, note: str = "") -> d
 
 from .data import bench_baselines, bench_decoding, bench_rasterizer, bench_synthetic, time_decoding, time_rasterizer, video_codec  # noqa: E402
 from .models import (adopted_gslrm, bench_gslrm, bench_gslrm_4d, bench_gslrm_scaling, bench_mvdiffusion,  # noqa: E402
-                     bench_mvdiffusion_trainer, gslrm_step_flops, kernel_category, profile_gslrm_inference)
+                     bench_mvdiffusion_trainer, gslrm_step_flops, KERNEL_CLASSES, kernel_category, kernel_times,
+                     profile_gslrm_inference, profile_unet_step)
 
 BENCHMARKS = {"synthetic": bench_synthetic, "decoding": bench_decoding, "rasterizer": bench_rasterizer,
               "baselines": bench_baselines,
@@ -114,4 +115,5 @@ def main(only: str | None = None, out_dir: str | Path = "bench") -> dict:
 __all__ = ["BENCHMARKS", "BF16_PEAK_TFLOPS", "main", "machine", "to_markdown", "row", "timed", "peak_tflops",
            "bench_synthetic", "bench_decoding", "bench_rasterizer", "bench_baselines", "time_decoding", "time_rasterizer", "video_codec",
            "bench_gslrm", "bench_gslrm_4d", "bench_gslrm_scaling", "bench_mvdiffusion", "bench_mvdiffusion_trainer", "gslrm_step_flops",
-           "kernel_category", "profile_gslrm_inference"]
+           "KERNEL_CLASSES", "kernel_category", "kernel_times", "profile_gslrm_inference",
+           "profile_unet_step"]

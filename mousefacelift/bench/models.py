@@ -127,17 +127,23 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
     peak = peak_tflops(device)
     n_gpus = torch.cuda.device_count() if cuda else 0
     rows, base = [], None
-    # (name, compiled, processes, cuDNN algorithm search): the search off beside on (RunConfig.cudnn_benchmark)
-    cases = ([("eager, cuDNN search off", False, 1, False)] if cuda else []) + [("eager", False, 1, True)] + \
-        ([("torch.compile", True, 1, True)] if cuda else []) + ([("eager", False, n_gpus, True)] if n_gpus >= 2 else [])
+    if cuda:  # where the eager UNet step's GPU time goes, in each memory layout
+        for nhwc in (False, True):
+            rows += profile_unet_step(model_cfg, batch, device, nhwc, flops)
+    # (name, compiled, processes, cuDNN algorithm search, channels_last): the search off beside on
+    # (RunConfig.cudnn_benchmark), NCHW beside NHWC (TrainConfig.channels_last)
+    cases = ([("eager, cuDNN search off", False, 1, False, False)] if cuda else []) + [("eager", False, 1, True, False),
+                                                                                     ("eager, channels_last", False, 1, True, True)] + \
+        ([("torch.compile", True, 1, True, False), ("torch.compile, channels_last", True, 1, True, True)] if cuda else []) + \
+        ([("eager", False, n_gpus, True, False)] if n_gpus >= 2 else [])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "samples"
         _random_samples(root, 2 * batch, size)
-        for i, (name, compiled, n, search) in enumerate(cases):
+        for i, (name, compiled, n, search, nhwc) in enumerate(cases):
             cfg = TrainConfig(data_root=str(root), train_split=str(root / "train.txt"),
                               out_dir=str(Path(tmp) / f"case{i}"), model=model_cfg, steps=steps, batch_size=batch,
                               device=device.type, precision="bf16" if cuda else "fp32", compile=compiled, resume=False,
-                              cudnn_benchmark=search,
+                              cudnn_benchmark=search, channels_last=nhwc,
                               checkpoint_every=10 ** 6, log_every=5, warmup_steps=1,
                               tracking=TrackingConfig(mode="disabled"))
             summary = launch(cfg, launcher="torchrun" if n > 1 else "inprocess", nproc_per_node=n)
@@ -151,7 +157,7 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
                 rows.append(row("mvdiffusion_trainer", f"{case}: UNet step TFLOP/s", flops / sec / 1e12, "TFLOP/s",
                                 f"{flops / 1e12:.1f} TFLOP per step (FlopCounterMode); {flops / sec / 1e12 / peak:.1%} of "
                                 f"{peak:.0f} TFLOP/s bf16 peak"))
-            if n == 1 and not compiled and search:
+            if n == 1 and not compiled and search and not nhwc:
                 base = rate
             elif n > 1 and base:
                 rows.append(row("mvdiffusion_trainer", f"{case}: efficiency", rate / (n * base), "",
@@ -500,19 +506,30 @@ def bench_gslrm_scaling(device: torch.device, process_counts: tuple[int, ...] | 
     return rows
 
 
+KERNEL_CLASSES = ("attention", "convolution", "matmul", "normalization", "layout", "other")
+
+
 def kernel_category(name: str) -> str:
-    """Coarse class of a CUDA kernel name: attention, matmul or other (elementwise, norms, copies)."""
+    """Coarse class of a CUDA kernel name (one of KERNEL_CLASSES): attention, convolution (cuDNN's
+    forward, data- and weight-gradient kernels), matmul, normalization, layout (NCHW <-> NHWC
+    conversions) or other (elementwise, reductions, copies)."""
     n = name.lower()
     if any(k in n for k in ("flash", "fmha", "attention", "sdpa", "attn")):
         return "attention"
+    if any(k in n for k in ("nchwtonhwc", "nhwctonchw", "nchw2nhwc", "nhwc2nchw")):
+        return "layout"
+    if any(k in n for k in ("convolve", "conv2d", "fprop", "dgrad", "wgrad", "winograd")):
+        return "convolution"
     if any(k in n for k in ("gemm", "cutlass", "nvjet", "cublas", "sm90_xmma", "matmul")):
         return "matmul"
+    if any(k in n for k in ("norm", "rowwisemoments", "fusedparams")):  # the last two: PyTorch's GroupNorm
+        return "normalization"
     return "other"
 
 
-def profile_gslrm_inference(fn, cfg, n_views: int, size: int) -> list[dict]:
-    """Where the eager inference time goes: CUDA kernel time by class (torch.profiler, one call
-    after warm-up), and the TFLOP/s each class reaches on its analytic FLOPs."""
+def kernel_times(fn) -> dict[str, float]:
+    """CUDA kernel time in ms by :func:`kernel_category` class (torch.profiler) of one call of ``fn``,
+    after two warm-up calls."""
     from torch.profiler import ProfilerActivity, profile
 
     fn(), fn()
@@ -525,11 +542,52 @@ def profile_gslrm_inference(fn, cfg, n_views: int, size: int) -> list[dict]:
         us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
         if us and evt.device_type == torch.autograd.DeviceType.CUDA:
             by_class[kernel_category(evt.key)] = by_class.get(kernel_category(evt.key), 0.0) + us / 1e3
+    return by_class
+
+
+def profile_unet_step(model_cfg, batch: int, device: torch.device, channels_last: bool, flops: float) -> list[dict]:
+    """Where one eager bf16 forward+backward of the MVDiffusion UNet (``batch`` objects, random
+    tensors) spends its GPU time: one row per kernel class, in NCHW or NHWC (``channels_last``).
+    ``flops``: the step's FLOPs (FlopCounterMode), for the TFLOP/s of the whole step's kernel time."""
+    from ..mvdiffusion.model import MVDiffusionModel
+
+    model = MVDiffusionModel.from_dataclass(model_cfg).to(device).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    V, S = model_cfg.num_views, model_cfg.image_size
+    args = (torch.randn(batch, V, 4, S, S, device=device), torch.randint(0, 1000, (batch,), device=device),
+            torch.randn(batch, 4, S, S, device=device), torch.randn(batch, V, 6, S, S, device=device))
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            model(*args).float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+    try:  # a profiler problem must not cost the trainer's timings
+        by_class = kernel_times(step)
+    except Exception as e:
+        log.warning("UNet step profile failed: %s", e)
+        return [row("mvdiffusion_trainer", "UNet step profile", float("nan"), "", f"failed: {e}")]
+    finally:
+        del model, args
+        torch.cuda.empty_cache()
+    total = sum(by_class.values())
+    layout = "NHWC (channels_last)" if channels_last else "NCHW"
+    rows = [row("mvdiffusion_trainer", f"UNet step {batch} objects, eager, {layout}: kernel time", total, "ms",
+                f"{flops / (total / 1e3) / 1e12:.0f} TFLOP/s over the kernels alone" if total else "")]
+    rows += [row("mvdiffusion_trainer", f"UNet step {batch} objects, eager, {layout}: {cls} kernels", by_class[cls], "ms",
+                 f"{by_class[cls] / total:.0%} of the kernel time") for cls in KERNEL_CLASSES if cls in by_class]
+    return rows
+
+
+def profile_gslrm_inference(fn, cfg, n_views: int, size: int) -> list[dict]:
+    """Where the eager inference time goes: CUDA kernel time by class (:func:`kernel_times`, one call
+    after warm-up), and the TFLOP/s each class reaches on its analytic FLOPs."""
+    by_class = kernel_times(fn)
     total = sum(by_class.values())
     L, D, n = n_views * (size // cfg.patch) ** 2 + cfg.n_global, cfg.width, cfg.layers
     flops = {"attention": n * 4 * L * L * D, "matmul": n * 2 * L * (4 + 2 * cfg.mlp_ratio) * D * D}
     rows = []
-    for cls in ("attention", "matmul", "other"):
+    for cls in ("attention", "matmul", *(c for c in KERNEL_CLASSES if c not in ("attention", "matmul") and c in by_class)):
         ms = by_class.get(cls, 0.0)
         note = f"{ms / total:.0%} of {total:.1f} ms kernel time" if total else ""
         if cls in flops and ms:

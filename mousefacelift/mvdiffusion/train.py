@@ -91,6 +91,8 @@ class TrainConfig(RunConfig):
     backgrounds: tuple[str, ...] = ("white", "black", "gray")  # random background colours
     num_workers: int = bounded(0, min=0)    # threads decoding the training split once (0: 8)
     compile: bool = False                   # torch.compile the model (CUDA: ~2 min of compiling, then faster steps)
+    channels_last: bool = False             # NHWC weights and activations, so cuDNN's convolutions need no layout
+    #                                         conversions around them (`mfl bench --only mvdiffusion_trainer` compares)
     keep_last: int = bounded(2, min=0)      # newest checkpoints kept in out_dir/checkpoints (0 = all)
     val_every: int = bounded(500, min=1)    # steps between validations (and at the end)
     val_objects: int = bounded(4, min=1)    # validation objects
@@ -293,6 +295,8 @@ def train(cfg: TrainConfig) -> dict:
     # 1. model, noise schedule, optimizer, EMA
     pipe = build_pipeline(cfg)
     pipe.to(device)
+    if cfg.channels_last:  # the parameters change layout in place: optimizer, EMA and checkpoints follow
+        pipe.model.to(memory_format=torch.channels_last)
     pipe.model.train()
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     noise_sched.alphas_cumprod = noise_sched.alphas_cumprod.to(device)
