@@ -56,7 +56,8 @@ class InferConfig:
     elevation_deg: float = 0.0              # turntable camera elevation
     fps: int = bounded(30, min=1)           # video frame rate
     backend: str = "auto"                   # rasterizer backend
-    bf16: bool = True                       # bf16 autocast of the GS-LRM transformer on CUDA (the CPU runs fp32)
+    bf16: bool = True                       # bf16 autocast of the MVDiffusion UNet and the GS-LRM transformer on
+    #                                         CUDA (the CPU runs fp32)
     attention: str = "auto"                 # GS-LRM attention kernel: auto | sdpa | fa4 | fp8 (gslrm.attention)
 
     def __post_init__(self):
@@ -196,7 +197,7 @@ def infer_image(image: str | os.PathLike, mvdiffusion: str | os.PathLike, gslrm:
     Km = cameras.scale_intrinsics(K, Sm / rgba.shape[-1], Sm / rgba.shape[-1])
     _write_png(out / "input.png", _uint8(ref_img[0]))
     # 2. every view from the reference
-    sampler = SamplerConfig(sampler=cfg.sampler, steps=cfg.steps, guidance_scale=cfg.guidance_scale)
+    sampler = SamplerConfig(sampler=cfg.sampler, steps=cfg.steps, guidance_scale=cfg.guidance_scale, bf16=cfg.bf16)
     views = pipe(ref_img, w2c[None, rv], w2c[None], Km[None], sampler,
                  generator=[torch.Generator().manual_seed(cfg.seed)]).cpu()[0]  # [V, 4, Sm, Sm]
     if cfg.keep_reference:

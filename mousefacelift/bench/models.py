@@ -92,9 +92,39 @@ def bench_mvdiffusion(device: torch.device) -> list[dict]:
         n_pixel = sum(p.numel() for p in pixel.parameters())
         rows += batching_rows(pixel, f"pixel UNet ({n_pixel / 1e6:.1f}M) {cfg.image_size}x{cfg.image_size}, bf16",
                               (1, 8, 32), cfg.image_size, cfg.image_channels, None)
+        rows += sampler_precision_rows(cfg, device)
     else:
         rows += batching_rows(model, what, (1, 4), size, C, label)
     return rows
+
+
+def sampler_precision_rows(cfg, device: torch.device, objects: int = 32, steps: int = 10) -> list[dict]:
+    """The sampler as notebooks 04, 05 and 07 run it (fp32 weights, DPM-Solver, guidance 3, ``objects``
+    per call) with the UNet in fp32 and under bf16 autocast (SamplerConfig.bf16), side by side:
+    seconds per object and the ratio."""
+    from diffusers import DDPMScheduler
+
+    from .. import cameras
+    from ..mvdiffusion.model import MVDiffusionModel
+    from ..mvdiffusion.pipeline import MVDiffusionPipeline, PixelCodec, SamplerConfig
+
+    sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False)
+    pipe = MVDiffusionPipeline(MVDiffusionModel.from_dataclass(cfg), sched, PixelCodec()).to(device)
+    pipe.model.eval()
+    S, V = cfg.image_size, cfg.num_views
+    w2c, K = cameras.canonical_rig(image_size=S)
+    w2c, K = w2c[:V].expand(objects, V, 4, 4), K[:V].expand(objects, V, 3, 3)
+    ref = torch.rand(objects, 4, S, S)
+    ms = {}
+    for bf16 in (False, True):
+        sampling = SamplerConfig(sampler="dpm", steps=steps, bf16=bf16)
+        with torch.no_grad():
+            ms[bf16] = timed(lambda: pipe(ref, w2c[:, 0], w2c, K, sampling), device, repeats=3, warmup=1)
+    what = f"pixel UNet sampler, DPM {steps} steps + guidance, {objects} objects per call"
+    return [row("mvdiffusion", f"{what}, fp32: per object", ms[False] / objects / 1e3, "s"),
+            row("mvdiffusion", f"{what}, bf16 autocast: per object", ms[True] / objects / 1e3, "s",
+                "SamplerConfig.bf16, the default on CUDA"),
+            row("mvdiffusion", f"{what}: bf16 autocast vs fp32", ms[False] / ms[True], "x", "same run, side by side")]
 
 
 def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
@@ -132,8 +162,8 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
             rows += profile_unet_step(model_cfg, batch, device, nhwc, flops)
     # (name, compiled, processes, cuDNN algorithm search, channels_last): the search off beside on
     # (RunConfig.cudnn_benchmark), NCHW beside NHWC (TrainConfig.channels_last)
-    cases = ([("eager, cuDNN search off", False, 1, False, False)] if cuda else []) + [("eager", False, 1, True, False),
-                                                                                     ("eager, channels_last", False, 1, True, True)] + \
+    cases = ([("eager, cuDNN search off", False, 1, False, False)] if cuda else []) + \
+        [("eager", False, 1, True, False), ("eager, channels_last", False, 1, True, True)] + \
         ([("torch.compile", True, 1, True, False), ("torch.compile, channels_last", True, 1, True, True)] if cuda else []) + \
         ([("eager", False, n_gpus, True, False)] if n_gpus >= 2 else [])
     with tempfile.TemporaryDirectory() as tmp:

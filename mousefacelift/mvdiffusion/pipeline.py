@@ -104,6 +104,8 @@ class SamplerConfig:
     eta: float = bounded(1.0, min=0)        # DDIM stochasticity (FaceLift: 1.0); ignored by dpm
     guidance_scale: float = bounded(3.0, min=0)  # classifier-free guidance; 1.0 = no unconditional branch
     background: tuple[float, float, float] = bounded((1.0, 1.0, 1.0), min=0, max=1)  # RGB under the reference alpha
+    bf16: bool = True                       # CUDA: the UNet under bf16 autocast, the precision it was trained
+    #                                         in (notebook 04's precision bf16); the scheduler stays fp32. CPU: fp32
 
     def __post_init__(self):
         check_ranges(self)
@@ -233,10 +235,12 @@ class MVDiffusionPipeline:
         x = x * sched.init_noise_sigma
         step_gen = [g for g in generator for _ in range(V)] if isinstance(generator, list) else generator
         # 3. denoising loop
+        amp = cfg.bf16 and device.type == "cuda"
         for t in sched.timesteps:
             xin = sched.scale_model_input(x, t)
             xin = torch.cat([xin, xin]) if guided else xin
-            pred = self.model(xin, t, ref_lat, rays, labels)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                pred = self.model(xin, t, ref_lat, rays, labels).to(x.dtype)
             if guided:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + cfg.guidance_scale * (cond - uncond)

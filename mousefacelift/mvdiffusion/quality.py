@@ -15,6 +15,7 @@ reference ground truth itself against each target: what copying would earn.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -140,8 +141,7 @@ def quality_vs_steps(pipe: MVDiffusionPipeline, dataset, steps: list[int], confi
     for sampler in samplers or [config.sampler]:
         for scale in guidance_scales or [config.guidance_scale]:
             for n in steps:
-                cfg = SamplerConfig(sampler=sampler, steps=n, eta=config.eta, guidance_scale=scale,
-                                    background=config.background)
+                cfg = dataclasses.replace(config, sampler=sampler, steps=n, guidance_scale=scale)
                 res = evaluate(pipe, dataset, cfg, seed, max_objects, batch_size)
                 rows.append({"sampler": sampler, "guidance_scale": scale, "steps": n, "psnr_fg": res["psnr_fg"],
                              "mask_iou": res["mask_iou"], "copy_fraction": res["copy_fraction"],

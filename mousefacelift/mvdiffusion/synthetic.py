@@ -80,7 +80,7 @@ def generate_synthetic(checkpoint_dir: str | os.PathLike, data_root: str | os.Pa
             prov = {"generator": "mvdiffusion", "source_sample": str(data_root / name), "source_split": str(split_file),
                     "source_provenance": s.provenance, "checkpoint": str(checkpoint_dir),
                     "seed": config.seed + i, "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta,
-                    "guidance_scale": cfg.guidance_scale, "background": list(cfg.background),
+                    "guidance_scale": cfg.guidance_scale, "bf16": cfg.bf16, "background": list(cfg.background),
                     "reference_view": ref_v, "keep_reference": config.keep_reference, "image_size": S}
             rgba = (views[j].permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype("uint8")
             samples_io.write_sample(out_root / name, rgba, w2c[j], K[j], s.view_ids, prov)
