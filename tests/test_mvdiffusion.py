@@ -228,7 +228,8 @@ def test_bf16_sampling_on_cuda_follows_fp32():
     ref = torch.rand(2, 4, 16, 16)
     out = {bf16: pipe(ref, w2c[:, 0], w2c, K, SamplerConfig(sampler="dpm", steps=4, bf16=bf16),
                       generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).float().cpu() for bf16 in (False, True)}
-    assert out[True].dtype == torch.float32 and 0 < (out[True] - out[False]).abs().amax() < 0.1
+    diff = (out[True] - out[False]).abs()
+    assert out[True].dtype == torch.float32 and diff.amax() > 0 and diff.mean() < 0.02
 
 
 def test_save_load_round_trip_is_exact(tmp_path):
