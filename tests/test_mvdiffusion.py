@@ -429,6 +429,36 @@ def test_evaluate_uses_the_protocol_on_held_out_views_only(tmp_path):
     assert res["copy_margin_iou"] == pytest.approx(1.0 - res["mask_iou"]) and res["mask_iou"] < 0.99
 
 
+def test_mean_from_noise_is_the_clean_view_a_v_prediction_implies(tmp_path, monkeypatch):
+    """From pure noise at the last timestep, v = sqrt(a) eps - sqrt(1 - a) x0 with a close to 0: a model
+    whose v is minus the true views (every view, guided or not) has them as its mean, which evaluate then
+    scores as perfect on the held-out views; a sampled view of the same model is not the mean. Epsilon
+    models are refused."""
+    names = make_samples(tmp_path / "s", 2, size=16)
+    samples.write_split(tmp_path / "val.txt", names)
+    data = samples.SampleDataset(tmp_path / "s", tmp_path / "val.txt")
+    pipe = tiny_pipeline()
+    truth = PixelCodec().encode(composite(torch.stack([data[i]["images"] for i in range(2)]).flatten(0, 1),
+                                          (1.0, 1.0, 1.0))).unflatten(0, (2, 6))      # [2, 6, 4, 16, 16] in [-1, 1]
+
+    def v_of_the_truth(noisy, t, reference, rays=None, labels=None):
+        return -truth.repeat(noisy.shape[0] // 2, 1, 1, 1, 1)                   # guided calls stack 2 x the batch
+    monkeypatch.setattr(pipe.model, "forward", v_of_the_truth)
+    res = evaluate(pipe, data, SamplerConfig(guidance_scale=3.0), seed=0, max_objects=2, batch_size=2,
+                   mean_from_noise=True)
+    assert res["mask_iou"] == 1.0 and res["psnr_fg"] > 40 and res["copy_fraction"] == 0.0
+    assert {r["model"] for r in res["per_view"]} == {"mean from noise"}
+    w2c, K = rig(2, 6, 16)
+    mean = pipe.mean_from_noise(torch.rand(2, 4, 16, 16), w2c[:, 0], w2c, K, SamplerConfig(guidance_scale=1.0),
+                                generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert mean.shape == (2, 6, 4, 16, 16) and mean.min() >= 0 and mean.max() <= 1
+    sampled = evaluate(pipe, data, SamplerConfig(steps=2, guidance_scale=1.0), seed=0, max_objects=2, batch_size=2)
+    assert sampled["psnr_fg"] < res["psnr_fg"]
+    eps = MVDiffusionPipeline(tiny_model(), DDPMScheduler(prediction_type="epsilon"), PixelCodec())
+    with pytest.raises(ValueError, match="v-prediction"):
+        eps.mean_from_noise(torch.rand(2, 4, 16, 16), w2c[:, 0], w2c, K)
+
+
 def test_validation_grid_layout():
     gt = torch.zeros(2, 4, 8, 8)
     gen = torch.ones(2, 4, 8, 8)

@@ -156,6 +156,7 @@ def test_04_mvdiffusion_trains_exports_and_scores_held_out_views(tiny_run):
     assert r["test_n_views"] == 5 * r["test_n_objects"]
     assert math.isfinite(r["test_psnr_fg"]) and 0.0 <= r["test_mask_iou"] <= 1.0
     assert math.isfinite(r["baseline_psnr_fg"])
+    assert 0.0 <= r["test_mean_mask_iou"] <= 1.0 and math.isfinite(r["test_mean_psnr_fg"])  # the model's mean view
     # the scale: the held-out ground truth blurred by 1 px scores higher than moved by 1 px, and neither is perfect
     assert r["scale_psnr_fg"]["blur_1px"] > r["scale_psnr_fg"]["shift_1px"] > 0
     assert 0.0 < r["scale_mask_iou"]["shift_1px"] < 1.0

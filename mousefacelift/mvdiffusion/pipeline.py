@@ -191,6 +191,49 @@ class MVDiffusionPipeline:
             return DDIMScheduler.from_config(self.scheduler.config)
         return DPMSolverMultistepScheduler.from_config(self.scheduler.config)
 
+    def _conditions(self, reference: torch.Tensor, reference_w2c: torch.Tensor, target_w2c: torch.Tensor,
+                    target_K: torch.Tensor, cfg: SamplerConfig, image_embeds: torch.Tensor | None) -> dict:
+        """The model's conditions for B objects, in model space, with the unconditional half first when
+        ``cfg`` guides: {"reference" [B or 2B, C, h, w], "rays" [B or 2B, V, 6, h, w] or None,
+        "labels" [B or 2B, P] or None, "guided"}. Arguments as in :meth:`__call__`."""
+        S = self.image_size
+        if reference.shape[-2:] != (S, S):
+            raise ValueError(f"reference is {tuple(reference.shape[-2:])} but the model works at {S}x{S}: "
+                             "resize images and K together with resize_views() first")
+        device, dtype = self.device, self.model.dtype
+        f = self.codec.factor
+        ref = composite(reference.to(device, torch.float32), cfg.background)
+        ref_lat = self.codec.encode(ref).to(dtype)
+        h, w = ref_lat.shape[-2:]
+        rays = None
+        if self.model.config.camera_channels:
+            K_lat = cameras.scale_intrinsics(target_K.to(device, torch.float64), 1 / f, 1 / f)
+            rays = relative_ray_map(target_w2c.to(device, torch.float64), K_lat,
+                                    reference_w2c.to(device, torch.float64), h, w).to(dtype)
+        labels = self.class_labels(ref, image_embeds)
+        guided = cfg.guidance_scale != 1.0
+        if guided:  # unconditional branch first: zero reference, camera and class label
+            ref_lat = torch.cat([torch.zeros_like(ref_lat), ref_lat])
+            rays = None if rays is None else torch.cat([torch.zeros_like(rays), rays])
+            labels = None if labels is None else torch.cat([torch.zeros_like(labels), labels])
+        return {"reference": ref_lat, "rays": rays, "labels": labels, "guided": guided}
+
+    def _predict(self, x: torch.Tensor, t, cond: dict, cfg: SamplerConfig) -> torch.Tensor:
+        """The (guided) model prediction for x [B, V, C, h, w] at timestep t, in x's dtype."""
+        xin = torch.cat([x, x]) if cond["guided"] else x
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda"):
+            pred = self.model(xin, t, cond["reference"], cond["rays"], cond["labels"]).to(x.dtype)
+        if cond["guided"]:
+            uncond, c = pred.chunk(2)
+            pred = uncond + cfg.guidance_scale * (c - uncond)
+        return pred
+
+    def _initial_noise(self, B: int, V: int, generator, sigma: float = 1.0) -> torch.Tensor:
+        """x_T [B, V, C, h, w]: one generator per object keeps each object's result batch-independent."""
+        C, h = self.model.config.image_channels, self.image_size // self.codec.factor
+        x = randn_tensor((B, V * C, h, h), generator=generator, device=self.device, dtype=self.model.dtype)
+        return x.view(B, V, C, h, h) * sigma
+
     @torch.no_grad()
     def __call__(self, reference: torch.Tensor, reference_w2c: torch.Tensor, target_w2c: torch.Tensor,
                  target_K: torch.Tensor, config: SamplerConfig | None = None,
@@ -206,49 +249,45 @@ class MVDiffusionPipeline:
         """
         cfg = config or SamplerConfig()
         B, V = target_w2c.shape[:2]
-        S = self.image_size
-        if reference.shape[-2:] != (S, S):
-            raise ValueError(f"reference is {tuple(reference.shape[-2:])} but the model works at {S}x{S}: "
-                             "resize images and K together with resize_views() first")
-        device, dtype = self.device, self.model.dtype
-        f = self.codec.factor
-        # 1. conditioning: reference in model space, ray maps at model resolution, class labels
-        ref = composite(reference.to(device, torch.float32), cfg.background)
-        ref_lat = self.codec.encode(ref).to(dtype)
-        h, w = ref_lat.shape[-2:]
-        rays = None
-        if self.model.config.camera_channels:
-            K_lat = cameras.scale_intrinsics(target_K.to(device, torch.float64), 1 / f, 1 / f)
-            rays = relative_ray_map(target_w2c.to(device, torch.float64), K_lat,
-                                    reference_w2c.to(device, torch.float64), h, w).to(dtype)
-        labels = self.class_labels(ref, image_embeds)
-        guided = cfg.guidance_scale != 1.0
-        if guided:  # unconditional branch first: zero reference, camera and class label
-            ref_lat = torch.cat([torch.zeros_like(ref_lat), ref_lat])
-            rays = None if rays is None else torch.cat([torch.zeros_like(rays), rays])
-            labels = None if labels is None else torch.cat([torch.zeros_like(labels), labels])
-        # 2. initial noise (one generator per object keeps each object's result batch-independent)
+        cond = self._conditions(reference, reference_w2c, target_w2c, target_K, cfg, image_embeds)
         sched = self._sampling_scheduler(cfg)
-        sched.set_timesteps(cfg.steps, device=device)
-        C = self.model.config.image_channels
-        x = randn_tensor((B, V * C, h, w), generator=generator, device=device, dtype=dtype).view(B, V, C, h, w)
-        x = x * sched.init_noise_sigma
+        sched.set_timesteps(cfg.steps, device=self.device)
+        x = self._initial_noise(B, V, generator, sched.init_noise_sigma)
+        C, h = x.shape[2], x.shape[3]
         step_gen = [g for g in generator for _ in range(V)] if isinstance(generator, list) else generator
-        # 3. denoising loop
-        amp = cfg.bf16 and device.type == "cuda"
         for t in sched.timesteps:
-            xin = sched.scale_model_input(x, t)
-            xin = torch.cat([xin, xin]) if guided else xin
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                pred = self.model(xin, t, ref_lat, rays, labels).to(x.dtype)
-            if guided:
-                uncond, cond = pred.chunk(2)
-                pred = uncond + cfg.guidance_scale * (cond - uncond)
+            pred = self._predict(sched.scale_model_input(x, t), t, cond, cfg)
             kwargs = {"eta": cfg.eta} if cfg.sampler == "ddim" else {}
             x = sched.step(pred.flatten(0, 1), t, x.flatten(0, 1), generator=step_gen, **kwargs
-                           ).prev_sample.view(B, V, C, h, w)
-        # 4. back to images
-        return self.codec.decode(x.flatten(0, 1).float()).view(B, V, 4, S, S)
+                           ).prev_sample.view(B, V, C, h, h)
+        return self.codec.decode(x.flatten(0, 1).float()).view(B, V, 4, self.image_size, self.image_size)
+
+    @torch.no_grad()
+    def mean_from_noise(self, reference: torch.Tensor, reference_w2c: torch.Tensor, target_w2c: torch.Tensor,
+                        target_K: torch.Tensor, config: SamplerConfig | None = None,
+                        generator: torch.Generator | list[torch.Generator] | None = None,
+                        image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """What the model expects each view to be before anything is sampled: its clean-image estimate
+        from pure noise at the last training timestep, one (guided) call. Trained by mean squared
+        error, this estimates the mean of the views given the reference and cameras, so it shows
+        what the model learnt of the rig apart from the spread of its samples (a pose it is unsure of
+        averages to a blur here, while a sample draws one pose). Arguments and output as in
+        :meth:`__call__` (``config``: guidance, precision, background; its sampler and steps are not
+        used). v-prediction models only: for epsilon prediction the estimate divides by the signal
+        level at that timestep, close to 0."""
+        cfg = config or SamplerConfig()
+        kind = self.scheduler.config.prediction_type
+        if kind != "v_prediction":
+            raise ValueError(f"mean_from_noise needs a v-prediction model (this one predicts {kind!r}): from pure "
+                             "noise an epsilon model's clean-image estimate divides by a signal level near 0")
+        B, V = target_w2c.shape[:2]
+        cond = self._conditions(reference, reference_w2c, target_w2c, target_K, cfg, image_embeds)
+        t = self.scheduler.config.num_train_timesteps - 1
+        x = self._initial_noise(B, V, generator)
+        a = self.scheduler.alphas_cumprod[t].to(self.device, torch.float32)
+        v = self._predict(x, torch.tensor(t, device=self.device), cond, cfg)
+        x0 = a.sqrt() * x.float() - (1 - a).sqrt() * v.float()   # v = sqrt(a) eps - sqrt(1 - a) x0
+        return self.codec.decode(x0.flatten(0, 1)).view(B, V, 4, self.image_size, self.image_size)
 
     # -- saving and loading ---------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike) -> None:

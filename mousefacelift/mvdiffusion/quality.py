@@ -91,10 +91,12 @@ def mean_defined(values: list[float]) -> float:
 
 
 def evaluate(pipe: MVDiffusionPipeline, dataset, config: SamplerConfig, seed: int, max_objects: int = 0,
-             batch_size: int = 4) -> dict:
+             batch_size: int = 4, mean_from_noise: bool = False) -> dict:
     """Generate every view of the first ``max_objects`` objects of ``dataset`` (a SampleDataset;
     0 = all) from its reference view (``pipe.model.config.reference_view``) and compare with the
     ground truth on the held-out views. Object i uses ``torch.Generator().manual_seed(seed + i)``.
+    ``mean_from_noise``: score the model's one-call mean estimate
+    (:meth:`~mousefacelift.mvdiffusion.pipeline.MVDiffusionPipeline.mean_from_noise`) instead of samples.
 
     -> {"psnr_fg", "mask_iou", "ssim_fg", "psnr_full", and the copy score ("copy_fraction",
     "copy_margin_iou", "copy_*", "reference_*"; module docstring) of :func:`rows_summary`: means
@@ -115,11 +117,13 @@ def evaluate(pipe: MVDiffusionPipeline, dataset, config: SamplerConfig, seed: in
         imgs, K = resize_views(torch.stack([it["images"] for it in items]), torch.stack([it["K"] for it in items]), S)
         w2c = torch.stack([it["w2c"] for it in items])
         gens = [torch.Generator().manual_seed(seed + start + j) for j in range(len(items))]
-        out = pipe(imgs[:, ref_v], w2c[:, ref_v], w2c, K, config, generator=gens).cpu()
+        generate = pipe.mean_from_noise if mean_from_noise else pipe
+        out = generate(imgs[:, ref_v], w2c[:, ref_v], w2c, K, config, generator=gens).cpu()
         gt = composite(imgs, config.background)
         for j in range(len(items)):
             i = start + j
-            obj = generated_rows(out[j], gt[j], ref_v, names[i] if names else str(i), list(range(w2c.shape[1])))
+            obj = generated_rows(out[j], gt[j], ref_v, names[i] if names else str(i), list(range(w2c.shape[1])),
+                                 "mean from noise" if mean_from_noise else "generated")
             per_object.append(mean_defined([r["psnr_fg"] for r in obj]))
             rows += [{**r, "object": i} for r in obj]
             samples.append((gt[j, ref_v], out[j], gt[j]))
