@@ -273,8 +273,8 @@ class MVDiffusionPipeline:
         what the model learnt of the rig apart from the spread of its samples (a pose it is unsure of
         averages to a blur here, while a sample draws one pose). Arguments and output as in
         :meth:`__call__` (``config``: guidance, precision, background; its sampler and steps are not
-        used). v-prediction models only: for epsilon prediction the estimate divides by the signal
-        level at that timestep, close to 0."""
+        used; guidance 1 gives the conditional mean itself). v-prediction models only: for epsilon
+        prediction the estimate divides by the signal level at that timestep, close to 0."""
         cfg = config or SamplerConfig()
         kind = self.scheduler.config.prediction_type
         if kind != "v_prediction":
