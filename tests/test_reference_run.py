@@ -26,6 +26,17 @@ def quoted(value: float, fmt: str, run: Path = RUN) -> str:
     return text
 
 
+def quoted_behaviours_and_curve(r6: dict, metrics_val: Path, run: Path) -> None:
+    """A GS-LRM record's walking and high-rear scores and every point of its validation curve are quoted."""
+    for b in ("walking", "rear > 45 deg"):
+        quoted(r6["by_behaviour"][b]["psnr_fg"], ".2f", run)
+        quoted(r6["by_behaviour"][b]["mask_iou"], ".3f", run)
+    for line in metrics_val.read_text().splitlines():
+        val = json.loads(line)
+        quoted(val["val/psnr_fg"], ".2f", run)
+        quoted(val["val/mask_iou"], ".3f", run)
+
+
 def test_readme_quotes_the_recorded_quality_figures():
     r6, r4, r7 = results("06_gslrm_finetune"), results("04_mvdiffusion_finetune"), results("07_evaluation")
     for v, f in ((r6["psnr_fg"], ".2f"), (r6["ssim_fg"], ".3f"), (r6["mask_iou"], ".3f"),
@@ -86,13 +97,7 @@ def test_session_run_readme_quotes_its_records():
                  (r4["baseline_mask_iou"], ".3f"), (r1["seconds"], ".1f"),
                  (results("03_preprocessing_comparison", run)["hull_iou_consistent"], ".3f")):
         quoted(v, f, run)
-    for b in ("walking", "rear > 45 deg"):
-        quoted(r6["by_behaviour"][b]["psnr_fg"], ".2f", run)
-        quoted(r6["by_behaviour"][b]["mask_iou"], ".3f", run)
-    for line in (run / "gslrm" / "metrics_val.jsonl").read_text().splitlines():
-        val = json.loads(line)
-        quoted(val["val/psnr_fg"], ".2f", run)
-        quoted(val["val/mask_iou"], ".3f", run)
+    quoted_behaviours_and_curve(r6, run / "gslrm" / "metrics_val.jsonl", run)
     curve = json.loads((run / "eval" / "n_curve_partial.json").read_text())["rows"]
     assert [r["n_inputs"] for r in curve] == [1, 2, 3, 4, 5]
     assert abs(curve[-1]["psnr_fg"] - r6["psnr_fg"]) < 1e-3  # notebooks 06 and 07 share one scorer
@@ -146,13 +151,7 @@ def test_levers_and_objects_run_readme_quotes_its_records():
         results("01_data_extraction", RUNS / "h200-session-1")["recording"]  # the same recording as the run it is set beside
     for v, f in ((r6["psnr_fg"], ".2f"), (r6["mask_iou"], ".3f"), (r6["ssim_fg"], ".3f")):
         quoted(v, f, run)
-    for b in ("walking", "rear > 45 deg"):
-        quoted(r6["by_behaviour"][b]["psnr_fg"], ".2f", run)
-        quoted(r6["by_behaviour"][b]["mask_iou"], ".3f", run)
-    for line in (gs / "gslrm" / "metrics_val.jsonl").read_text().splitlines():
-        val = json.loads(line)
-        quoted(val["val/psnr_fg"], ".2f", run)
-        quoted(val["val/mask_iou"], ".3f", run)
+    quoted_behaviours_and_curve(r6, gs / "gslrm" / "metrics_val.jsonl", run)
     fmt = {"objects/s": ".1f", "x": ".2f"}
     for b in json.loads((run / "bench" / "bench.json").read_text())["rows"]:
         if b["unit"] in fmt:

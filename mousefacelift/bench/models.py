@@ -102,14 +102,12 @@ def sampler_precision_rows(cfg, device: torch.device, objects: int = 32, steps: 
     """The sampler as notebooks 04, 05 and 07 run it (fp32 weights, DPM-Solver, guidance 3, ``objects``
     per call) with the UNet in fp32 and under bf16 autocast (SamplerConfig.bf16), side by side:
     seconds per object and the ratio."""
-    from diffusers import DDPMScheduler
-
     from .. import cameras
-    from ..mvdiffusion.model import MVDiffusionModel
-    from ..mvdiffusion.pipeline import MVDiffusionPipeline, PixelCodec, SamplerConfig
+    from ..mvdiffusion.pipeline import SamplerConfig
+    from ..mvdiffusion.train import TrainConfig, build_pipeline
 
-    sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False)
-    pipe = MVDiffusionPipeline(MVDiffusionModel.from_dataclass(cfg), sched, PixelCodec()).to(device)
+    # the pipeline a from-scratch training starts from (its noise schedule: TrainConfig's defaults); nothing is written
+    pipe = build_pipeline(TrainConfig(out_dir="unused", model=cfg)).to(device)
     pipe.model.eval()
     S, V = cfg.image_size, cfg.num_views
     w2c, K = cameras.canonical_rig(image_size=S)
@@ -144,14 +142,11 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
 
     cuda = device.type == "cuda"
     model_cfg, batch, size, steps = (MVDiffusionConfig(), 64, 256, 60) if cuda else (MVDiffusionConfig.tiny(), 2, 32, 6)
-    V, S = model_cfg.num_views, model_cfg.image_size
     model = MVDiffusionModel.from_dataclass(model_cfg).to(device).train()
-    what = f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M UNet @{S}"
-    args = (torch.randn(batch, V, 4, S, S, device=device), torch.randint(0, 1000, (batch,), device=device),
-            torch.randn(batch, 4, S, S, device=device), torch.randn(batch, V, 6, S, S, device=device))
-    with FlopCounterMode(display=False) as counter, \
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-        model(*args).float().square().mean().backward()
+    what = f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M UNet @{model_cfg.image_size}"
+    args = unet_step_inputs(model_cfg, batch, device)
+    with FlopCounterMode(display=False) as counter:
+        unet_step(model, args)
     flops = counter.get_total_flops()
     del model, args
     peak = peak_tflops(device)
@@ -193,6 +188,21 @@ def bench_mvdiffusion_trainer(device: torch.device) -> list[dict]:
                 rows.append(row("mvdiffusion_trainer", f"{case}: efficiency", rate / (n * base), "",
                                 "objects/s / (N x objects/s of 1 eager process), same run"))
     return rows
+
+
+def unet_step_inputs(model_cfg, batch: int, device: torch.device) -> tuple:
+    """Random inputs of one MVDiffusion training step of ``batch`` objects: noisy views [B, V, 4, S, S],
+    timesteps [B], reference [B, 4, S, S], ray maps [B, V, 6, S, S]."""
+    V, S = model_cfg.num_views, model_cfg.image_size
+    return (torch.randn(batch, V, 4, S, S, device=device), torch.randint(0, 1000, (batch,), device=device),
+            torch.randn(batch, 4, S, S, device=device), torch.randn(batch, V, 6, S, S, device=device))
+
+
+def unet_step(model, args: tuple) -> None:
+    """One forward and backward of the UNet on ``args``, under bf16 autocast on CUDA (as the trainer)."""
+    device = args[0].device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        model(*args).float().square().mean().backward()
 
 
 def gslrm_step_flops(cfg, n_views: int, batch: int, train: bool = True) -> float:
@@ -584,13 +594,10 @@ def profile_unet_step(model_cfg, batch: int, device: torch.device, channels_last
     model = MVDiffusionModel.from_dataclass(model_cfg).to(device).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
-    V, S = model_cfg.num_views, model_cfg.image_size
-    args = (torch.randn(batch, V, 4, S, S, device=device), torch.randint(0, 1000, (batch,), device=device),
-            torch.randn(batch, 4, S, S, device=device), torch.randn(batch, V, 6, S, S, device=device))
+    args = unet_step_inputs(model_cfg, batch, device)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            model(*args).float().square().mean().backward()
+        unet_step(model, args)
         model.zero_grad(set_to_none=True)
     try:  # a profiler problem must not cost the trainer's timings
         by_class = kernel_times(step)
